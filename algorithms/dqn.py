@@ -1,0 +1,452 @@
+"""Deep Q-Network (DQN), with optional double Q-learning and a dueling head.
+
+Papers: Mnih et al. (2015), "Human-level control through deep reinforcement learning", Nature 518,
+https://doi.org/10.1038/nature14236; van Hasselt, Guez, Silver (2016), "Deep Reinforcement Learning with
+Double Q-learning", https://arxiv.org/abs/1509.06461; Wang et al. (2016), "Dueling Network Architectures
+for Deep Reinforcement Learning", https://arxiv.org/abs/1511.06581.
+
+Run:
+    python algorithms/dqn.py --env-id CartPole-v1
+    python algorithms/dqn.py --env-id CartPole-v1 --double-q --dueling --num-envs 4
+    python algorithms/dqn.py --help
+
+The defaults are rl-zoo3's tuned CartPole-v1 settings (256-256 MLP, lr 2.3e-3, batch 64, 128 gradient
+steps every 256 environment steps, target network refreshed every 10 steps, epsilon 1 -> 0.04 over the
+first 16% of training).
+
+The math, as written in the code below, for a sampled batch of transitions (s, a, r, s', terminated):
+    target        y = r + gamma * (1 - terminated) * Q_target(s', a*)
+                  a* = argmax_a Q_target(s', a)            (DQN)
+                  a* = argmax_a Q_online(s', a)            (double DQN: select online, evaluate target)
+    loss          L = mean( huber(Q_online(s, a) - y) )    (the Nature paper's error clipping; --loss mse for MSE)
+    dueling head  Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')     (Wang et al., eq. 9)
+    target net    theta' <- tau * theta + (1 - tau) * theta' every target_network_frequency steps (tau=1: copy)
+    exploration   epsilon decays linearly from start_e to end_e over exploration_fraction * total_timesteps
+
+Time limits: only `terminated` is stored as the transition's end. An episode cut by a time limit
+(`truncated`) is stored with its real last observation (info["final_obs"], Gymnasium's same-step
+autoreset mode) and terminated=0, so its target bootstraps as the Markov property requires.
+More than one environment may run in parallel (--num-envs); every count (train_frequency,
+target_network_frequency, learning_starts, the epsilon schedule) is in environment steps summed over
+the environments, so --num-envs changes the data's decorrelation, not the schedule.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+
+@dataclass
+class Args:
+    exp_name: str = "dqn"
+    """the name of this experiment (used in the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment: python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
+    torch_threads: int = 1
+    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    track: bool = False
+    """if toggled, mirror the TensorBoard logs to Weights & Biases"""
+    wandb_project_name: str = "onefile-rl"
+    """the Weights & Biases project"""
+    wandb_entity: str | None = None
+    """the Weights & Biases entity (team)"""
+    capture_video: bool = False
+    """if toggled, record videos of the first environment into videos/{run_name}"""
+    save_model: bool = False
+    """if toggled, save the trained model to runs/{run_name}/{exp_name}.pt"""
+
+    env_id: str = "CartPole-v1"
+    """the Gymnasium id of the environment (discrete actions, flat observations)"""
+    total_timesteps: int = 100_000
+    """total environment steps, summed over the parallel environments"""
+    num_envs: int = 1
+    """the number of parallel environments"""
+    learning_rate: float = 2.3e-3
+    """the Adam learning rate"""
+    buffer_size: int = 100_000
+    """the replay memory's capacity in transitions"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 1.0
+    """target network update rate: 1.0 copies the online network, < 1 is Polyak averaging"""
+    target_network_frequency: int = 10
+    """environment steps between target network updates"""
+    batch_size: int = 64
+    """transitions per gradient step"""
+    start_e: float = 1.0
+    """the starting exploration epsilon"""
+    end_e: float = 0.04
+    """the final exploration epsilon"""
+    exploration_fraction: float = 0.16
+    """the fraction of total_timesteps over which epsilon decays from start_e to end_e"""
+    learning_starts: int = 1000
+    """environment steps of random-policy data collected before learning starts"""
+    train_frequency: int = 256
+    """environment steps between training phases"""
+    gradient_steps: int = 128
+    """gradient steps in each training phase"""
+    double_q: bool = False
+    """if toggled, use the double DQN target (online network selects, target network evaluates)"""
+    dueling: bool = False
+    """if toggled, use the dueling head Q = V + A - mean(A)"""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """widths of the ReLU hidden layers"""
+    loss: str = "huber"
+    """the TD loss: huber (smooth L1, as the Nature DQN and SB3) or mse"""
+    max_grad_norm: float = 10.0
+    """the maximum norm of the gradient (global clipping, as SB3's DQN)"""
+    eval_episodes: int = 10
+    """episodes of the final greedy evaluation"""
+    log_every: int = 10_000
+    """print a progress line every this many environment steps"""
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
+                 "gradient_steps", "target_network_frequency", "eval_episodes"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.learning_starts < 0 or not 0 < args.tau <= 1 or not 0 < args.gamma <= 1:
+        fail("need --learning-starts >= 0, 0 < --tau <= 1 and 0 < --gamma <= 1")
+    if not (0 <= args.end_e <= 1 and 0 <= args.start_e <= 1 and 0 < args.exploration_fraction <= 1):
+        fail("need epsilons in [0, 1] and 0 < --exploration-fraction <= 1")
+    if args.loss not in ("huber", "mse"):
+        fail(f"--loss must be huber or mse, got {args.loss}")
+    try:
+        gym.spec(args.env_id)
+    except gym.error.Error:
+        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; try CartPole-v1 or LunarLander-v3")
+    probe = gym.make(args.env_id)
+    action_space, obs_space = probe.action_space, probe.observation_space
+    probe.close()
+    if not isinstance(action_space, gym.spaces.Discrete):
+        fail(f"dqn.py needs a Discrete action space, {args.env_id} has {action_space}; "
+             "use a discrete environment such as CartPole-v1 (continuous actions: ddpg.py, td3.py, sac.py)")
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        fail(f"dqn.py needs a flat Box observation, {args.env_id} has {obs_space}; "
+             "use an environment such as CartPole-v1 (images: dqn_atari.py)")
+
+
+def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        return env
+
+    return thunk
+
+
+def dueling_aggregate(value: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a'); value [B, 1], advantages [B, n_actions].
+
+    Subtracting the mean makes V and A identifiable (Wang et al., 2016, eq. 9).
+    """
+    return value + advantages - advantages.mean(dim=-1, keepdim=True)
+
+
+class QNetwork(nn.Module):
+    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: tuple[int, ...] = (256, 256), dueling: bool = False):
+        super().__init__()
+        layers, width = [], obs_dim
+        for h in hidden_sizes:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.trunk = nn.Sequential(*layers)
+        self.dueling = dueling
+        if dueling:
+            self.value_head = nn.Linear(width, 1)
+            self.advantage_head = nn.Linear(width, n_actions)
+        else:
+            self.q_head = nn.Linear(width, n_actions)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(x)
+        if self.dueling:
+            return dueling_aggregate(self.value_head(h), self.advantage_head(h))
+        return self.q_head(h)
+
+
+def flatten_parameters(module: nn.Module) -> nn.Parameter:
+    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
+
+    Why: with small networks on a CPU the optimiser step and gradient clipping, which loop over many
+    small tensors, cost a large share of each update. Each parameter becomes a view into one flat
+    tensor (and each .grad a view into one flat gradient), so Adam and clip_grad_norm_ run once on one
+    tensor. The arithmetic is unchanged: Adam is elementwise and the clipping norm is global. Autograd
+    accumulates into an existing .grad in place, so gradients land in the flat buffer; zero them with
+    `flat.grad.zero_()`, never by setting them to None.
+    """
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat.data[offset : offset + n].view_as(p)
+        p.grad = flat.grad[offset : offset + n].view_as(p)
+        offset += n
+    return flat
+
+
+class ReplayBuffer:
+    """A ring buffer of transitions in preallocated numpy arrays; uniform sampling."""
+
+    def __init__(self, capacity: int, obs_dim: int, seed: int):
+        self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
+        self.actions = np.zeros(capacity, dtype=np.int64)
+        self.rewards = np.zeros(capacity, dtype=np.float32)
+        self.terminations = np.zeros(capacity, dtype=np.float32)
+        self.capacity, self.pos, self.size = capacity, 0, 0
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, obs, next_obs, actions, rewards, terminations) -> None:
+        """Add one vector step: a transition per environment."""
+        for i in range(len(actions)):
+            j = self.pos
+            self.obs[j], self.next_obs[j], self.actions[j] = obs[i], next_obs[i], actions[i]
+            self.rewards[j], self.terminations[j] = rewards[i], terminations[i]
+            self.pos = (self.pos + 1) % self.capacity
+            self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        idx = self.rng.integers(0, self.size, size=batch_size)
+        return tuple(torch.from_numpy(a[idx]) for a in
+                     (self.obs, self.actions, self.rewards, self.next_obs, self.terminations))
+
+
+def linear_schedule(start_e: float, end_e: float, duration: float, t: int) -> float:
+    slope = (end_e - start_e) / duration
+    return max(slope * t + start_e, end_e)
+
+
+def dqn_target(
+    rewards: torch.Tensor,
+    terminations: torch.Tensor,
+    next_q_target: torch.Tensor,
+    next_q_online: torch.Tensor | None,
+    gamma: float,
+) -> torch.Tensor:
+    """TD target y = r + gamma * (1 - terminated) * Q_target(s', a*).
+
+    a* is the target network's argmax (DQN), or the online network's argmax when next_q_online is
+    given (double DQN: the online network selects the action, the target network evaluates it).
+    """
+    if next_q_online is None:
+        next_value = next_q_target.max(dim=1).values
+    else:
+        next_value = next_q_target.gather(1, next_q_online.argmax(dim=1, keepdim=True)).squeeze(1)
+    return rewards + gamma * (1.0 - terminations) * next_value
+
+
+def save_checkpoint(q_network: QNetwork, path: str, meta: dict) -> None:
+    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
+    state = {k: v.detach().clone() for k, v in q_network.state_dict().items()}  # clone: detach from the flat buffer
+    tmp = f"{path}.tmp"
+    torch.save({"model": state, **meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_q_network(path: str) -> tuple[QNetwork, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    q = QNetwork(ckpt["obs_dim"], ckpt["n_actions"], tuple(ckpt["hidden_sizes"]), ckpt["dueling"])
+    q.load_state_dict(ckpt["model"])
+    return q, ckpt
+
+
+def evaluate(q_or_path: QNetwork | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Greedy evaluation on a fresh environment; returns one return per episode."""
+    q_network = load_q_network(q_or_path)[0] if isinstance(q_or_path, str) else q_or_path
+    env = gym.make(env_id)
+    returns = []
+    for ep in range(eval_episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done, total = False, 0.0
+        while not done:
+            with torch.no_grad():
+                action = q_network(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)).argmax(-1)
+            obs, reward, terminated, truncated, _ = env.step(int(action.item()))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=asdict(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    rng = np.random.default_rng(args.seed)
+
+    # Same-step autoreset: when an episode ends, step() already returns the next episode's first
+    # observation and puts the last one in info["final_obs"], which is what the transition needs.
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    envs.action_space.seed(args.seed)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    n_actions = int(envs.single_action_space.n)
+
+    q_network = QNetwork(obs_dim, n_actions, args.hidden_sizes, args.dueling).to(device)
+    target_network = QNetwork(obs_dim, n_actions, args.hidden_sizes, args.dueling).to(device)
+    target_network.load_state_dict(q_network.state_dict())
+    flat_params = flatten_parameters(q_network)
+    flat_target = flatten_parameters(target_network)  # so the Polyak update is one operation too
+    optimizer = torch.optim.Adam([flat_params], lr=args.learning_rate)
+    rb = ReplayBuffer(args.buffer_size, obs_dim, args.seed)
+
+    global_step = 0
+    start_time = time.time()
+    recent_returns: deque[float] = deque(maxlen=20)
+    next_log = args.log_every
+    next_train = args.train_frequency  # training phases at multiples of train_frequency, after learning_starts
+    next_target = args.target_network_frequency
+    td_loss = q_values = None
+    obs, _ = envs.reset(seed=args.seed)
+
+    while global_step < args.total_timesteps:
+        epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)
+        if global_step < args.learning_starts:
+            actions = envs.action_space.sample()
+        else:
+            with torch.no_grad():
+                actions = q_network(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax(-1).cpu().numpy()
+            explore = rng.random(args.num_envs) < epsilon  # epsilon-greedy, decided per environment
+            if explore.any():
+                actions = np.where(explore, envs.action_space.sample(), actions)
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        global_step += args.num_envs
+
+        # the transition's next observation is the real last one at an episode end, not the reset one
+        real_next_obs = next_obs.copy()
+        if "final_obs" in infos:
+            for i in np.flatnonzero(infos["_final_obs"]):
+                real_next_obs[i] = infos["final_obs"][i]
+        rb.add(obs, real_next_obs, actions, rewards, terminations)  # terminations only: truncation bootstraps
+        obs = next_obs
+
+        if "episode" in infos:
+            for i in np.flatnonzero(infos["_episode"]):
+                ep_r, ep_l = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
+                recent_returns.append(ep_r)
+                writer.add_scalar("charts/episodic_return", ep_r, global_step)
+                writer.add_scalar("charts/episodic_length", ep_l, global_step)
+
+        train_now = global_step >= next_train
+        if train_now:
+            next_train += args.train_frequency
+        if train_now and global_step > args.learning_starts:
+            for _ in range(args.gradient_steps):
+                b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size)
+                with torch.no_grad():
+                    next_q_target = target_network(b_next_obs)
+                    next_q_online = q_network(b_next_obs) if args.double_q else None
+                    target = dqn_target(b_rewards, b_terminations, next_q_target, next_q_online, args.gamma)
+                q_taken = q_network(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)
+                td_loss = F.smooth_l1_loss(q_taken, target) if args.loss == "huber" else F.mse_loss(q_taken, target)
+                flat_params.grad.zero_()
+                td_loss.backward()
+                nn.utils.clip_grad_norm_([flat_params], args.max_grad_norm)
+                optimizer.step()
+            q_values = q_taken.detach().mean()
+
+        if global_step >= next_target:
+            next_target += args.target_network_frequency
+            with torch.no_grad():  # theta' <- tau * theta + (1 - tau) * theta'
+                flat_target.data.lerp_(flat_params.data, args.tau)
+
+        if global_step >= next_log:
+            next_log += args.log_every
+            sps = int(global_step / (time.time() - start_time))
+            writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("charts/epsilon", epsilon, global_step)
+            if td_loss is not None:
+                writer.add_scalar("losses/td_loss", td_loss.item(), global_step)
+                writer.add_scalar("losses/q_values", q_values.item(), global_step)
+            recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
+            print(f"step {global_step:>9,}  SPS {sps:>6,}  epsilon {epsilon:.3f}  return(last 20 episodes) {recent}",
+                  flush=True)
+
+    train_time = time.time() - start_time
+    envs.close()
+    writer.add_scalar("charts/SPS", int(global_step / train_time), global_step)
+    if td_loss is not None:
+        writer.add_scalar("losses/td_loss", td_loss.item(), global_step)
+        writer.add_scalar("losses/q_values", q_values.item(), global_step)
+
+    eval_returns = evaluate(q_network, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
+    for i, r in enumerate(eval_returns):
+        writer.add_scalar("eval/episodic_return", r, i)
+    print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
+          f"(greedy); trained {global_step:,} steps in {train_time:.1f}s")
+
+    model_path = None
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.pt"
+        save_checkpoint(q_network, model_path, {"obs_dim": obs_dim, "n_actions": n_actions,
+                                                "hidden_sizes": list(args.hidden_sizes), "dueling": args.dueling,
+                                                "env_id": args.env_id})
+        print(f"model saved to {model_path}")
+    writer.close()
+    if args.track:
+        import wandb
+
+        wandb.finish()
+    return {
+        "eval_return_mean": float(np.mean(eval_returns)),
+        "eval_return_std": float(np.std(eval_returns)),
+        "eval_returns": eval_returns,
+        "sps": int(global_step / train_time),
+        "train_time": train_time,
+        "global_step": global_step,
+        "run_dir": f"runs/{run_name}",
+        "model_path": model_path,
+    }
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

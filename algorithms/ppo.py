@@ -1,0 +1,484 @@
+"""Proximal Policy Optimization (PPO) for discrete actions.
+
+Paper: Schulman, Wolski, Dhariwal, Radford, Klimov (2017), "Proximal Policy Optimization Algorithms",
+https://arxiv.org/abs/1707.06347. Advantages by GAE: Schulman et al. (2016), https://arxiv.org/abs/1506.02438.
+
+Run:
+    python algorithms/ppo.py --env-id CartPole-v1
+    python algorithms/ppo.py --help            # every hyperparameter, with its meaning
+
+The defaults are rl-zoo3's tuned CartPole-v1 settings (8 envs x 32 steps, 20 epochs of one 256-sample
+minibatch, lr 1e-3 and clip 0.2 both annealed linearly to 0, gamma 0.98, lambda 0.8), which solve
+CartPole in 100k steps. Stable-Baselines3's generic defaults are reproduced by
+    --num-envs 1 --num-steps 2048 --num-minibatches 32 --update-epochs 10 --learning-rate 3e-4
+    --no-anneal-lr --no-anneal-clip --gamma 0.99 --gae-lambda 0.95
+
+The math, as written in the code below (t indexes the rollout, per environment):
+    next value    v'_t = V(s_{t+1}), or V(final observation) when the episode was truncated at step t
+    TD error      delta_t = r_t + gamma * v'_t * (1 - terminated_t) - V(s_t)
+    GAE           A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1},   done = terminated or truncated
+    return        R_t = A_t + V(s_t)                                  (the value target)
+    ratio         rho = exp(log pi(a|s) - log pi_old(a|s))
+    policy loss   L_pi = mean( max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps)) )      (paper eq. 7)
+    value loss    L_v  = mean( (V(s) - R)^2 )  [optionally clipped around the old value]  (paper eq. 9)
+    total loss    L = L_pi - ent_coef * entropy + vf_coef * L_v
+
+Time-limit truncation is not termination: a truncated episode still bootstraps from the value of the
+observation where it was cut (Pardo et al., 2018, "Time Limits in Reinforcement Learning"), whereas a
+terminated one does not. The vector environment runs in Gymnasium's same-step autoreset mode, so the
+last observation of an episode is in info["final_obs"] and no step is wasted on a reset.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+
+@dataclass
+class Args:
+    exp_name: str = "ppo"
+    """the name of this experiment (used in the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment: python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
+    torch_threads: int = 1
+    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    track: bool = False
+    """if toggled, mirror the TensorBoard logs to Weights & Biases"""
+    wandb_project_name: str = "onefile-rl"
+    """the Weights & Biases project"""
+    wandb_entity: str | None = None
+    """the Weights & Biases entity (team)"""
+    capture_video: bool = False
+    """if toggled, record videos of the first environment into videos/{run_name}"""
+    save_model: bool = False
+    """if toggled, save the trained model to runs/{run_name}/{exp_name}.pt"""
+
+    env_id: str = "CartPole-v1"
+    """the Gymnasium id of the environment (discrete actions, flat observations)"""
+    total_timesteps: int = 100_000
+    """total environment steps, summed over the parallel environments"""
+    learning_rate: float = 1e-3
+    """the Adam learning rate"""
+    anneal_lr: bool = True
+    """if toggled, the learning rate decays linearly to 0 over training"""
+    num_envs: int = 8
+    """the number of parallel environments"""
+    num_steps: int = 32
+    """steps per environment in each rollout (rollout size = num_envs * num_steps)"""
+    gamma: float = 0.98
+    """the discount factor"""
+    gae_lambda: float = 0.8
+    """the lambda of generalised advantage estimation"""
+    num_minibatches: int = 1
+    """the number of minibatches each rollout is split into"""
+    update_epochs: int = 20
+    """the number of passes over each rollout"""
+    norm_adv: bool = True
+    """if toggled, normalise advantages within each minibatch"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient epsilon"""
+    anneal_clip: bool = True
+    """if toggled, the clipping coefficient decays linearly to 0 like the learning rate (rl-zoo3 lin_0.2)"""
+    clip_vloss: bool = False
+    """if toggled, clip the value update around the old value, with the same epsilon"""
+    ent_coef: float = 0.0
+    """the entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """the value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """the maximum norm of the gradient (global clipping)"""
+    target_kl: float | None = None
+    """if set, stop a rollout's epochs once a minibatch's approximate KL exceeds 1.5 x target_kl"""
+    hidden_size: int = 64
+    """width of the two tanh hidden layers of the actor and of the critic"""
+    eval_episodes: int = 10
+    """episodes of the final deterministic (argmax) evaluation"""
+    log_every: int = 10_000
+    """print a progress line every this many environment steps"""
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if (args.num_envs * args.num_steps) % args.num_minibatches:
+        fail(f"--num-minibatches {args.num_minibatches} must divide the rollout size num_envs * num_steps "
+             f"= {args.num_envs * args.num_steps}")
+    if args.learning_rate <= 0 or not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+        fail("need --learning-rate > 0, 0 < --gamma <= 1 and 0 <= --gae-lambda <= 1")
+    try:
+        gym.spec(args.env_id)
+    except gym.error.Error:
+        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; try CartPole-v1 or Acrobot-v1")
+    probe = gym.make(args.env_id)
+    action_space, obs_space = probe.action_space, probe.observation_space
+    probe.close()
+    if not isinstance(action_space, gym.spaces.Discrete):
+        fail(f"ppo.py needs a Discrete action space, {args.env_id} has {action_space}; "
+             "use a discrete environment such as CartPole-v1 (continuous actions: ppo_continuous_action.py)")
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        fail(f"ppo.py needs a flat Box observation, {args.env_id} has {obs_space}; "
+             "use an environment such as CartPole-v1 (images: ppo_atari.py)")
+
+
+def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        return env
+
+    return thunk
+
+
+def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    """Orthogonal weights, zero bias: the initialisation of the PPO implementations (and SB3)."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    """Separate actor and critic MLPs (no shared trunk), as in the paper's continuous-control setup."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden_size: int = 64):
+        super().__init__()
+        self.critic = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, hidden_size)), nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, 1), std=1.0),
+        )
+        self.actor = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, hidden_size)), nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
+            # a small last layer starts the policy near uniform
+            layer_init(nn.Linear(hidden_size, n_actions), std=0.01),
+        )
+
+    def get_value(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic(x).squeeze(-1)
+
+    @torch.no_grad()
+    def sample_action(self, x: torch.Tensor) -> torch.Tensor:
+        """Sample a ~ pi(.|x). Only the actor runs here: see the rollout loop for why."""
+        return torch.multinomial(torch.softmax(self.actor(x), dim=-1), 1).squeeze(-1)
+
+    def evaluate_actions(self, x: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (log pi(action|x), entropy of pi(.|x), V(x)) for the update.
+
+        The categorical distribution is written out with log_softmax instead of
+        torch.distributions.Categorical: the same numbers, without its per-call argument checks.
+        """
+        logp_all = torch.log_softmax(self.actor(x), dim=-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), entropy, self.get_value(x)
+
+    @torch.no_grad()
+    def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
+        return self.actor(x).argmax(-1)
+
+
+def flatten_parameters(module: nn.Module) -> nn.Parameter:
+    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
+
+    Why: with 64-unit networks on a CPU the optimiser step and gradient clipping, which loop over a
+    dozen small tensors, cost more than the forward and backward passes. Each parameter becomes a view
+    into one flat tensor (and each .grad a view into one flat gradient), so Adam and clip_grad_norm_
+    run once on one tensor. The arithmetic is unchanged: Adam is elementwise and the clipping norm is
+    global. Autograd accumulates into an existing .grad in place, so gradients land in the flat buffer;
+    zero them with `flat.grad.zero_()`, never by setting them to None.
+    """
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat.data[offset : offset + n].view_as(p)
+        p.grad = flat.grad[offset : offset + n].view_as(p)
+        offset += n
+    return flat
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminations: torch.Tensor,
+    truncations: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over a [T, N] rollout; returns (advantages, returns).
+
+    next_values[t] is the value of the observation that followed step t: V(s_{t+1}) inside an episode,
+    V(final observation) where the episode was truncated at t (anything where it terminated: it is
+    multiplied by 0). The recursion stops at every episode end, terminated or truncated.
+    """
+    T = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    not_term = 1.0 - terminations.float()
+    not_done = 1.0 - torch.maximum(terminations.float(), truncations.float())
+    for t in reversed(range(T)):
+        delta = rewards[t] + gamma * next_values[t] * not_term[t] - values[t]
+        last = delta + gamma * gae_lambda * not_done[t] * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def ppo_loss(
+    new_logprob: torch.Tensor,
+    old_logprob: torch.Tensor,
+    advantages: torch.Tensor,
+    new_value: torch.Tensor,
+    old_value: torch.Tensor,
+    returns: torch.Tensor,
+    clip_coef: float,
+    clip_vloss: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped surrogate (paper eq. 7) and value loss; returns (policy_loss, value_loss, log ratio)."""
+    logratio = new_logprob - old_logprob
+    ratio = logratio.exp()
+    pg_loss = torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)).mean()
+    if clip_vloss:
+        v_clipped = old_value + torch.clamp(new_value - old_value, -clip_coef, clip_coef)
+        v_loss = torch.max((new_value - returns) ** 2, (v_clipped - returns) ** 2).mean()
+    else:
+        v_loss = ((new_value - returns) ** 2).mean()
+    return pg_loss, v_loss, logratio
+
+
+@torch.no_grad()
+def approx_kl(logratio: torch.Tensor) -> torch.Tensor:
+    """KL(pi_old || pi) by the low-variance estimator E[(rho - 1) - log rho] (Schulman, "Approximating KL")."""
+    return (logratio.exp() - 1 - logratio).mean()
+
+
+def save_checkpoint(agent: Agent, path: str, meta: dict) -> None:
+    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
+    state = {k: v.detach().clone() for k, v in agent.state_dict().items()}  # clone: detach from the flat buffer
+    tmp = f"{path}.tmp"
+    torch.save({"model": state, **meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_agent(path: str) -> tuple[Agent, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    agent = Agent(ckpt["obs_dim"], ckpt["n_actions"], ckpt["hidden_size"])
+    agent.load_state_dict(ckpt["model"])
+    return agent, ckpt
+
+
+def evaluate(agent_or_path: Agent | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic (argmax) evaluation on a fresh environment; returns one return per episode."""
+    agent = load_agent(agent_or_path)[0] if isinstance(agent_or_path, str) else agent_or_path
+    env = gym.make(env_id)
+    returns = []
+    for ep in range(eval_episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done, total = False, 0.0
+        while not done:
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            obs, reward, terminated, truncated, _ = env.step(int(action.item()))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    batch_size = args.num_envs * args.num_steps
+    minibatch_size = batch_size // args.num_minibatches
+    num_iterations = -(-args.total_timesteps // batch_size)  # ceil: at least total_timesteps steps
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=asdict(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # Same-step autoreset: when an episode ends, step() already returns the next episode's first
+    # observation and puts the last one in info["final_obs"] (needed to bootstrap truncations).
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    envs.action_space.seed(args.seed)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    n_actions = int(envs.single_action_space.n)
+
+    agent = Agent(obs_dim, n_actions, args.hidden_size).to(device)
+    flat_params = flatten_parameters(agent)
+    optimizer = torch.optim.Adam([flat_params], lr=args.learning_rate, eps=1e-5)
+
+    # Rollout storage, [num_steps, num_envs, ...], in numpy: the environments speak numpy, and the
+    # whole rollout is moved to torch once per iteration instead of once per step.
+    obs = np.zeros((args.num_steps, args.num_envs, obs_dim), dtype=np.float32)
+    succ_obs = np.zeros_like(obs)  # the observation that followed each step (the final one at episode ends)
+    actions = np.zeros((args.num_steps, args.num_envs), dtype=np.int64)
+    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+
+    global_step = 0
+    start_time = time.time()
+    recent_returns: deque[float] = deque(maxlen=20)
+    next_log = args.log_every
+    next_obs, _ = envs.reset(seed=args.seed)
+
+    for iteration in range(1, num_iterations + 1):
+        frac = 1.0 - (iteration - 1.0) / num_iterations
+        lr_now = frac * args.learning_rate if args.anneal_lr else args.learning_rate
+        optimizer.param_groups[0]["lr"] = lr_now
+        clip_now = frac * args.clip_coef if args.anneal_clip else args.clip_coef
+
+        # Collect the rollout. The policy does not change until the rollout is over, so only the
+        # actor runs per step (to sample); log pi_old(a|s) and V(s) come from one batched pass afterwards,
+        # with the same parameters and so the same numbers, at a fraction of the per-step cost.
+        for step in range(args.num_steps):
+            global_step += args.num_envs
+            obs[step] = next_obs
+            action = agent.sample_action(torch.as_tensor(next_obs, dtype=torch.float32, device=device)).cpu().numpy()
+            actions[step] = action
+            next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(action)
+            succ_obs[step] = next_obs
+            if "final_obs" in infos:
+                for i in np.flatnonzero(infos["_final_obs"]):
+                    succ_obs[step, i] = infos["final_obs"][i]  # the last observation, not the reset one
+            if "episode" in infos:
+                for i in np.flatnonzero(infos["_episode"]):
+                    ep_r, ep_l = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
+                    recent_returns.append(ep_r)
+                    writer.add_scalar("charts/episodic_return", ep_r, global_step)
+                    writer.add_scalar("charts/episodic_length", ep_l, global_step)
+
+        b_obs = torch.as_tensor(obs.reshape(-1, obs_dim), device=device)
+        b_actions = torch.as_tensor(actions.reshape(-1), device=device)
+        with torch.no_grad():
+            b_logprobs, _, b_values = agent.evaluate_actions(b_obs, b_actions)
+            next_values = agent.get_value(torch.as_tensor(succ_obs, device=device))
+        advantages, returns = compute_gae(
+            torch.as_tensor(rewards, device=device), b_values.view(args.num_steps, args.num_envs), next_values,
+            torch.as_tensor(terminations, device=device), torch.as_tensor(truncations, device=device),
+            args.gamma, args.gae_lambda,
+        )
+        b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
+
+        stop = False
+        for _epoch in range(args.update_epochs):
+            perm = torch.randperm(batch_size, device=device)
+            for start in range(0, batch_size, minibatch_size):
+                mb = perm[start : start + minibatch_size]
+                new_logprob, entropy, new_value = agent.evaluate_actions(b_obs[mb], b_actions[mb])
+                mb_adv = b_advantages[mb]
+                if args.norm_adv and len(mb) > 1:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                pg_loss, v_loss, logratio = ppo_loss(
+                    new_logprob, b_logprobs[mb], mb_adv, new_value, b_values[mb], b_returns[mb], clip_now, args.clip_vloss
+                )
+                if args.target_kl is not None and approx_kl(logratio) > 1.5 * args.target_kl:
+                    stop = True  # as SB3: skip this update and end the rollout's epochs
+                    break
+                entropy_loss = entropy.mean()
+                loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss
+                flat_params.grad.zero_()
+                loss.backward()
+                nn.utils.clip_grad_norm_([flat_params], args.max_grad_norm)
+                optimizer.step()
+            if stop:
+                break
+
+        # Logging once per rollout, from the last minibatch: the only host syncs of the iteration.
+        var_y = b_returns.var()
+        explained_var = float("nan") if var_y == 0 else float(1 - (b_returns - b_values).var() / var_y)
+        sps = int(global_step / (time.time() - start_time))
+        stats = {
+            "charts/learning_rate": lr_now,
+            "losses/value_loss": v_loss.item(),
+            "losses/policy_loss": pg_loss.item(),
+            "losses/entropy": entropy.mean().item(),
+            "losses/approx_kl": approx_kl(logratio).item(),
+            "losses/clipfrac": ((logratio.exp() - 1.0).abs() > clip_now).float().mean().item(),
+            "losses/explained_variance": explained_var,
+            "charts/SPS": sps,
+        }
+        for key, val in stats.items():
+            writer.add_scalar(key, val, global_step)
+        if global_step >= next_log or iteration == num_iterations:
+            next_log += args.log_every
+            recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
+            print(f"step {global_step:>9,}  SPS {sps:>6,}  return(last 20 episodes) {recent}", flush=True)
+
+    train_time = time.time() - start_time
+    envs.close()
+
+    eval_returns = evaluate(agent, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
+    for i, r in enumerate(eval_returns):
+        writer.add_scalar("eval/episodic_return", r, i)
+    print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
+          f"(deterministic); trained {global_step:,} steps in {train_time:.1f}s")
+
+    model_path = None
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.pt"
+        save_checkpoint(agent, model_path, {"obs_dim": obs_dim, "n_actions": n_actions,
+                                            "hidden_size": args.hidden_size, "env_id": args.env_id})
+        print(f"model saved to {model_path}")
+    writer.close()
+    if args.track:
+        import wandb
+
+        wandb.finish()
+    return {
+        "eval_return_mean": float(np.mean(eval_returns)),
+        "eval_return_std": float(np.std(eval_returns)),
+        "eval_returns": eval_returns,
+        "sps": int(global_step / train_time),
+        "train_time": train_time,
+        "global_step": global_step,
+        "run_dir": f"runs/{run_name}",
+        "model_path": model_path,
+    }
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,94 @@
+"""How each file of algorithms/ is smoke-tested and fed bad input.
+
+test_smoke.py discovers every algorithms/*.py; a file with no entry in SMOKE fails the harness.
+
+Kinds:
+- "deep": a Gymnasium training run. The harness runs it with `--save-model`, checks exit 0, that the
+  TensorBoard event file holds every key in `keys`, and that the saved model loads with
+  `weights_only=True` and acts. It also adds the standard bad-input cases automatically
+  (unknown --env-id, an action space the file cannot handle, a non-positive budget).
+- "classic": a tabular / book-figure file. The harness runs it, checks exit 0 and that every path in
+  `files` was written (e.g. the figure passed as --plot).
+
+In `args` and `files`, "{tmp}" is replaced by a fresh temporary directory.
+BAD_INPUT lists extra bad-input cases per file: (args, a substring the one-line stderr must contain).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Smoke:
+    args: list[str]
+    kind: str = "deep"
+    keys: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    # deep kind: an environment whose action space this file rejects (for the automatic bad-input case)
+    wrong_space_env: str | None = None
+    # further argument sets appended to `args`, each run once and checked for exit 0: every option runs
+    variants: list[list[str]] = field(default_factory=list)
+
+
+PPO_KEYS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
+            "losses/value_loss", "losses/policy_loss", "losses/entropy", "losses/approx_kl", "losses/clipfrac",
+            "eval/episodic_return"]
+DQN_KEYS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/epsilon",
+            "losses/td_loss", "losses/q_values", "eval/episodic_return"]
+
+SMOKE: dict[str, Smoke] = {
+    "ppo.py": Smoke(
+        args=["--total-timesteps", "512", "--num-envs", "2", "--num-steps", "64", "--update-epochs", "2",
+              "--num-minibatches", "2", "--eval-episodes", "1"],
+        keys=PPO_KEYS,
+        wrong_space_env="Pendulum-v1",
+        variants=[["--clip-vloss", "--target-kl", "0.001", "--no-norm-adv", "--no-anneal-lr", "--no-anneal-clip",
+                   "--ent-coef", "0.01", "--env-id", "Acrobot-v1"]],
+    ),
+    "dqn.py": Smoke(
+        args=["--total-timesteps", "1500", "--learning-starts", "500", "--train-frequency", "100",
+              "--gradient-steps", "4", "--log-every", "500", "--eval-episodes", "1"],
+        keys=DQN_KEYS,
+        wrong_space_env="Pendulum-v1",
+        variants=[["--double-q", "--dueling", "--num-envs", "3", "--tau", "0.5", "--loss", "mse",
+                   "--hidden-sizes", "32", "--env-id", "Acrobot-v1"]],
+    ),
+    "bandits.py": Smoke(
+        args=["--num-runs", "20", "--num-steps", "100", "--plot", "{tmp}/fig.png"],
+        kind="classic", files=["{tmp}/fig.png"],
+    ),
+    "td_prediction.py": Smoke(args=["--num-runs", "5", "--num-episodes", "10", "--plot", "{tmp}/fig.png"],
+                              kind="classic", files=["{tmp}/fig.png"]),
+    "n_step_td.py": Smoke(args=["--num-runs", "3", "--ns", "1", "4", "--alphas", "0.2", "0.4", "--sarsa-runs", "1",
+                                "--sarsa-steps", "300", "--plot", "{tmp}/fig.png"],
+                          kind="classic", files=["{tmp}/fig.png"]),
+    "td_lambda.py": Smoke(args=["--num-runs", "3", "--lambdas", "0", "0.8", "--alphas", "0.2", "0.4",
+                                "--plot", "{tmp}/fig.png"],
+                          kind="classic", files=["{tmp}/fig.png"]),
+    "policy_evaluation.py": Smoke(args=["--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"]),
+    "policy_iteration.py": Smoke(args=["--env-id", "GridWorld4x4-v0", "--plot", "{tmp}/fig.png"], kind="classic",
+                                 files=["{tmp}/fig.png"]),
+    "value_iteration.py": Smoke(args=["--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"]),
+}
+
+BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
+    "ppo.py": [(["--num-minibatches", "3"], "num-minibatches"), (["--gamma", "1.5"], "gamma")],
+    "dqn.py": [(["--buffer-size", "0"], "buffer-size"), (["--loss", "l3"], "loss")],
+    "bandits.py": [(["--num-runs", "0"], "num-runs"), (["--num-steps", "-5"], "num-steps"),
+                   (["--figure", "9.9"], "figure"), (["--num-arms", "1"], "num-arms"),
+                   (["--summary-window", "0"], "summary-window")],
+    "td_prediction.py": [(["--num-runs", "0"], "num-runs"), (["--num-episodes", "-3"], "num-episodes"),
+                         (["--td-alphas", "0"], "td-alphas"), (["--mc-alphas", "0.01", "-0.02"], "mc-alphas")],
+    "n_step_td.py": [(["--num-runs", "0"], "num-runs"), (["--ns", "4", "0"], "--ns"), (["--alphas", "0"], "alphas"),
+                     (["--sarsa-epsilon", "1.5"], "sarsa-epsilon"), (["--sarsa-steps", "0"], "sarsa-steps")],
+    "td_lambda.py": [(["--num-runs", "0"], "num-runs"), (["--lambdas", "0.5", "1.5"], "lambdas"),
+                     (["--lambdas", "-0.1"], "lambdas"), (["--alphas", "0"], "alphas"), (["--methods", "dutch"], "methods")],
+    "policy_evaluation.py": [(["--env-id", "CartPole-v1"], "transition model"), (["--env-id", "Foo-v0"], "unknown"),
+                             (["--gamma", "0"], "gamma"), (["--theta", "0"], "theta")],
+    "policy_iteration.py": [(["--env-id", "CartPole-v1"], "transition model"), (["--env-id", "Foo-v0"], "unknown"),
+                            (["--gamma", "1"], "no policy terminates"), (["--gamma", "1.5"], "gamma"),
+                            (["--theta", "0"], "theta")],
+    "value_iteration.py": [(["--env-id", "CartPole-v1"], "transition model"), (["--env-id", "Foo-v0"], "unknown"),
+                           (["--gamma", "0"], "gamma"), (["--theta", "-1"], "theta"), (["--p-head", "1.5"], "p-head")],
+}

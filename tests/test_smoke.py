@@ -1,0 +1,129 @@
+"""Smoke and bad-input tests for every file of algorithms/, discovered automatically.
+
+A file without an entry in smoke_configs.SMOKE fails `test_every_file_has_a_smoke_config`, so a new
+algorithm cannot land untested. For "deep" files the standard bad-input cases (unknown environment, an
+action space the file cannot handle, a non-positive budget), --track under WANDB_MODE=offline and
+--capture-video are added automatically.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import pytest
+from conftest import ALGORITHMS, load_algo, run_algo
+from smoke_configs import BAD_INPUT, SMOKE
+
+FILES = sorted(p.name for p in ALGORITHMS.glob("*.py"))
+DEEP = [f for f in FILES if f in SMOKE and SMOKE[f].kind == "deep"]
+
+
+def fill(items: list[str], tmp: Path) -> list[str]:
+    return [s.replace("{tmp}", str(tmp)) for s in items]
+
+
+def scalar_tags(run_dir: str) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def check_one_line_error(proc, expected: str) -> None:
+    assert proc.returncode == 2, f"exit {proc.returncode}, stderr:\n{proc.stderr[-2000:]}"
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warn" not in line and "warn(" not in line]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    assert expected.lower() in lines[0].lower(), f"{expected!r} not in {lines[0]!r}"
+
+
+def test_every_file_has_a_smoke_config():
+    missing = [f for f in FILES if f not in SMOKE]
+    assert not missing, f"algorithms without a smoke configuration in tests/smoke_configs.py: {missing}"
+    assert FILES, "no algorithm files found"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_smoke(name: str, tmp_path: Path):
+    if name not in SMOKE:
+        pytest.fail(f"{name} has no smoke configuration")
+    cfg = SMOKE[name]
+    if cfg.kind == "classic":
+        proc = run_algo(name, *fill(cfg.args, tmp_path), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for f in fill(cfg.files, tmp_path):
+            assert Path(f).is_file() and Path(f).stat().st_size > 0, f"{name} did not write {f}"
+        return
+
+    proc = run_algo(name, *cfg.args, "--save-model", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = glob.glob(str(tmp_path / "runs" / "*"))
+    assert len(run_dirs) == 1, run_dirs
+    missing = set(cfg.keys) - scalar_tags(run_dirs[0])
+    assert not missing, f"event file lacks {sorted(missing)}"
+    models = glob.glob(os.path.join(run_dirs[0], "*.pt"))
+    assert len(models) == 1, models
+    assert not glob.glob(os.path.join(run_dirs[0], "*.tmp")), "a temporary checkpoint was left behind"
+    module = load_algo(name)
+    env_id = next((cfg.args[i + 1] for i, a in enumerate(cfg.args) if a == "--env-id"), module.Args().env_id)
+    returns = module.evaluate(models[0], env_id, eval_episodes=2, seed=0)  # loads with weights_only=True
+    assert len(returns) == 2 and all(r == r for r in returns)
+
+
+@pytest.mark.parametrize(
+    "name,variant",
+    [(f, i) for f in FILES if f in SMOKE for i in range(len(SMOKE[f].variants))],
+)
+def test_smoke_variants(name: str, variant: int, tmp_path: Path):
+    cfg = SMOKE[name]
+    proc = run_algo(name, *fill(cfg.args + cfg.variants[variant], tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def bad_cases():
+    cases = []
+    for f in FILES:
+        cfg = SMOKE.get(f)
+        if cfg is not None and cfg.kind == "deep":
+            cases.append((f, ["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"))
+            cases.append((f, ["--total-timesteps", "0"], "total-timesteps"))
+            cases.append((f, ["--total-timesteps", "-100"], "total-timesteps"))
+            if cfg.wrong_space_env:
+                cases.append((f, ["--env-id", cfg.wrong_space_env], cfg.wrong_space_env))
+        for args, expected in BAD_INPUT.get(f, []):
+            cases.append((f, args, expected))
+    return cases
+
+
+@pytest.mark.parametrize("name,args,expected", bad_cases(), ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
+def test_bad_input(name: str, args: list[str], expected: str, tmp_path: Path):
+    cfg = SMOKE[name]
+    base = fill(cfg.args, tmp_path) if cfg.kind == "classic" else []
+    proc = run_algo(name, *base, *fill(args, tmp_path), cwd=tmp_path)
+    check_one_line_error(proc, expected)
+    assert not (tmp_path / "runs").exists(), "a run directory was left behind"
+    leftovers = [p for p in tmp_path.iterdir()]
+    assert not leftovers, f"bad input left files behind: {leftovers}"
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_track_offline(name: str, tmp_path: Path):
+    cfg = SMOKE[name]
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    proc = run_algo(name, *cfg.args, "--track", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
+    assert runs, f"no offline W&B run under {tmp_path / 'wandb'}"
+    assert glob.glob(os.path.join(runs[0], "*.wandb")), "the offline run has no data file"
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_capture_video(name: str, tmp_path: Path):
+    cfg = SMOKE[name]
+    proc = run_algo(name, *cfg.args, "--capture-video", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    videos = glob.glob(str(tmp_path / "videos" / "*" / "*.mp4"))
+    assert videos and os.path.getsize(videos[0]) > 0, "no video written"
