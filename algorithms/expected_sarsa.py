@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +72,7 @@ class Args:
     """episodes of each run's final greedy policy used to measure its return (for stochastic environments)"""
     seed: int = 1
     """seed of the random number generators and of the environments"""
-    plot: str = "benchmark_results/classic/expected_sarsa_cliff_walking_alpha.png"
+    plot: str = "benchmark_results/classic/expected_sarsa_figure_6_3_cliff_walking.png"
     """where the figure (interim performance against alpha, and the learning curve) is saved, as PNG"""
 
 
@@ -463,7 +464,8 @@ def main(args: Args) -> dict:
     print(
         f"Expected SARSA on {args.env_id}, alpha={args.alpha}: {args.num_runs} runs x {args.num_episodes} episodes\n"
         f"  online return, episodes {window_start}-{args.num_episodes}: {summary['return_mean']:.2f} "
-        f"(sd over runs {summary['return_sd_over_runs']:.2f}); greedy return {summary['greedy_return_mean']:.2f}\n"
+        f"(sd over runs {summary['return_sd_over_runs']:.2f}); greedy path lengths "
+        f"{dict(sorted(Counter(paths).items()))} (200 = loops); greedy return {summary['greedy_return_mean']:.2f}\n"
         f"  interim performance (mean of {args.sweep_episodes} episodes, {args.sweep_runs} runs) per alpha "
         f"{list(args.sweep_alphas)}:"
     )

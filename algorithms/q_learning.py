@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,7 @@ class Args:
     """episodes of each run's final greedy policy used to measure its return (for stochastic environments)"""
     seed: int = 1
     """seed of the random number generators and of the environments"""
-    plot: str = "benchmark_results/classic/q_learning_cliff_walking.png"
+    plot: str = "benchmark_results/classic/q_learning_example_6_6_cliff_walking.png"
     """where the figure (sum of rewards per episode, Q-learning and SARSA) is saved, as PNG"""
 
 
@@ -393,7 +394,8 @@ def main(args: Args) -> dict:
         lines.append(
             f"  {method:10s} online return, episodes {window_start}-{args.num_episodes}: "
             f"{summary[key + '_return_mean']:.2f} (sd over runs {summary[key + '_return_sd_over_runs']:.2f}); "
-            f"greedy path length of the mean Q {summary[key + '_greedy_path_length_mean_q']} (200 = loops); "
+            f"greedy path length of the mean Q {summary[key + '_greedy_path_length_mean_q']} (200 = loops), "
+            f"of the runs {dict(sorted(Counter(summary[key + '_greedy_path_lengths']).items()))}; "
             f"greedy return {summary[key + '_greedy_return_mean']:.2f}"
         )
     lines.append(f"  figure: {args.plot}  ({summary['wall_time_s']:.1f} s)")

@@ -57,7 +57,7 @@ class Args:
     """episodes of the final greedy policy used to measure its return (for stochastic environments)"""
     seed: int = 1
     """seed of the random number generators and of the environments"""
-    plot: str = "benchmark_results/classic/sarsa_windy_gridworld.png"
+    plot: str = "benchmark_results/classic/sarsa_example_6_5_windy_gridworld.png"
     """where the figure (episodes completed against time steps) is saved, as PNG"""
 
 
@@ -351,8 +351,8 @@ def main(args: Args) -> dict:
         f"{summary['time_steps_mean']:.0f} time steps per run on average\n"
         f"  last {last} episodes: length {summary['episode_length_last_mean']:.1f}, "
         f"return {summary['return_last_mean']:.2f}\n"
-        f"  greedy path length (200 = loops) {most_common_path} in {runs_with_it}/{args.num_runs} runs "
-        f"(all: {path_lengths}); of the run-averaged Q: {len(mean_q_path) - 1}\n  greedy return over {args.eval_episodes} episodes "
+        f"  greedy path length of each run's Q, length: runs (200 = loops): {dict(sorted(Counter(path_lengths).items()))}; "
+        f"of the run-averaged Q: {len(mean_q_path) - 1}\n  greedy return over {args.eval_episodes} episodes "
         f"{summary['greedy_return_mean']:.2f}\n"
         f"  figure: {args.plot}  ({summary['wall_time_s']:.1f} s)"
     )

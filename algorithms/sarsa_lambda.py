@@ -6,7 +6,7 @@ Sutton & Barto, Reinforcement Learning: An Introduction (2nd ed., 2018):
 
 Run:
     python algorithms/sarsa_lambda.py                       # 10 runs x 500 episodes, replacing traces
-    python algorithms/sarsa_lambda.py --trace accumulating --alpha 0.2
+    python algorithms/sarsa_lambda.py --num-runs 1 --num-episodes 100   # about 2 s
 
 Value function: q(s, a, w) = sum of w[i] over the active features F(s, a), one tile per tiling
 (binary features, so the gradient is 1 on F(s, a) and 0 elsewhere).
@@ -23,6 +23,8 @@ The update, as in the book's box and in `sarsa_lambda_update` below, for one ste
     delta += gamma * q(S', A')    only if S' is not terminal (a TimeLimit truncation is NOT terminal)
     w += (alpha / num_tilings) * delta * z
     z *= gamma * lambda
+Accumulating traces need a smaller alpha (Figure 12.10): at these defaults (alpha = 0.5/8, lambda = 0.9)
+they were measured to stay at the 200-step limit in all of 3 runs; replacing traces reach ~106 steps.
 The policy is greedy (epsilon = 0) with ties broken at random: the initial weights w = 0 are
 optimistic because every reward is -1, which drives exploration (§10.1).
 

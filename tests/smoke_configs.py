@@ -70,6 +70,10 @@ SMOKE: dict[str, Smoke] = {
     "policy_iteration.py": Smoke(args=["--env-id", "GridWorld4x4-v0", "--plot", "{tmp}/fig.png"], kind="classic",
                                  files=["{tmp}/fig.png"]),
     "value_iteration.py": Smoke(args=["--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"]),
+    "sarsa_lambda.py": Smoke(args=["--num-runs", "1", "--num-episodes", "20", "--plot", "{tmp}/fig.png"], kind="classic",
+                             files=["{tmp}/fig.png"]),
+    "dyna_q.py": Smoke(args=["--num-runs", "3", "--num-episodes", "5", "--plot", "{tmp}/fig.png"], kind="classic",
+                       files=["{tmp}/fig.png"]),
 }
 
 BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
@@ -91,4 +95,10 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
                             (["--theta", "0"], "theta")],
     "value_iteration.py": [(["--env-id", "CartPole-v1"], "transition model"), (["--env-id", "Foo-v0"], "unknown"),
                            (["--gamma", "0"], "gamma"), (["--theta", "-1"], "theta"), (["--p-head", "1.5"], "p-head")],
+    "sarsa_lambda.py": [(["--env-id", "NoSuchEnv-v0"], "unknown"), (["--env-id", "FrozenLake-v1"], "Box"),
+                        (["--env-id", "CartPole-v1"], "unbounded"), (["--lam", "1.5"], "lam"),
+                        (["--num-episodes", "0"], "num-episodes")],
+    "dyna_q.py": [(["--env-id", "NoSuchEnv-v0"], "unknown"), (["--env-id", "CartPole-v1"], "Box"),
+                  (["--num-episodes", "0"], "num-episodes"), (["--num-runs", "0"], "num-runs"),
+                  (["--planning-steps", "5", "-1"], "planning-steps")],
 }

@@ -44,9 +44,13 @@ def test_expected_sarsa_target_batched_against_a_loop():
     expected = []
     for reward, row, done in zip(rewards, q_next, terminated, strict=True):
         greedy = [a for a in range(4) if row[a] == max(row)]
-        value = sum((epsilon / 4 + ((1 - epsilon) / len(greedy) if a in greedy else 0.0)) * row[a] for a in range(4))
+        value = sum(
+            (epsilon / 4 + ((1 - epsilon) / len(greedy) if a in greedy else 0.0)) * row[a] for a in range(4)
+        )
         expected.append(reward + (0.0 if done else gamma * value))
-    np.testing.assert_allclose(es.expected_sarsa_target(rewards, q_next, gamma, epsilon, terminated), expected)
+    np.testing.assert_allclose(
+        es.expected_sarsa_target(rewards, q_next, gamma, epsilon, terminated), expected
+    )
 
 
 def test_comparison_targets_by_hand():
@@ -113,7 +117,9 @@ def test_figure_6_3_expected_sarsa_beats_sarsa_at_alpha_1():
     the difference (sd over the runs measured here). Measured with 20 runs: about -45 against -73."""
     runs = 20
     means = {
-        method: es.run_learner(method, "CliffWalking-v1", 1.0, 0.1, 1.0, 100, runs, seed=1)["returns"].mean(axis=1)
+        method: es.run_learner(method, "CliffWalking-v1", 1.0, 0.1, 1.0, 100, runs, seed=1)["returns"].mean(
+            axis=1
+        )
         for method in ("Expected SARSA", "SARSA")
     }
     se = sqrt(sum(m.var(ddof=1) / runs for m in means.values()))
@@ -131,7 +137,10 @@ def greedy_success_probability(env: gym.Env, q: np.ndarray, horizon: int) -> flo
     for _ in range(horizon):
         value = np.array(
             [
-                sum(p * (reward + (0.0 if done else value[nxt])) for p, nxt, reward, done in model[s][policy[s]])
+                sum(
+                    p * (reward + (0.0 if done else value[nxt]))
+                    for p, nxt, reward, done in model[s][policy[s]]
+                )
                 for s in range(len(model))
             ]
         )

@@ -29,7 +29,9 @@ def test_q_learning_target_batched_against_a_loop():
     rng = np.random.default_rng(3)
     rewards, q_next = rng.normal(size=7), rng.normal(size=(7, 4))
     terminated = rng.random(7) < 0.4
-    expected = [r + 0.95 * (0.0 if t else max(row)) for r, row, t in zip(rewards, q_next, terminated, strict=True)]
+    expected = [
+        r + 0.95 * (0.0 if t else max(row)) for r, row, t in zip(rewards, q_next, terminated, strict=True)
+    ]
     np.testing.assert_allclose(ql.q_learning_target(rewards, q_next, 0.95, terminated), expected)
 
 

@@ -32,7 +32,9 @@ def test_sarsa_target_batched():
     actions = np.array([1, 0, 1])
     terminated = np.array([False, False, True])
     # 0 + 0.5 * 2 = 1;  1 + 0.5 * 3 = 2.5;  terminal: -1
-    np.testing.assert_allclose(sarsa.sarsa_target(rewards, q_next, actions, 0.5, terminated), [1.0, 2.5, -1.0])
+    np.testing.assert_allclose(
+        sarsa.sarsa_target(rewards, q_next, actions, 0.5, terminated), [1.0, 2.5, -1.0]
+    )
 
 
 def test_epsilon_greedy_probs_with_ties():
@@ -73,7 +75,9 @@ class OneStep(gym.Env):
 @pytest.mark.parametrize("terminal", [True, False])
 def test_episode_bootstraps_only_when_truncated(terminal):
     q = np.array([[0.0, -1.0], [5.0, 3.0]])  # greedy: action 0 in state 0, A' = 0 in state 1 (Q = 5)
-    episode_return, length = sarsa.sarsa_episode(OneStep(terminal), q, 0.5, 0.0, 0.9, np.random.default_rng(0))
+    episode_return, length = sarsa.sarsa_episode(
+        OneStep(terminal), q, 0.5, 0.0, 0.9, np.random.default_rng(0)
+    )
     assert (episode_return, length) == (1.0, 1)
     # terminated: 0 + 0.5 * (1 - 0) = 0.5;  truncated by a time limit: 0 + 0.5 * (1 + 0.9 * 5) = 2.75
     assert q[0, 0] == pytest.approx(0.5 if terminal else 2.75)
@@ -97,7 +101,12 @@ def test_windy_gridworld_dynamics():
     env.position = (5, 7)
     assert env.step(sarsa.DOWN)[0] == 4 * 10 + 7  # down 1, wind 2 up: one row up
     env.position = (3, 8)
-    assert env.step(sarsa.LEFT)[:4] == (27, -1.0, False, False)  # column 8's wind lifts the move past the goal
+    assert env.step(sarsa.LEFT)[:4] == (
+        27,
+        -1.0,
+        False,
+        False,
+    )  # column 8's wind lifts the move past the goal
     env.position = (4, 8)
     assert env.step(sarsa.LEFT)[:4] == (37, -1.0, True, False)  # ... and from one row lower onto it
 

@@ -1,0 +1,292 @@
+"""Benchmark one algorithm file on one environment over seeds, optionally against Stable-Baselines3.
+
+    python tools/benchmark.py --algo ppo --env-id CartPole-v1 --seeds 1 2 3 4 5 --total-timesteps 100000 \
+        --compare-sb3 --sb3-config zoo --tag ppo_CartPole-v1
+
+Every run is a separate subprocess (a fresh interpreter, like a user's run). With --compare-sb3 the
+runs alternate, ours then SB3's, seed by seed, so that a disturbance of the machine hits both sides.
+Both sides are timed the same way: the wall time of training alone (environment and network creation,
+imports and the final evaluation excluded), and both are evaluated the same way: `--eval-episodes`
+deterministic episodes on a fresh environment seeded seed+100000+episode.
+
+Writes into --out (benchmark_results/ by default), named by --tag:
+    {tag}.csv            one row per run: side, seed, steps, train wall time, SPS, final eval mean/std
+    {tag}_curves.csv     training episode returns: side, seed, step, seconds since training start, return
+    {tag}.png            mean and min-max band over seeds of return vs steps and vs wall-clock time
+    {tag}.md             the summary table (mean +- std over seeds, ratios), with the exact command
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Stable-Baselines3 hyperparameters as rl-zoo3 2.9.2 ships them (rl_zoo3/hyperparams/{ppo,dqn}.yml).
+# "lin_x" means a linear schedule from x to 0. rl-zoo3 leaves torch's thread count at its default.
+SB3_ZOO = {
+    ("ppo", "CartPole-v1"): dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
+                                 ent_coef=0.0, learning_rate="lin_0.001", clip_range="lin_0.2"),
+    ("ppo", "Acrobot-v1"): dict(normalize=True, n_envs=16, n_steps=256, gae_lambda=0.94, gamma=0.99, n_epochs=4,
+                                ent_coef=0.0),
+    ("dqn", "CartPole-v1"): dict(learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000,
+                                 gamma=0.99, target_update_interval=10, train_freq=256, gradient_steps=128,
+                                 exploration_fraction=0.16, exploration_final_eps=0.04,
+                                 policy_kwargs=dict(net_arch=[256, 256])),
+    ("dqn", "LunarLander-v3"): dict(learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=0,
+                                    gamma=0.99, target_update_interval=250, train_freq=4, gradient_steps=-1,
+                                    exploration_fraction=0.12, exploration_final_eps=0.1,
+                                    policy_kwargs=dict(net_arch=[256, 256])),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Child processes: one training run each, printing one JSON line with the result.
+# --------------------------------------------------------------------------------------------------
+
+
+def run_ours_child(algo: str, env_id: str, seed: int, total_timesteps: int, algo_args: list[str], eval_episodes: int):
+    import importlib.util
+
+    import tyro
+
+    path = ROOT / "algorithms" / f"{algo}.py"
+    spec = importlib.util.spec_from_file_location(f"algo_{algo}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    args = tyro.cli(module.Args, args=["--env-id", env_id, "--seed", str(seed), "--total-timesteps",
+                                       str(total_timesteps), "--eval-episodes", str(eval_episodes), *algo_args])
+    out = module.main(args)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(out["run_dir"], size_guidance={"scalars": 0})
+    acc.Reload()
+    sps_events = acc.Scalars("charts/SPS")
+    t0 = sps_events[-1].wall_time - out["train_time"]  # the last SPS event is written when training ends
+    curve = [(e.step, e.wall_time - t0, e.value) for e in acc.Scalars("charts/episodic_return")]
+    return {"train_time": out["train_time"], "steps": out["global_step"], "eval_returns": out["eval_returns"],
+            "curve": curve}
+
+
+def run_sb3_child(algo: str, env_id: str, seed: int, total_timesteps: int, config: str, sb3_args: str,
+                  eval_episodes: int, threads: int):
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import DQN, PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    hp = dict(SB3_ZOO[(algo, env_id)]) if config == "zoo" else {}
+    hp.update(json.loads(sb3_args) if sb3_args else {})
+    n_envs = hp.pop("n_envs", 1)
+    normalize = hp.pop("normalize", False)
+    for key, val in list(hp.items()):
+        if isinstance(val, str) and val.startswith("lin_"):
+            start = float(val[4:])
+            hp[key] = lambda progress, start=start: progress * start  # SB3 passes remaining progress 1 -> 0
+
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    if normalize:
+        env = VecNormalize(env, gamma=hp.get("gamma", 0.99))
+    model = {"ppo": PPO, "dqn": DQN}[algo]("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hp)
+
+    class Curve(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.points, self.t0 = [], time.time()
+
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                if "episode" in info:
+                    self.points.append((self.num_timesteps, time.time() - self.t0, float(info["episode"]["r"])))
+            return True
+
+    callback = Curve()
+    start = time.time()
+    callback.t0 = start
+    model.learn(total_timesteps, callback=callback)
+    train_time = time.time() - start
+
+    eval_env = gym.make(env_id)
+    returns = []
+    for ep in range(eval_episodes):
+        obs, _ = eval_env.reset(seed=seed + 100_000 + ep)
+        done, total = False, 0.0
+        while not done:
+            if normalize:
+                obs_in = env.normalize_obs(obs)
+            else:
+                obs_in = obs
+            action, _ = model.predict(obs_in, deterministic=True)
+            obs, reward, terminated, truncated, _ = eval_env.step(int(action))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return {"train_time": train_time, "steps": int(model.num_timesteps), "eval_returns": returns,
+            "curve": callback.points}
+
+
+# --------------------------------------------------------------------------------------------------
+# The parent: runs the matrix, writes CSV, PNG and markdown.
+# --------------------------------------------------------------------------------------------------
+
+
+def launch(child_args: list[str], log) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:  # each run writes its runs/ into a scratch directory
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", *child_args],
+                              cwd=tmp, capture_output=True, text=True)
+    log.write(proc.stdout + proc.stderr)
+    log.flush()
+    if proc.returncode != 0:
+        raise RuntimeError(f"run failed ({' '.join(child_args)}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def band_plot(ax, curves: list[np.ndarray], x_index: int, label: str, grid: np.ndarray):
+    """Mean and min-max band over seeds of the smoothed return, interpolated onto a common grid."""
+    ys = []
+    for c in curves:
+        if len(c) == 0:
+            continue
+        r = c[:, 2]
+        k = max(1, min(20, len(r) // 5))
+        smooth = np.convolve(r, np.ones(k) / k, mode="valid")  # moving average over k episodes
+        xs = c[k - 1 :, x_index]
+        ys.append(np.interp(grid, xs, smooth, left=np.nan, right=smooth[-1]))
+    if not ys:
+        return
+    ys = np.array(ys)
+    mean = np.nanmean(ys, axis=0)
+    line = ax.plot(grid, mean, label=label)[0]
+    ax.fill_between(grid, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=line.get_color(), alpha=0.2)
+
+
+def summarise(rows: list[dict]) -> dict:
+    evals = np.array([r["eval_mean"] for r in rows])
+    times = np.array([r["train_time"] for r in rows])
+    sps = np.array([r["sps"] for r in rows])
+    return {"eval_mean": evals.mean(), "eval_std": evals.std(), "time_mean": times.mean(), "time_std": times.std(),
+            "sps_mean": sps.mean(), "n": len(rows), "steps": rows[0]["steps"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algo", required=True, help="file stem in algorithms/, e.g. ppo")
+    parser.add_argument("--env-id", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--total-timesteps", type=int, required=True)
+    parser.add_argument("--algo-args", default="", help="extra arguments for our file, one shell-quoted string")
+    parser.add_argument("--compare-sb3", action="store_true", help="also run the matching SB3 algorithm")
+    parser.add_argument("--sb3-config", choices=["zoo", "default"], default="zoo",
+                        help="SB3 hyperparameters: rl-zoo3's tuned ones for the environment, or SB3's defaults")
+    parser.add_argument("--sb3-args", default="", help="JSON dict of extra SB3 keyword arguments")
+    parser.add_argument("--sb3-threads", type=int, default=-1, help="torch threads for SB3 (-1: torch's default, as rl-zoo3)")
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--tag", default=None, help="output file prefix (default: {algo}_{env_id})")
+    parser.add_argument("--out", default=str(ROOT / "benchmark_results"))
+    parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    if "--child" in sys.argv:  # a worker process: run one training and print its JSON result
+        child = sys.argv[sys.argv.index("--child") + 1 :]
+        side, algo, env_id, seed, steps, extra, eval_episodes, threads = child
+        if side == "ours":
+            result = run_ours_child(algo, env_id, int(seed), int(steps), shlex.split(extra), int(eval_episodes))
+        else:
+            config, _, sb3_args = extra.partition("|")
+            result = run_sb3_child(algo, env_id, int(seed), int(steps), config, sb3_args, int(eval_episodes), int(threads))
+        print(json.dumps(result))
+        return
+    a = parser.parse_args()
+    if not (ROOT / "algorithms" / f"{a.algo}.py").is_file():
+        parser.error(f"no file algorithms/{a.algo}.py")
+    if a.compare_sb3 and a.sb3_config == "zoo" and (a.algo, a.env_id) not in SB3_ZOO:
+        parser.error(f"no rl-zoo3 configuration recorded for {a.algo} on {a.env_id}; use --sb3-config default")
+    tag = a.tag or f"{a.algo}_{a.env_id}"
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python tools/benchmark.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+
+    rows, curves = [], []
+    log = open(out / f"{tag}.log", "w")
+    sides = ["ours", "sb3"] if a.compare_sb3 else ["ours"]
+    for seed in a.seeds:
+        for side in sides:
+            extra = a.algo_args if side == "ours" else f"{a.sb3_config}|{a.sb3_args}"
+            res = launch([side, a.algo, a.env_id, str(seed), str(a.total_timesteps), extra, str(a.eval_episodes),
+                          str(a.sb3_threads)], log)
+            row = {"side": side, "seed": seed, "steps": res["steps"], "train_time": res["train_time"],
+                   "sps": res["steps"] / res["train_time"], "eval_mean": float(np.mean(res["eval_returns"])),
+                   "eval_std": float(np.std(res["eval_returns"]))}
+            rows.append(row)
+            curves += [(side, seed, *p) for p in res["curve"]]
+            print(f"{tag} {side:>4} seed {seed}: eval {row['eval_mean']:7.1f}  train {row['train_time']:6.1f}s  "
+                  f"SPS {row['sps']:7.0f}", flush=True)
+    log.close()
+
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(out / f"{tag}.csv", index=False)
+    pd.DataFrame(curves, columns=["side", "seed", "step", "seconds", "return"]).to_csv(out / f"{tag}_curves.csv", index=False)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    labels = {"ours": f"onefile-rl {a.algo}.py", "sb3": f"SB3 {a.algo.upper()} ({a.sb3_config})"}
+    max_time = max((c[3] for c in curves), default=1.0)
+    for side in sides:
+        per_seed = [np.array([c[2:] for c in curves if c[0] == side and c[1] == s]).reshape(-1, 3) for s in a.seeds]
+        band_plot(axes[0], per_seed, 0, labels[side], np.linspace(0, a.total_timesteps, 200))
+        band_plot(axes[1], per_seed, 1, labels[side], np.linspace(0, max_time, 200))
+    axes[0].set_xlabel("environment steps")
+    axes[1].set_xlabel("wall-clock seconds of training")
+    for ax in axes:
+        ax.set_ylabel("training episode return")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{a.env_id}: mean and min-max over seeds {a.seeds}")
+    fig.tight_layout()
+    fig.savefig(out / f"{tag}.png", dpi=110)
+
+    threads = f"torch threads: ours from the file's --torch-threads, SB3 {a.sb3_threads if a.sb3_threads > 0 else 'default'}"
+    lines = [f"### {a.algo}.py on {a.env_id}", "", f"Command: `{command}`", "",
+             f"Machine: {os.cpu_count()} cores; {threads}. Date: {time.strftime('%Y-%m-%d %H:%M')}.",
+             f"Our arguments: `{a.algo_args or '(file defaults)'}`. "
+             + (f"SB3: {a.sb3_config} hyperparameters" + (" (rl-zoo3 2.9.2)" if a.sb3_config == "zoo" else "")
+                + (f", plus `{a.sb3_args}`" if a.sb3_args else "") + "." if a.compare_sb3 else ""), "",
+             "| implementation | seeds | steps | final eval return (mean ± std over seeds) | train wall time (s) | SPS |",
+             "|---|---|---|---|---|---|"]
+    summary = {}
+    for side in sides:
+        s = summarise([r for r in rows if r["side"] == side])
+        summary[side] = s
+        lines.append(f"| {labels[side]} | {s['n']} | {s['steps']:,} | {s['eval_mean']:.1f} ± {s['eval_std']:.1f} | "
+                     f"{s['time_mean']:.1f} ± {s['time_std']:.1f} | {s['sps_mean']:.0f} |")
+    if a.compare_sb3:
+        o, b = summary["ours"], summary["sb3"]
+        lines += ["", f"Ratios (ours / SB3): wall time {o['time_mean'] / b['time_mean']:.2f}, "
+                      f"SPS {o['sps_mean'] / b['sps_mean']:.2f}, eval return difference "
+                      f"{o['eval_mean'] - b['eval_mean']:+.1f}."]
+    lines += ["", f"Per-run numbers: [{tag}.csv]({tag}.csv); curves: [{tag}.png]({tag}.png).", ""]
+    (out / f"{tag}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
