@@ -241,8 +241,8 @@ def compute_gae(
     T = rewards.shape[0]
     advantages = torch.zeros_like(rewards)
     last = torch.zeros_like(rewards[0])
-    not_term = 1.0 - terminations.float()
-    not_done = 1.0 - torch.maximum(terminations.float(), truncations.float())
+    not_term = 1.0 - terminations.to(rewards.dtype)
+    not_done = 1.0 - torch.maximum(terminations, truncations).to(rewards.dtype)
     for t in reversed(range(T)):
         delta = rewards[t] + gamma * next_values[t] * not_term[t] - values[t]
         last = delta + gamma * gae_lambda * not_done[t] * last

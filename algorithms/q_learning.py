@@ -379,7 +379,7 @@ def main(args: Args) -> dict:
     ax.set_ylabel("Sum of rewards during episode")
     ax.set_title(
         f"{args.env_id} (S&B Example 6.6), online epsilon-greedy returns\n"
-        f"mean of {args.num_runs} runs, moving average of {args.smoothing} episodes; "
+        f"mean of {args.num_runs} runs, moving average of {args.smoothing} episodes\n"
         f"alpha={args.alpha}, epsilon={args.epsilon}, gamma={args.gamma}"
     )
     ax.legend(loc="lower right")

@@ -15,6 +15,11 @@ The update (the book's pseudocode, as in `sarsa_episode` below):
 A terminal S' has value 0, so there is no bootstrap on termination; an episode cut by a time limit
 (truncated, e.g. FrozenLake's 100 steps) still bootstraps from Q(S', A'), because S' is not terminal.
 
+Measured (Example 6.5, 20 runs of 170 episodes): about 8200 time steps per run, as in the book's figure;
+the greedy path of the run-averaged Q is the optimal 15 steps (drawn as the figure's inset), but one run's
+greedy path is 15 steps in a minority of runs only, and loops in about half: with a constant alpha = 0.5
+a run's Q keeps fluctuating by about one step's reward, so nearly tied actions swap places.
+
 Environments: the windy gridworld (written below as a gymnasium.Env, id "WindyGridworld"),
 CliffWalking-v1, FrozenLake-v1 and Taxi-v4 (Gymnasium 1.4 registers Taxi-v4; Taxi-v3 is deprecated
 there). Any Gymnasium id with Discrete observation and action spaces is accepted.

@@ -74,6 +74,13 @@ SMOKE: dict[str, Smoke] = {
                              files=["{tmp}/fig.png"]),
     "dyna_q.py": Smoke(args=["--num-runs", "3", "--num-episodes", "5", "--plot", "{tmp}/fig.png"], kind="classic",
                        files=["{tmp}/fig.png"]),
+    "sarsa.py": Smoke(args=["--num-runs", "2", "--num-episodes", "20", "--eval-episodes", "2", "--plot", "{tmp}/fig.png"],
+                      kind="classic", files=["{tmp}/fig.png"]),
+    "q_learning.py": Smoke(args=["--num-runs", "2", "--num-episodes", "30", "--report-from", "10", "--eval-episodes", "2",
+                                 "--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"]),
+    "expected_sarsa.py": Smoke(args=["--num-runs", "2", "--num-episodes", "30", "--report-from", "10", "--sweep-alphas",
+                                     "0.5", "1.0", "--sweep-episodes", "5", "--sweep-runs", "1", "--eval-episodes", "2",
+                                     "--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"]),
 }
 
 BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
@@ -101,4 +108,12 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
     "dyna_q.py": [(["--env-id", "NoSuchEnv-v0"], "unknown"), (["--env-id", "CartPole-v1"], "Box"),
                   (["--num-episodes", "0"], "num-episodes"), (["--num-runs", "0"], "num-runs"),
                   (["--planning-steps", "5", "-1"], "planning-steps")],
+    "sarsa.py": [(["--env-id", "Foo-v0"], "is unknown"), (["--env-id", "CartPole-v1"], "observation space"),
+                 (["--epsilon", "1.5"], "--epsilon"), (["--alpha", "0"], "--alpha"), (["--num-episodes", "0"], "--num-episodes"),
+                 (["--env-id", "Taxi-v3"], "Taxi-v4")],
+    "q_learning.py": [(["--env-id", "Foo-v0"], "is unknown"), (["--env-id", "CartPole-v1"], "observation space"),
+                      (["--epsilon", "-0.1"], "--epsilon"), (["--alpha", "-0.5"], "--alpha"), (["--num-runs", "0"], "--num-runs")],
+    "expected_sarsa.py": [(["--env-id", "Foo-v0"], "is unknown"), (["--env-id", "CartPole-v1"], "observation space"),
+                          (["--epsilon", "1.5"], "--epsilon"), (["--alpha", "0"], "--alpha"),
+                          (["--num-episodes", "0"], "--num-episodes"), (["--sweep-alphas", "0", "0.5"], "--sweep-alphas")],
 }

@@ -156,3 +156,13 @@ def test_bad_input(tmp_path, args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
     assert not plot.exists()
+
+
+def test_same_seed_same_result():
+    """FrozenLake is stochastic: the environments' seeds and the agent's generator must fix the run."""
+    first = ql.run_learner("Q-learning", "FrozenLake-v1", 0.1, 0.1, 0.99, 50, 2, seed=3)
+    second = ql.run_learner("Q-learning", "FrozenLake-v1", 0.1, 0.1, 0.99, 50, 2, seed=3)
+    other = ql.run_learner("Q-learning", "FrozenLake-v1", 0.1, 0.1, 0.99, 50, 2, seed=4)
+    np.testing.assert_array_equal(first["q"], second["q"])
+    np.testing.assert_array_equal(first["lengths"], second["lengths"])
+    assert not np.array_equal(first["lengths"], other["lengths"])

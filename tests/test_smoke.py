@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import ALGORITHMS, load_algo, run_algo
+from conftest import ALGORITHMS, ROOT, load_algo, run_algo
 from smoke_configs import BAD_INPUT, SMOKE
 
 FILES = sorted(p.name for p in ALGORITHMS.glob("*.py"))
@@ -71,6 +73,9 @@ def test_smoke(name: str, tmp_path: Path):
     env_id = next((cfg.args[i + 1] for i, a in enumerate(cfg.args) if a == "--env-id"), module.Args().env_id)
     returns = module.evaluate(models[0], env_id, eval_episodes=2, seed=0)  # loads with weights_only=True
     assert len(returns) == 2 and all(r == r for r in returns)
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), name, models[0], "--episodes", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "over 1 episodes" in proc.stdout, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize(
