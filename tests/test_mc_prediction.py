@@ -163,13 +163,19 @@ def test_blackjack_values_match_exact_small():
 
 @pytest.mark.slow
 def test_blackjack_values_match_exact_500k():
-    # Figure 5.1's 500,000 episodes. Exact values (recursion above): V(20, d) = 0.64..0.79 for a dealer
-    # 2..9 and V(21, d) = 0.64..0.94 for every dealer card; 20 against an ace (0.15) or a ten (0.44) is lower.
+    # Figure 5.1's 500,000 episodes: all 190 states within the Bonferroni tolerance of the exact values.
+    # Exact values (recursion above): V(20, d) = 0.64..0.79 for a dealer 2..9 and V(21, d) = 0.64..0.94
+    # for every dealer card; 20 against an ace (0.15) or a ten (0.44) is lower.
     values, counts = _check_blackjack(500_000)
-    assert np.all(values[20, 2:10, :] > 0.6)
-    assert np.all(values[21, 1:11, :] > 0.6)
-    # every one of these has thousands of visits, so 0.6 is far outside its SE (<= 1/sqrt(visits))
-    assert counts[20:22, 1:11, :].min() > 1000
+    # "Sum 20/21 is worth more than 0.6": asserted where it is resolvable, i.e. where the exact value is
+    # more than 3 SE (<= 3/sqrt(visits)) above 0.6. Usable-ace 20 has only ~900 visits per dealer card
+    # (SE ~0.034), so 20-with-ace against a 2-4 (exact 0.64-0.66) is not; no-usable-ace 20 (~7,500
+    # visits) and 21 are.
+    cells = [(s, d, u) for s in (20, 21) for d in range(1, 11) for u in (0, 1) if not (s == 21 and u == 1)
+             and (exact_stick20_value(s, u, d) - 0.6) * np.sqrt(counts[s, d, u]) > 3]
+    assert len(cells) >= 20
+    assert all(values[c] > 0.6 for c in cells), [(c, values[c]) for c in cells if values[c] <= 0.6]
+    assert np.all(values[21, 1:11, 1] > 0.6)  # usable-ace 21 (mostly naturals): thousands of visits
 
 
 # ---------------------------------------------------------------------------------------------------
