@@ -7,9 +7,10 @@ Run:
     python algorithms/ppo.py --env-id CartPole-v1
     python algorithms/ppo.py --help            # every hyperparameter, with its meaning
 
-The defaults are rl-zoo3's tuned CartPole-v1 settings (8 envs x 32 steps, 20 epochs of one 256-sample
-minibatch, lr 1e-3 and clip 0.2 both annealed linearly to 0, gamma 0.98, lambda 0.8), which solve
-CartPole in 100k steps. Stable-Baselines3's generic defaults are reproduced by
+The defaults solve CartPole-v1 in 100k steps (deterministic evaluation 500 on seeds 1-10 here). They are
+rl-zoo3's tuned CartPole settings (8 envs, lr 1e-3 and clip 0.2 both annealed linearly to 0, gamma 0.98,
+lambda 0.8) with half the gradient steps per sample: 10 epochs over 8 x 64-step rollouts in two
+minibatches of 256, instead of 20 epochs over 8 x 32-step rollouts in one. Stable-Baselines3's generic defaults are reproduced by
     --num-envs 1 --num-steps 2048 --num-minibatches 32 --update-epochs 10 --learning-rate 3e-4
     --no-anneal-lr --no-anneal-clip --gamma 0.99 --gae-lambda 0.95
 
@@ -78,15 +79,15 @@ class Args:
     """if toggled, the learning rate decays linearly to 0 over training"""
     num_envs: int = 8
     """the number of parallel environments"""
-    num_steps: int = 32
+    num_steps: int = 64
     """steps per environment in each rollout (rollout size = num_envs * num_steps)"""
     gamma: float = 0.98
     """the discount factor"""
     gae_lambda: float = 0.8
     """the lambda of generalised advantage estimation"""
-    num_minibatches: int = 1
+    num_minibatches: int = 2
     """the number of minibatches each rollout is split into"""
-    update_epochs: int = 20
+    update_epochs: int = 10
     """the number of passes over each rollout"""
     norm_adv: bool = True
     """if toggled, normalise advantages within each minibatch"""

@@ -7,7 +7,8 @@ from math import sqrt
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import load_algo, run_algo
+from conftest import load_algo
+from toy_envs import OneStep
 
 es = load_algo("expected_sarsa")
 
@@ -57,22 +58,6 @@ def test_comparison_targets_by_hand():
     q_next = np.array([1.0, 2.0, 3.0, 4.0])
     assert es.sarsa_target(-1.0, q_next, 1, 0.9, False) == pytest.approx(0.8)
     assert es.q_learning_target(-1.0, q_next, 0.9, False) == pytest.approx(2.6)
-
-
-class OneStep(gym.Env):
-    """State 0 --any action--> state 1 with reward 1; the step either terminates or is truncated."""
-
-    def __init__(self, terminal: bool):
-        self.terminal = terminal
-        self.observation_space = gym.spaces.Discrete(2)
-        self.action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return 0, {}
-
-    def step(self, action):
-        return 1, 1.0, self.terminal, not self.terminal, {}
 
 
 @pytest.mark.parametrize("terminal", [True, False])
@@ -163,7 +148,7 @@ def test_frozen_lake_learns():
     assert abs(success - exact) <= 3 * sqrt(exact * (1 - exact) / 1000), (success, exact)
 
 
-# ---------------------------------------------------------------- main and bad input
+# ---------------------------------------------------------------- main
 
 
 def test_main_writes_the_figure(tmp_path):
@@ -176,23 +161,3 @@ def test_main_writes_the_figure(tmp_path):
     assert plot.stat().st_size > 0
     assert set(summary["interim"]) == {"Expected SARSA", "SARSA", "Q-learning"}
     assert all(len(v) == 2 for v in summary["interim"].values())
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--env-id", "Foo-v0"], "Foo-v0 is unknown"),
-        (["--env-id", "CartPole-v1"], "observation space"),
-        (["--epsilon", "1.5"], "--epsilon"),
-        (["--alpha", "0"], "--alpha"),
-        (["--num-episodes", "0"], "--num-episodes"),
-        (["--sweep-alphas", "0", "0.5"], "--sweep-alphas"),
-    ],
-)
-def test_bad_input(tmp_path, args, message):
-    plot = tmp_path / "fig.png"
-    proc = run_algo("expected_sarsa", *args, "--plot", str(plot))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
-    assert not plot.exists()

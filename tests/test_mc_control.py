@@ -2,69 +2,19 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 import pytest
-from conftest import load_algo, run_algo
+from blackjack_exact import exact_q
+from conftest import load_algo
 
 mc = load_algo("mc_control")
 STICK, HIT = 0, 1
 
 # Figure 5.2, usable ace: stick on 19-21 everywhere and on 18 against a dealer 2..8, hit otherwise.
-# (An exact recursion over the infinite deck, below, gives the same 100 cells.)
+# (The exact recursion over the infinite deck in blackjack_exact.py gives the same 100 cells.)
 BOOK_USABLE = np.full((22, 11), HIT)
 BOOK_USABLE[19:22, 1:11] = STICK
 BOOK_USABLE[18, 2:9] = STICK
-
-# ---------------------------------------------------------------------------------------------------
-# Independent reference: exact optimal action values (S&B rules, infinite deck), by recursion.
-# ---------------------------------------------------------------------------------------------------
-CARD_PROBS = {c: (4 / 13 if c == 10 else 1 / 13) for c in range(1, 11)}
-
-
-def _add(total, usable, card):
-    if usable:
-        return (total + card, 1) if total + card <= 21 else (total + card - 10, 0)
-    if card == 1 and total + 11 <= 21:
-        return total + 11, 1
-    return total + card, 0
-
-
-@lru_cache(None)
-def _dealer_final(total, usable):
-    if total > 21:
-        return {22: 1.0}
-    if total >= 17:
-        return {total: 1.0}
-    out = {}
-    for card, p in CARD_PROBS.items():
-        for k, q in _dealer_final(*_add(total, usable, card)).items():
-            out[k] = out.get(k, 0.0) + p * q
-    return out
-
-
-@lru_cache(None)
-def _stick_value(total, dealer):
-    out = {}
-    for hidden, p in CARD_PROBS.items():
-        for k, q in _dealer_final(*_add(*_add(0, 0, dealer), hidden)).items():
-            out[k] = out.get(k, 0.0) + p * q
-    return sum(q * (1.0 if k > 21 else float(total > k) - float(total < k)) for k, q in out.items())
-
-
-@lru_cache(None)
-def _v_opt(total, usable, dealer):
-    if total > 21:
-        return -1.0
-    return max(exact_q(total, usable, dealer))
-
-
-@lru_cache(None)
-def exact_q(total, usable, dealer):
-    """(q*(stick), q*(hit)); below 12 only hitting is allowed (the book's convention)."""
-    hit = sum(p * _v_opt(*_add(total, usable, c), dealer) for c, p in CARD_PROBS.items())
-    return (_stick_value(total, dealer) if total >= 12 else -np.inf), hit
 
 
 def test_exact_reference_reproduces_figure_5_2_usable_ace():
@@ -175,22 +125,3 @@ def test_epsilon_soft_greedy_beats_stick_on_20():
     assert learned.mean() - baseline.mean() > 3 * se, (learned.mean(), baseline.mean(), se)
     # greedy policies never stick below 12 (they are not asked) and stick on 21
     assert np.all(greedy[21, 1:11, :] == STICK)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Bad input
-# ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("args", "message"), [
-    (["--env-id", "NoSuchEnv-v0"], "unknown"),
-    (["--env-id", "CartPole-v1"], "continuous observation space"),
-    (["--env-id", "FrozenLake-v1"], "not Blackjack"),
-    (["--num-episodes", "0"], "num-episodes"),
-    (["--epsilon", "1.5"], "epsilon"),
-])
-def test_bad_input(tmp_path, args, message):
-    out = tmp_path / "fig.png"
-    proc = run_algo("mc_control", *args, "--plot", str(out))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
-    assert not out.exists()

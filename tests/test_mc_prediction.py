@@ -2,66 +2,14 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
 import pytest
+from blackjack_exact import exact_stick20_value
 from conftest import load_algo, run_algo
 
 mc = load_algo("mc_prediction")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Independent reference: exact values of the stick-on-20 policy for the infinite-deck game (S&B rules),
-# by recursion over (sum, usable ace) -- no sampling, no code shared with the algorithm file.
-# ---------------------------------------------------------------------------------------------------
-CARD_PROBS = {c: (4 / 13 if c == 10 else 1 / 13) for c in range(1, 11)}
-
-
-def _add(total, usable, card):
-    if usable:
-        return (total + card, 1) if total + card <= 21 else (total + card - 10, 0)
-    if card == 1 and total + 11 <= 21:
-        return total + 11, 1
-    return total + card, 0
-
-
-@lru_cache(None)
-def _dealer_final(total, usable):
-    """Distribution of the dealer's final sum (22 = bust); the dealer hits below 17."""
-    if total > 21:
-        return {22: 1.0}
-    if total >= 17:
-        return {total: 1.0}
-    out = {}
-    for card, p in CARD_PROBS.items():
-        for k, q in _dealer_final(*_add(total, usable, card)).items():
-            out[k] = out.get(k, 0.0) + p * q
-    return out
-
-
-@lru_cache(None)
-def _dealer_from_showing(card):
-    out = {}
-    for hidden, p in CARD_PROBS.items():
-        for k, q in _dealer_final(*_add(*_add(0, 0, card), hidden)).items():
-            out[k] = out.get(k, 0.0) + p * q
-    return out
-
-
-def _stick_value(total, dealer):
-    return sum(q * (1.0 if k > 21 else float(total > k) - float(total < k))
-               for k, q in _dealer_from_showing(dealer).items())
-
-
-@lru_cache(None)
-def exact_stick20_value(total, usable, dealer):
-    if total > 21:
-        return -1.0
-    if total >= 20:
-        return _stick_value(total, dealer)
-    return sum(p * exact_stick20_value(*_add(total, usable, c), dealer) for c, p in CARD_PROBS.items())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -140,7 +88,7 @@ def _check_blackjack(num_episodes):
     checked = 0
     cells = [(s, d, u) for s in range(12, 22) for d in range(1, 11) for u in (0, 1)
              # (21, d, usable) mixes naturals (+1 unless the dealer has one) with 21s reached by hitting,
-             # so its value depends on how often each occurs; the reference below leaves it out.
+             # so its value depends on how often each occurs; the reference leaves it out.
              if not (s == 21 and u == 1)]
     # Returns lie in [-1, 1], so their sd is at most 1 and a state's SE is at most 1/sqrt(visits).
     # Bonferroni over the 190 states for a 1% family-wise false-alarm rate.
@@ -164,7 +112,7 @@ def test_blackjack_values_match_exact_small():
 @pytest.mark.slow
 def test_blackjack_values_match_exact_500k():
     # Figure 5.1's 500,000 episodes: all 190 states within the Bonferroni tolerance of the exact values.
-    # Exact values (recursion above): V(20, d) = 0.64..0.79 for a dealer 2..9 and V(21, d) = 0.64..0.94
+    # Exact values (blackjack_exact.py): V(20, d) = 0.64..0.79 for a dealer 2..9 and V(21, d) = 0.64..0.94
     # for every dealer card; 20 against an ace (0.15) or a ten (0.44) is lower.
     values, counts = _check_blackjack(500_000)
     # "Sum 20/21 is worth more than 0.6": asserted where it is resolvable, i.e. where the exact value is
@@ -179,7 +127,7 @@ def test_blackjack_values_match_exact_500k():
 
 
 # ---------------------------------------------------------------------------------------------------
-# Running the file, bad input
+# Running the file
 # ---------------------------------------------------------------------------------------------------
 def test_script_runs_random_walk(tmp_path):
     out = tmp_path / "rw.png"
@@ -187,19 +135,3 @@ def test_script_runs_random_walk(tmp_path):
                     "--plot", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.exists() and "first-visit" in proc.stdout
-
-
-@pytest.mark.parametrize(("args", "message"), [
-    (["--env-id", "NoSuchEnv-v0"], "unknown"),
-    (["--env-id", "CartPole-v1"], "continuous observation space"),
-    (["--env-id", "FrozenLake-v1"], "not supported"),
-    (["--num-episodes", "0"], "num-episodes"),
-    (["--num-runs", "-3", "--env-id", "RandomWalk-v0"], "num-runs"),
-])
-def test_bad_input(tmp_path, args, message):
-    out = tmp_path / "fig.png"
-    proc = run_algo("mc_prediction", *args, "--plot", str(out))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
-    assert not out.exists()

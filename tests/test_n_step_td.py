@@ -194,25 +194,3 @@ def test_cli_writes_the_figure(tmp_path):
                     "--sarsa-runs", "1", "--sarsa-steps", "300", "--plot", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.exists()
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--num-runs", "0"], "num-runs"),
-        (["--num-episodes", "0"], "num-episodes"),
-        (["--ns", "4", "0"], "--ns"),
-        (["--sarsa-ns", "-1"], "sarsa-ns"),
-        (["--alphas", "0"], "alphas"),
-        (["--sarsa-alpha", "-0.5"], "sarsa-alpha"),
-        (["--sarsa-epsilon", "1.5"], "sarsa-epsilon"),
-        (["--sarsa-steps", "0"], "sarsa-steps"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    out = tmp_path / "fig.png"
-    proc = run_algo("n_step_td", *args, "--plot", str(out))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
-    assert not out.exists()

@@ -8,12 +8,11 @@ for gamma = 1, the largest expected number of steps to termination under the fin
 The one sampled test (the Jack env's step against its model) uses 4 standard errors of its own samples.
 """
 
-import dataclasses
 import math
 
 import numpy as np
 import pytest
-from conftest import load_algo, run_algo
+from conftest import load_algo
 
 pi_mod = load_algo("policy_iteration")
 vi_mod = load_algo("value_iteration")
@@ -200,34 +199,3 @@ def test_policy_iteration_and_value_iteration_agree(env_id, gamma):
     assert res_pi <= gamma * THETA + TIE_TOL and res_vi <= gamma * THETA
     h = 1 / (1 - gamma) if gamma < 1 else horizon(p, actions, 1.0)
     np.testing.assert_allclose(v_pi, v_vi, atol=(res_pi + res_vi) * h + 1e-12)
-
-
-# --- the program and bad input -------------------------------------------------------------------------------
-def test_cli_env_without_a_model(tmp_path):
-    res = run_algo("policy_iteration", "--env-id", "CartPole-v1", "--plot", str(tmp_path / "f.png"))
-    assert res.returncode == 2
-    assert res.stderr.strip().count("\n") == 0 and "transition model" in res.stderr
-    assert "Traceback" not in res.stderr and not (tmp_path / "f.png").exists()
-
-
-@pytest.mark.parametrize(
-    "changes, needle",
-    [
-        ({"env_id": "Foo-v0"}, "unknown"),
-        ({"env_id": "Taxi-v3"}, "Taxi-v4"),
-        ({"env_id": "Blackjack-v1"}, "transition model"),
-        ({"gamma": 0.0}, "gamma"),
-        ({"gamma": 1.01}, "gamma"),
-        ({"theta": 0.0}, "theta"),
-        ({"tie_tol": -1.0}, "tie-tol"),
-        ({"gamma": 1.0}, "no policy terminates"),  # Jack's continuing task with gamma = 1 is refused
-    ],
-)
-def test_bad_input(changes, needle, tmp_path, capsys):
-    args = dataclasses.replace(pi_mod.Args(plot=str(tmp_path / "f.png")), **changes)
-    with pytest.raises(SystemExit) as exit_info:
-        pi_mod.main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err
-    assert not (tmp_path / "f.png").exists()

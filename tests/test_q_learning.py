@@ -8,7 +8,8 @@ from math import sqrt
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import load_algo, run_algo
+from conftest import load_algo
+from toy_envs import OneStep
 
 ql = load_algo("q_learning")
 
@@ -37,22 +38,6 @@ def test_q_learning_target_batched_against_a_loop():
 
 def test_sarsa_comparison_target_by_hand():
     assert ql.sarsa_target(-1.0, np.array([1.0, 2.0, 3.0, 4.0]), 0, 0.9, False) == pytest.approx(-0.1)
-
-
-class OneStep(gym.Env):
-    """State 0 --any action--> state 1 with reward 1; the step either terminates or is truncated."""
-
-    def __init__(self, terminal: bool):
-        self.terminal = terminal
-        self.observation_space = gym.spaces.Discrete(2)
-        self.action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return 0, {}
-
-    def step(self, action):
-        return 1, 1.0, self.terminal, not self.terminal, {}
 
 
 @pytest.mark.parametrize("terminal", [True, False])
@@ -124,7 +109,7 @@ def test_taxi_learns():
     assert mean_return >= 7.0, mean_return
 
 
-# ---------------------------------------------------------------- main and bad input
+# ---------------------------------------------------------------- main
 
 
 def test_main_writes_the_figure(tmp_path):
@@ -136,26 +121,6 @@ def test_main_writes_the_figure(tmp_path):
 
 def test_moving_average():
     np.testing.assert_allclose(ql.moving_average(np.array([1.0, 2.0, 3.0, 4.0]), 2), [1.5, 2.5, 3.5])
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--env-id", "Foo-v0"], "Foo-v0 is unknown"),
-        (["--env-id", "CartPole-v1"], "observation space"),
-        (["--epsilon", "1.5"], "--epsilon"),
-        (["--alpha", "-0.5"], "--alpha"),
-        (["--num-episodes", "0"], "--num-episodes"),
-        (["--num-runs", "0"], "--num-runs"),
-    ],
-)
-def test_bad_input(tmp_path, args, message):
-    plot = tmp_path / "fig.png"
-    proc = run_algo("q_learning", *args, "--plot", str(plot))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
-    assert not plot.exists()
 
 
 def test_same_seed_same_result():

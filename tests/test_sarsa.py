@@ -8,7 +8,8 @@ from math import sqrt
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import load_algo, run_algo
+from conftest import load_algo
+from toy_envs import OneStep
 
 sarsa = load_algo("sarsa")
 
@@ -54,22 +55,6 @@ def test_epsilon_greedy_action_matches_its_probabilities():
     p = sarsa.epsilon_greedy_probs(q, 0.2)
     # each frequency is a binomial proportion: 4 standard errors sqrt(p (1 - p) / n)
     np.testing.assert_array_less(np.abs(counts / n - p), 4 * np.sqrt(p * (1 - p) / n) + 1e-12)
-
-
-class OneStep(gym.Env):
-    """State 0 --any action--> state 1 with reward 1; the step either terminates or is truncated."""
-
-    def __init__(self, terminal: bool):
-        self.terminal = terminal
-        self.observation_space = gym.spaces.Discrete(2)
-        self.action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return 0, {}
-
-    def step(self, action):
-        return 1, 1.0, self.terminal, not self.terminal, {}
 
 
 @pytest.mark.parametrize("terminal", [True, False])
@@ -184,7 +169,7 @@ def test_cliff_walking_sarsa_full():
     check_cliff_sarsa(runs=100)
 
 
-# ---------------------------------------------------------------- main and bad input
+# ---------------------------------------------------------------- main
 
 
 def test_main_writes_the_figure(tmp_path):
@@ -192,23 +177,3 @@ def test_main_writes_the_figure(tmp_path):
     summary = sarsa.main(sarsa.Args(num_runs=3, num_episodes=30, eval_episodes=2, plot=str(plot)))
     assert plot.stat().st_size > 0
     assert len(summary["greedy_path_lengths"]) == 3 and summary["time_steps_mean"] > 30
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--env-id", "Foo-v0"], "Foo-v0 is unknown"),
-        (["--env-id", "CartPole-v1"], "observation space"),
-        (["--epsilon", "1.5"], "--epsilon"),
-        (["--alpha", "0"], "--alpha"),
-        (["--num-episodes", "0"], "--num-episodes"),
-        (["--num-runs", "-1"], "--num-runs"),
-    ],
-)
-def test_bad_input(tmp_path, args, message):
-    plot = tmp_path / "fig.png"
-    proc = run_algo("sarsa", *args, "--plot", str(plot))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
-    assert not plot.exists()

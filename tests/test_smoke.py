@@ -39,6 +39,7 @@ def check_one_line_error(proc, expected: str) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warn" not in line and "warn(" not in line]
     assert len(lines) == 1, f"expected one line on stderr, got:\n{proc.stderr}"
     assert "Traceback" not in proc.stderr
+    assert lines[0].startswith("error: "), f"the line does not start with 'error: ': {lines[0]!r}"
     assert expected.lower() in lines[0].lower(), f"{expected!r} not in {lines[0]!r}"
 
 

@@ -216,24 +216,3 @@ def test_cli_writes_the_figure(tmp_path):
                     "--plot", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.exists()
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--num-runs", "0"], "num-runs"),
-        (["--num-episodes", "-1"], "num-episodes"),
-        (["--lambdas", "0.5", "1.5"], "lambdas"),
-        (["--lambdas", "-0.1"], "lambdas"),
-        (["--alphas", "0"], "alphas"),
-        (["--alphas", "-0.3"], "alphas"),
-        (["--methods", "dutch"], "methods"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    out = tmp_path / "fig.png"
-    proc = run_algo("td_lambda", *args, "--plot", str(out))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
-    assert not out.exists()

@@ -7,11 +7,9 @@ largest expected number of steps to termination under the greedy policy (compute
 (Agreement with policy iteration on every environment is tested in test_policy_iteration.py.)
 """
 
-import dataclasses
-
 import numpy as np
 import pytest
-from conftest import load_algo, run_algo
+from conftest import load_algo
 
 vi = load_algo("value_iteration")
 
@@ -139,36 +137,3 @@ def test_gridworld_v_star_is_minus_the_distance_to_a_corner():
     rows, cols = np.divmod(np.arange(16), 4)
     np.testing.assert_allclose(v, -np.minimum(rows + cols, 6 - rows - cols))
     assert sweeps == 4  # in-place, row by row: 3 sweeps to settle, a 4th to see nothing change
-
-
-# --- the program and bad input -------------------------------------------------------------------------------
-def test_cli_env_without_a_model(tmp_path):
-    res = run_algo("value_iteration", "--env-id", "CartPole-v1", "--plot", str(tmp_path / "f.png"))
-    assert res.returncode == 2
-    assert res.stderr.strip().count("\n") == 0 and "transition model" in res.stderr
-    assert "Traceback" not in res.stderr and not (tmp_path / "f.png").exists()
-
-
-@pytest.mark.parametrize(
-    "changes, needle",
-    [
-        ({"env_id": "Foo-v0"}, "unknown"),
-        ({"env_id": "Taxi-v3"}, "Taxi-v4"),
-        ({"env_id": "Blackjack-v1"}, "transition model"),
-        ({"gamma": 0.0}, "gamma"),
-        ({"gamma": -0.5}, "gamma"),
-        ({"gamma": 2.0}, "gamma"),
-        ({"theta": 0.0}, "theta"),
-        ({"p_head": 0.0}, "p-head"),
-        ({"p_head": 1.5}, "p-head"),
-        ({"tie_tol": -1.0}, "tie-tol"),
-    ],
-)
-def test_bad_input(changes, needle, tmp_path, capsys):
-    args = dataclasses.replace(vi.Args(plot=str(tmp_path / "f.png")), **changes)
-    with pytest.raises(SystemExit) as exit_info:
-        vi.main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err
-    assert not (tmp_path / "f.png").exists()
