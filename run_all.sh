@@ -30,12 +30,12 @@ B="python tools/benchmark.py --compare-sb3 --sb3-threads 1"
 if [[ "$what" == all || "$what" == deep ]]; then
   $B --algo ppo --env-id CartPole-v1 --seeds 1 2 3 4 5 --total-timesteps 100000 --tag ppo_CartPole-v1
   $B --algo ppo --env-id CartPole-v1 --seeds 1 2 3 --total-timesteps 100000 --sb3-config default \
-     --algo-args "$PPO_SB3_DEFAULTS" --tag ppo_CartPole-v1_equal-settings
-  $B --algo ppo --env-id Acrobot-v1 --seeds 1 2 3 --total-timesteps 200000 --algo-args "$PPO_ACROBOT" \
+     --algo-args="$PPO_SB3_DEFAULTS" --tag ppo_CartPole-v1_equal-settings
+  $B --algo ppo --env-id Acrobot-v1 --seeds 1 2 3 --total-timesteps 200000 --algo-args="$PPO_ACROBOT" \
      --tag ppo_Acrobot-v1
-  $B --algo dqn --env-id CartPole-v1 --seeds 1 2 3 4 5 --total-timesteps 100000 --algo-args "$DQN_CARTPOLE" \
+  $B --algo dqn --env-id CartPole-v1 --seeds 1 2 3 4 5 --total-timesteps 100000 --algo-args="$DQN_CARTPOLE" \
      --tag dqn_CartPole-v1
-  $B --algo dqn --env-id LunarLander-v3 --seeds 1 2 3 --total-timesteps 100000 --algo-args "$DQN_LUNAR" \
+  $B --algo dqn --env-id LunarLander-v3 --seeds 1 2 3 --total-timesteps 100000 --algo-args="$DQN_LUNAR" \
      --tag dqn_LunarLander-v3
   python tools/summary.py benchmark_results > benchmark_results/README.md
 fi

@@ -158,7 +158,10 @@ def launch(child_args: list[str], log) -> dict:
 
 
 def band_plot(ax, curves: list[np.ndarray], x_index: int, label: str, grid: np.ndarray):
-    """Mean and min-max band over seeds of the smoothed return, interpolated onto a common grid."""
+    """Mean and min-max band over seeds of the smoothed return, interpolated onto a common grid.
+
+    Each seed's curve stops at its last episode: nothing is extrapolated past the end of a run.
+    """
     ys = []
     for c in curves:
         if len(c) == 0:
@@ -167,13 +170,41 @@ def band_plot(ax, curves: list[np.ndarray], x_index: int, label: str, grid: np.n
         k = max(1, min(20, len(r) // 5))
         smooth = np.convolve(r, np.ones(k) / k, mode="valid")  # moving average over k episodes
         xs = c[k - 1 :, x_index]
-        ys.append(np.interp(grid, xs, smooth, left=np.nan, right=smooth[-1]))
+        ys.append(np.interp(grid, xs, smooth, left=np.nan, right=np.nan))
     if not ys:
         return
     ys = np.array(ys)
+    keep = ~np.all(np.isnan(ys), axis=0)  # grid points that at least one seed reached
+    grid, ys = grid[keep], ys[:, keep]
     mean = np.nanmean(ys, axis=0)
     line = ax.plot(grid, mean, label=label)[0]
     ax.fill_between(grid, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=line.get_color(), alpha=0.2)
+
+
+def plot_curves(path: Path, curves: list[tuple], sides: list[str], labels: dict, seeds: list[int],
+                total_timesteps: int, title: str) -> None:
+    """Return against environment steps (left) and against wall-clock seconds of training (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    max_time = max((c[3] for c in curves), default=1.0)
+    for side in sides:
+        per_seed = [np.array([c[2:] for c in curves if c[0] == side and c[1] == s]).reshape(-1, 3) for s in seeds]
+        band_plot(axes[0], per_seed, 0, labels[side], np.linspace(0, total_timesteps, 400))
+        band_plot(axes[1], per_seed, 1, labels[side], np.linspace(0, max_time, 400))
+    axes[0].set_xlabel("environment steps")
+    axes[1].set_xlabel("wall-clock seconds of training")
+    for ax in axes:
+        ax.set_ylabel("training episode return (moving average)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -240,29 +271,11 @@ def main() -> None:
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(out / f"{tag}.csv", index=False)
+    labels = {"ours": f"onefile-rl {a.algo}.py", "sb3": f"SB3 {a.algo.upper()} ({a.sb3_config})"}
     pd.DataFrame(curves, columns=["side", "seed", "step", "seconds", "return"]).to_csv(out / f"{tag}_curves.csv", index=False)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    labels = {"ours": f"onefile-rl {a.algo}.py", "sb3": f"SB3 {a.algo.upper()} ({a.sb3_config})"}
-    max_time = max((c[3] for c in curves), default=1.0)
-    for side in sides:
-        per_seed = [np.array([c[2:] for c in curves if c[0] == side and c[1] == s]).reshape(-1, 3) for s in a.seeds]
-        band_plot(axes[0], per_seed, 0, labels[side], np.linspace(0, a.total_timesteps, 200))
-        band_plot(axes[1], per_seed, 1, labels[side], np.linspace(0, max_time, 200))
-    axes[0].set_xlabel("environment steps")
-    axes[1].set_xlabel("wall-clock seconds of training")
-    for ax in axes:
-        ax.set_ylabel("training episode return")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"{a.env_id}: mean and min-max over seeds {a.seeds}")
-    fig.tight_layout()
-    fig.savefig(out / f"{tag}.png", dpi=110)
+    plot_curves(out / f"{tag}.png", curves, sides, labels, a.seeds, a.total_timesteps,
+                f"{a.env_id}: mean and min-max over seeds {a.seeds}")
 
     threads = f"torch threads: ours from the file's --torch-threads, SB3 {a.sb3_threads if a.sb3_threads > 0 else 'default'}"
     lines = [f"### {a.algo}.py on {a.env_id}", "", f"Command: `{command}`", "",
