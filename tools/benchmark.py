@@ -47,7 +47,21 @@ SB3_ZOO = {
                                     gamma=0.99, target_update_interval=250, train_freq=4, gradient_steps=-1,
                                     exploration_fraction=0.12, exploration_final_eps=0.1,
                                     policy_kwargs=dict(net_arch=[256, 256])),
+    ("sac", "Pendulum-v1"): dict(learning_rate=1e-3),
+    ("td3", "Pendulum-v1"): dict(gamma=0.98, buffer_size=200_000, learning_starts=10_000, noise_type="normal",
+                                 noise_std=0.1, gradient_steps=1, train_freq=1, learning_rate=1e-3,
+                                 policy_kwargs=dict(net_arch=[400, 300])),
+    ("ddpg", "Pendulum-v1"): dict(gamma=0.98, buffer_size=200_000, learning_starts=10_000, noise_type="normal",
+                                  noise_std=0.1, gradient_steps=1, train_freq=1, learning_rate=1e-3,
+                                  policy_kwargs=dict(net_arch=[400, 300])),
 }
+# rl-zoo3 2.9.2 lists its MuJoCo settings under the v4 ids; the v5 environments have the same dynamics.
+for _algo in ("sac", "td3", "ddpg"):
+    for _env in ("HalfCheetah", "Hopper"):
+        SB3_ZOO[(_algo, f"{_env}-v5")] = (
+            dict(learning_starts=10_000) if _algo == "sac" else
+            dict(learning_starts=10_000, noise_type="normal", noise_std=0.1, train_freq=1, gradient_steps=1,
+                 learning_rate=1e-3, batch_size=256, policy_kwargs=dict(net_arch=[400, 300])))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -84,7 +98,7 @@ def run_sb3_child(algo: str, env_id: str, seed: int, total_timesteps: int, confi
                   eval_episodes: int, threads: int):
     import gymnasium as gym
     import torch
-    from stable_baselines3 import DQN, PPO
+    from stable_baselines3 import DDPG, DQN, PPO, SAC, TD3
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
@@ -100,10 +114,17 @@ def run_sb3_child(algo: str, env_id: str, seed: int, total_timesteps: int, confi
             start = float(val[4:])
             hp[key] = lambda progress, start=start: progress * start  # SB3 passes remaining progress 1 -> 0
 
+    noise_type, noise_std = hp.pop("noise_type", None), hp.pop("noise_std", 0.1)
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    if noise_type == "normal":  # rl-zoo3's noise_type/noise_std become SB3's action_noise
+        from stable_baselines3.common.noise import NormalActionNoise
+
+        n_act = env.action_space.shape[0]
+        hp["action_noise"] = NormalActionNoise(mean=np.zeros(n_act), sigma=noise_std * np.ones(n_act))
     if normalize:
         env = VecNormalize(env, gamma=hp.get("gamma", 0.99))
-    model = {"ppo": PPO, "dqn": DQN}[algo]("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hp)
+    model = {"ppo": PPO, "dqn": DQN, "sac": SAC, "td3": TD3, "ddpg": DDPG}[algo](
+        "MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hp)
 
     class Curve(BaseCallback):
         def __init__(self):
@@ -133,7 +154,8 @@ def run_sb3_child(algo: str, env_id: str, seed: int, total_timesteps: int, confi
             else:
                 obs_in = obs
             action, _ = model.predict(obs_in, deterministic=True)
-            obs, reward, terminated, truncated, _ = eval_env.step(int(action))
+            discrete = isinstance(eval_env.action_space, gym.spaces.Discrete)
+            obs, reward, terminated, truncated, _ = eval_env.step(int(action) if discrete else action)
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
