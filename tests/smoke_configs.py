@@ -54,6 +54,16 @@ SMOKE: dict[str, Smoke] = {
         variants=[["--double-q", "--dueling", "--num-envs", "3", "--tau", "0.5", "--loss", "mse",
                    "--hidden-sizes", "32", "--env-id", "Acrobot-v1"]],
     ),
+    "ddpg.py": Smoke(
+        args=["--total-timesteps", "600", "--learning-starts", "200", "--batch-size", "64", "--hidden-sizes", "64", "64",
+              "--eval-episodes", "1"],
+        keys=["charts/episodic_return", "charts/episodic_length", "charts/SPS", "losses/qf_loss", "losses/actor_loss",
+              "losses/q_values", "eval/episodic_return"],
+        wrong_space_env="CartPole-v1",
+        variants=[["--num-envs", "3", "--train-frequency", "2", "--policy-frequency", "1", "--exploration-noise", "0.2",
+                   "--tau", "1", "--save-model", "--save-buffer", "--log-every", "300"],
+                  ["--env-id", "InvertedPendulum-v5", "--num-envs", "2", "--hidden-sizes", "32"]],
+    ),
     "bandits.py": Smoke(
         args=["--num-runs", "20", "--num-steps", "100", "--plot", "{tmp}/fig.png"],
         kind="classic", files=["{tmp}/fig.png"],
@@ -93,6 +103,8 @@ SMOKE: dict[str, Smoke] = {
 BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
     "ppo.py": [(["--num-minibatches", "3"], "num-minibatches"), (["--gamma", "1.5"], "gamma")],
     "dqn.py": [(["--buffer-size", "0"], "buffer-size"), (["--loss", "l3"], "loss")],
+    "ddpg.py": [(["--resume", "{tmp}/missing.pt"], "resume"), (["--tau", "0"], "tau"), (["--hidden-sizes", "0"], "hidden-sizes"),
+                (["--env-id", "CarRacing-v3"], "flat Box observation"), (["--num-envs", "0"], "num-envs")],
     "bandits.py": [(["--num-runs", "0"], "num-runs"), (["--num-steps", "-5"], "num-steps"),
                    (["--figure", "9.9"], "figure"), (["--num-arms", "1"], "num-arms"),
                    (["--summary-window", "0"], "summary-window")],
