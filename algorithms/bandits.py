@@ -36,6 +36,7 @@ Update rules, as they appear in the code (Q, N, H, mean, precision are (runs, k)
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -379,6 +380,13 @@ def main(args: Args) -> dict:
     problem = validate(args)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
+              file=sys.stderr)
         sys.exit(2)
 
     start = time.time()

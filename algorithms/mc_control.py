@@ -35,6 +35,7 @@ initial policy is Example 5.3's "stick only on 20 or 21".
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -268,6 +269,13 @@ def main(args: Args) -> dict:
     problem = validate(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
+              file=sys.stderr)
         sys.exit(2)
     start = time.time()
     plot = Path(args.plot)

@@ -31,6 +31,7 @@ The default `--plot` depends on the environment (so one run does not overwrite t
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -288,6 +289,13 @@ def main(args: Args) -> dict:
     problem = validate(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
+              file=sys.stderr)
         sys.exit(2)
     start = time.time()
     blackjack = args.env_id == "Blackjack-v1"

@@ -38,6 +38,7 @@ hits (pi = b = 1 there, so the ratio is unchanged) and those steps are not learn
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -275,6 +276,20 @@ def main(args: Args) -> dict:
     problem = validate(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
+              file=sys.stderr)
+        sys.exit(2)
+    # A --control-plot path that cannot be written is bad input: say so now, not after the experiment.
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.control_plot)), exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot write --control-plot {args.control_plot}: {exc.strerror}; give a path in a writable directory",
+              file=sys.stderr)
         sys.exit(2)
     start = time.time()
     for path in (args.plot, args.control_plot):

@@ -440,6 +440,13 @@ def main(args: Args) -> dict:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
+              file=sys.stderr)
+        sys.exit(2)
 
     env.reset(seed=args.seed)  # nothing below is random; seeded for the house rule
     env.action_space.seed(args.seed)

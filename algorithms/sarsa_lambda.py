@@ -251,6 +251,13 @@ def validate(args: Args) -> None:
 
 def main(args: Args) -> dict:
     validate(args)
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
+              file=sys.stderr)
+        sys.exit(2)
     import matplotlib
 
     matplotlib.use("Agg")

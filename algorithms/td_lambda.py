@@ -31,6 +31,7 @@ are updated at once: weights and traces have shape (settings, runs, features).
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,6 +262,13 @@ def main(args: Args) -> dict:
     problem = validate(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
+              file=sys.stderr)
         sys.exit(2)
     import matplotlib
 

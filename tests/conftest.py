@@ -5,7 +5,6 @@ Every test module uses these two, so that how a file is loaded or launched is wr
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,18 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-ALGORITHMS = ROOT / "algorithms"
-
-
-def load_algo(name: str):
-    """Import algorithms/<name>.py as a module (the files are scripts, not a package)."""
-    path = ALGORITHMS / f"{name.removesuffix('.py')}.py"
-    spec = importlib.util.spec_from_file_location(f"algo_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses need the module registered while it executes
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from algo_loader import ALGORITHMS, ROOT, load_algo  # noqa: E402  (one loader for tests/ and tools/)
 
 
 def run_algo(name: str, *args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):

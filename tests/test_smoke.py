@@ -99,6 +99,8 @@ def bad_cases():
             cases.append((f, ["--total-timesteps", "-100"], "total-timesteps"))
             if cfg.wrong_space_env:
                 cases.append((f, ["--env-id", cfg.wrong_space_env], cfg.wrong_space_env))
+        if cfg is not None and cfg.kind == "classic":  # a figure path that cannot be written, before any work
+            cases.append((f, ["--plot", "/proc/onefile-rl-missing/fig.png"], "cannot write"))
         for args, expected in BAD_INPUT.get(f, []):
             cases.append((f, args, expected))
     return cases

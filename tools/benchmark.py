@@ -70,15 +70,10 @@ for _algo in ("sac", "td3", "ddpg"):
 
 
 def run_ours_child(algo: str, env_id: str, seed: int, total_timesteps: int, algo_args: list[str], eval_episodes: int):
-    import importlib.util
-
     import tyro
+    from algo_loader import load_algo
 
-    path = ROOT / "algorithms" / f"{algo}.py"
-    spec = importlib.util.spec_from_file_location(f"algo_{algo}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_algo(algo)
     args = tyro.cli(module.Args, args=["--env-id", env_id, "--seed", str(seed), "--total-timesteps",
                                        str(total_timesteps), "--eval-episodes", str(eval_episodes), *algo_args])
     out = module.main(args)

@@ -9,13 +9,10 @@ function and prints the deterministic return of each episode, then the mean and 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from algo_loader import ROOT, load_algo
 
 
 def main() -> None:
@@ -33,10 +30,7 @@ def main() -> None:
         parser.exit(2, f"error: no checkpoint at {a.checkpoint}\n")
     if a.episodes <= 0:
         parser.exit(2, f"error: --episodes must be positive, got {a.episodes}\n")
-    spec = importlib.util.spec_from_file_location(f"algo_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_algo(path.stem)
 
     import torch
 
