@@ -540,7 +540,7 @@ def main(args: Args) -> dict:
 
             polyak_update(flat_target, flat_critic, args.tau)
             losses = {"qf1_loss": qf_losses[0], "qf2_loss": qf_losses[1], "qf_loss": qf_loss,
-                      "qf1_values": q[0].mean(), "qf2_values": q[1].mean(), "actor_loss": actor_loss,
+                      "q_values": q[0].mean(), "actor_loss": actor_loss,
                       "alpha": alpha[0], "entropy": -log_pi.mean()}
             if alpha_loss is not None:
                 losses["alpha_loss"] = alpha_loss

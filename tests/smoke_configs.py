@@ -77,7 +77,7 @@ SMOKE: dict[str, Smoke] = {
         args=["--total-timesteps", "600", "--learning-starts", "200", "--batch-size", "64", "--log-every", "200",
               "--eval-episodes", "1"],
         keys=["charts/episodic_return", "charts/episodic_length", "charts/SPS", "losses/qf1_loss", "losses/qf2_loss",
-              "losses/qf_loss", "losses/qf1_values", "losses/qf2_values", "losses/actor_loss", "losses/alpha",
+              "losses/qf_loss", "losses/q_values", "losses/actor_loss", "losses/alpha",
               "losses/alpha_loss", "losses/entropy", "eval/episodic_return"],
         wrong_space_env="CartPole-v1",
         variants=[["--no-autotune", "--alpha", "0.1", "--num-envs", "2", "--train-frequency", "2", "--gradient-steps", "2",
