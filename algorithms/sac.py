@@ -233,10 +233,14 @@ class TwinQ(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             if detach_params:
                 w, b = w.detach(), b.detach()
-            h = torch.baddbmm(b, h, w)
             if i < last:
-                h = F.relu(h)
-        return h.squeeze(-1)
+                h = F.relu(torch.baddbmm(b, h, w))
+            else:
+                # The output layer has one unit: a dot product. Written as multiply-and-sum because a
+                # matrix product with an inner dimension of 1, which its backward pass would need, takes
+                # the CPU BLAS's slow path (measured: about 1 ms per call at batch 256, vs 0.05 ms here).
+                h = (h * w.transpose(1, 2)).sum(-1) + b.squeeze(-1)
+        return h
 
 
 def flatten_parameters(module: nn.Module) -> nn.Parameter:
@@ -447,8 +451,10 @@ def main(args: Args) -> dict:
     flat_actor = flatten_parameters(actor)
     flat_critic = flatten_parameters(critic)
     flat_target = flatten_parameters(critic_target)  # so the Polyak update is one operation
-    actor_optimizer = torch.optim.Adam([flat_actor], lr=args.policy_lr)
-    critic_optimizer = torch.optim.Adam([flat_critic], lr=args.q_lr)
+    # fused=True: Adam's arithmetic in one kernel per tensor instead of a dozen elementwise passes
+    # (same update; measured 0.19 ms vs 0.58 ms per step on the critics' 134k parameters)
+    actor_optimizer = torch.optim.Adam([flat_actor], lr=args.policy_lr, fused=True)
+    critic_optimizer = torch.optim.Adam([flat_critic], lr=args.q_lr, fused=True)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr) if args.autotune else None
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, args.seed)
 

@@ -55,6 +55,34 @@ SB3_ZOO = {
                                   noise_std=0.1, gradient_steps=1, train_freq=1, learning_rate=1e-3,
                                   policy_kwargs=dict(net_arch=[400, 300])),
 }
+SB3_ZOO.update({
+    ("a2c", "CartPole-v1"): dict(n_envs=8, ent_coef=0.0),
+    ("trpo", "CartPole-v1"): dict(n_envs=2, n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98, gamma=0.99,
+                                  learning_rate=1e-3, n_critic_updates=20),
+    ("trpo", "Pendulum-v1"): dict(n_envs=2, n_steps=1024, gamma=0.9, n_critic_updates=15, use_sde=True,
+                                  sde_sample_freq=4),
+    ("ppo_continuous_action", "Pendulum-v1"): dict(n_envs=4, n_steps=1024, gae_lambda=0.95, gamma=0.9, n_epochs=10,
+                                                   ent_coef=0.0, learning_rate=1e-3, clip_range=0.2, use_sde=True,
+                                                   sde_sample_freq=4),
+    # rl-zoo3's "atari" entry (AtariWrapper, 4 stacked frames, CnnPolicy) serves every Atari game
+    ("ppo_atari", "atari"): dict(n_envs=8, n_steps=128, n_epochs=4, batch_size=256, learning_rate="lin_2.5e-4",
+                                 clip_range="lin_0.1", vf_coef=0.5, ent_coef=0.01),
+})
+for _env in ("HalfCheetah", "Hopper"):
+    SB3_ZOO[("trpo", f"{_env}-v5")] = dict(normalize=True, n_envs=2, batch_size=128, n_steps=1024, gamma=0.99,
+                                           gae_lambda=0.95, sub_sampling_factor=1, cg_max_steps=25, cg_damping=0.1,
+                                           n_critic_updates=20, learning_rate=1e-3,
+                                           **({"target_kl": 0.04} if _env == "HalfCheetah" else {}))
+# The Stable-Baselines3 (or sb3-contrib) class that matches each of our files.
+SB3_CLASS = {"ppo": "PPO", "ppo_continuous_action": "PPO", "ppo_atari": "PPO", "a2c": "A2C", "trpo": "TRPO",
+             "dqn": "DQN", "dqn_atari": "DQN", "sac": "SAC", "td3": "TD3", "ddpg": "DDPG"}
+ATARI = {"ppo_atari", "dqn_atari"}  # files trained on pixels: SB3 gets make_atari_env + 4 stacked frames
+
+
+def zoo_key(algo: str, env_id: str) -> tuple[str, str]:
+    return (algo, "atari") if algo in ATARI else (algo, env_id)
+
+
 # rl-zoo3 2.9.2 lists its MuJoCo settings under the v4 ids; the v5 environments have the same dynamics.
 for _algo in ("sac", "td3", "ddpg"):
     for _env in ("HalfCheetah", "Hopper"):
@@ -92,15 +120,22 @@ def run_ours_child(algo: str, env_id: str, seed: int, total_timesteps: int, algo
 def run_sb3_child(algo: str, env_id: str, seed: int, total_timesteps: int, config: str, sb3_args: str,
                   eval_episodes: int, threads: int):
     import gymnasium as gym
+    import stable_baselines3
     import torch
-    from stable_baselines3 import DDPG, DQN, PPO, SAC, TD3
     from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
+    from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
 
     if threads > 0:
         torch.set_num_threads(threads)
-    hp = dict(SB3_ZOO[(algo, env_id)]) if config == "zoo" else {}
+    if SB3_CLASS[algo] == "TRPO":
+        import sb3_contrib
+
+        model_class = sb3_contrib.TRPO
+    else:
+        model_class = getattr(stable_baselines3, SB3_CLASS[algo])
+    atari = algo in ATARI
+    hp = dict(SB3_ZOO[zoo_key(algo, env_id)]) if config == "zoo" else {}
     hp.update(json.loads(sb3_args) if sb3_args else {})
     n_envs = hp.pop("n_envs", 1)
     normalize = hp.pop("normalize", False)
@@ -110,7 +145,14 @@ def run_sb3_child(algo: str, env_id: str, seed: int, total_timesteps: int, confi
             hp[key] = lambda progress, start=start: progress * start  # SB3 passes remaining progress 1 -> 0
 
     noise_type, noise_std = hp.pop("noise_type", None), hp.pop("noise_std", 0.1)
-    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    if atari:
+        import ale_py
+
+        gym.register_envs(ale_py)
+        # Monitor sits under AtariWrapper, so info["episode"] is the raw game score of a whole game
+        env = VecFrameStack(make_atari_env(env_id, n_envs=n_envs, seed=seed), n_stack=4)
+    else:
+        env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
     if noise_type == "normal":  # rl-zoo3's noise_type/noise_std become SB3's action_noise
         from stable_baselines3.common.noise import NormalActionNoise
 
@@ -118,8 +160,7 @@ def run_sb3_child(algo: str, env_id: str, seed: int, total_timesteps: int, confi
         hp["action_noise"] = NormalActionNoise(mean=np.zeros(n_act), sigma=noise_std * np.ones(n_act))
     if normalize:
         env = VecNormalize(env, gamma=hp.get("gamma", 0.99))
-    model = {"ppo": PPO, "dqn": DQN, "sac": SAC, "td3": TD3, "ddpg": DDPG}[algo](
-        "MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hp)
+    model = model_class("CnnPolicy" if atari else "MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hp)
 
     class Curve(BaseCallback):
         def __init__(self):
@@ -138,6 +179,9 @@ def run_sb3_child(algo: str, env_id: str, seed: int, total_timesteps: int, confi
     model.learn(total_timesteps, callback=callback)
     train_time = time.time() - start
 
+    if atari:
+        return {"train_time": train_time, "steps": int(model.num_timesteps),
+                "eval_returns": evaluate_sb3_atari(model, env_id, seed, eval_episodes), "curve": callback.points}
     eval_env = gym.make(env_id)
     returns = []
     for ep in range(eval_episodes):
@@ -156,6 +200,33 @@ def run_sb3_child(algo: str, env_id: str, seed: int, total_timesteps: int, confi
         returns.append(total)
     return {"train_time": train_time, "steps": int(model.num_timesteps), "eval_returns": returns,
             "curve": callback.points}
+
+
+def evaluate_sb3_atari(model, env_id: str, seed: int, eval_episodes: int, max_frames: int = 108_000) -> list[float]:
+    """Raw game score over whole games (no end of episode at a life loss, unclipped rewards).
+
+    Sampled actions, not the greedy ones: as rl-zoo3 evaluates Atari agents, since a greedy policy can
+    stall (e.g. never press FIRE after a lost life). A game is cut at 108k frames (27k agent steps).
+    """
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    returns = []
+    for ep in range(eval_episodes):
+        env = VecFrameStack(make_atari_env(env_id, n_envs=1, seed=seed + 100_000 + ep,
+                                           wrapper_kwargs=dict(terminal_on_life_loss=False)), n_stack=4)
+        obs, total = env.reset(), 0.0
+        for _ in range(max_frames // 4):
+            action, _ = model.predict(obs, deterministic=False)
+            obs, _, dones, infos = env.step(action)
+            if "episode" in infos[0]:
+                total = float(infos[0]["episode"]["r"])
+                break
+            if dones[0]:  # game over without Monitor's record cannot happen; kept as a guard
+                break
+        returns.append(total)
+        env.close()
+    return returns
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,7 +332,9 @@ def main() -> None:
     a = parser.parse_args()
     if not (ROOT / "algorithms" / f"{a.algo}.py").is_file():
         parser.error(f"no file algorithms/{a.algo}.py")
-    if a.compare_sb3 and a.sb3_config == "zoo" and (a.algo, a.env_id) not in SB3_ZOO:
+    if a.compare_sb3 and a.algo not in SB3_CLASS:
+        parser.error(f"no Stable-Baselines3 counterpart recorded for {a.algo}")
+    if a.compare_sb3 and a.sb3_config == "zoo" and zoo_key(a.algo, a.env_id) not in SB3_ZOO:
         parser.error(f"no rl-zoo3 configuration recorded for {a.algo} on {a.env_id}; use --sb3-config default")
     tag = a.tag or f"{a.algo}_{a.env_id}"
     out = Path(a.out)
@@ -288,7 +361,7 @@ def main() -> None:
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(out / f"{tag}.csv", index=False)
-    labels = {"ours": f"onefile-rl {a.algo}.py", "sb3": f"SB3 {a.algo.upper()} ({a.sb3_config})"}
+    labels = {"ours": f"onefile-rl {a.algo}.py", "sb3": f"SB3 {SB3_CLASS.get(a.algo, a.algo.upper())} ({a.sb3_config})"}
     pd.DataFrame(curves, columns=["side", "seed", "step", "seconds", "return"]).to_csv(out / f"{tag}_curves.csv", index=False)
 
     plot_curves(out / f"{tag}.png", curves, sides, labels, a.seeds, a.total_timesteps,
