@@ -1,0 +1,539 @@
+"""Advantage Actor-Critic, synchronous (A2C), for discrete and continuous actions.
+
+Paper: Mnih, Badia, Mirza, Graves, Lillicrap, Harley, Silver, Kavukcuoglu (2016), "Asynchronous Methods for
+Deep Reinforcement Learning", https://arxiv.org/abs/1602.01783 (Algorithm S3, the n-step advantage
+actor-critic). A2C is its synchronous, batched variant (OpenAI Baselines, 2017): N environments step in
+lockstep, and one gradient step is taken on their N x n_steps rollout. The asynchronous original is a3c.py.
+
+Run:
+    python algorithms/a2c.py --env-id CartPole-v1
+    python algorithms/a2c.py --env-id Pendulum-v1 --gae-lambda 0.9     # continuous actions, GAE
+    python algorithms/a2c.py --help                                    # every hyperparameter, with its meaning
+
+Defaults are Stable-Baselines3's A2C defaults (n_steps 5, lr 7e-4, RMSprop with alpha 0.99 and eps 1e-5,
+entropy coefficient 0, value coefficient 0.5, gradient norm 0.5, no advantage normalisation, 64-64 tanh MLPs
+for actor and critic) with 8 environments (rl-zoo3's CartPole setting), and two changes, tuned for
+CartPole-v1 at 200k steps: gamma 0.98 (rl-zoo3's CartPole value for PPO) and a learning rate that decays
+linearly to 0 (--anneal-lr, as in the paper). Measured here, deterministic evaluation after 200k steps, seeds
+1-8: these defaults 500 on all eight; SB3's defaults (--gamma 0.99 --no-anneal-lr) 500 on seven and 290.8 on
+seed 7; --gamma 0.99 alone (annealed) 393.7 / 500 / 435.0 on seeds 1-3. SB3's generic defaults:
+    --gamma 0.99 --no-anneal-lr --num-envs 1
+
+The math, as written in the code below (t indexes the rollout, per environment):
+    next value     v'_t = V(s_{t+1}), or V(final observation) when the episode was truncated at step t
+    n-step return  R_t = r_t + gamma * (1 - terminated_t) * B_t,                    (paper, Algorithm S3)
+                   B_t = v'_t     if step t ended an episode (terminated or truncated) or is the rollout's last
+                   B_t = R_{t+1}  otherwise
+    or GAE         delta_t = r_t + gamma * v'_t * (1 - terminated_t) - V(s_t),
+                   A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1},  R_t = A_t + V(s_t)   (--gae-lambda)
+    advantage      A_t = R_t - V(s_t)                                   (V(s_t) treated as a constant)
+    policy loss    L_pi = -mean( A_t * log pi(a_t|s_t) )
+    value loss     L_v  = mean( (R_t - V(s_t))^2 )
+    total loss     L = L_pi - ent_coef * mean(entropy of pi(.|s_t)) + vf_coef * L_v
+    update         one RMSprop (or Adam) step on L per rollout, the gradient's global norm clipped to max_grad_norm
+Continuous actions: pi(.|s) = N(mu(s), diag(sigma^2)) with a state-independent, learned log sigma:
+    log pi(a|s) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi) / 2 ]
+    entropy     = sum_i [ log sigma_i + (1 + log(2 pi)) / 2 ]
+The sampled action is clipped to the action space's bounds before it reaches the environment; the
+log-probability is that of the unclipped sample (as SB3).
+
+Time limits: truncation is not termination. The vector environment runs in Gymnasium's same-step autoreset
+mode: when an episode ends, step() returns the next episode's first observation and puts the last one in
+info["final_obs"]; a truncated episode bootstraps from V(final observation), a terminated one from 0, and
+the n-step sum never runs across an episode boundary.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+
+@dataclass
+class Args:
+    exp_name: str = "a2c"
+    """the name of this experiment (used in the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment: python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
+    torch_threads: int = 1
+    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    track: bool = False
+    """if toggled, mirror the TensorBoard logs to Weights & Biases"""
+    wandb_project_name: str = "onefile-rl"
+    """the Weights & Biases project"""
+    wandb_entity: str | None = None
+    """the Weights & Biases entity (team)"""
+    capture_video: bool = False
+    """if toggled, record videos of the first environment into videos/{run_name}"""
+    save_model: bool = False
+    """if toggled, save the trained model to runs/{run_name}/{exp_name}.pt"""
+
+    env_id: str = "CartPole-v1"
+    """the Gymnasium id of the environment (Discrete or Box actions, flat Box observations)"""
+    total_timesteps: int = 200_000
+    """total environment steps, summed over the parallel environments"""
+    num_envs: int = 8
+    """the number of parallel environments (rl-zoo3's CartPole setting; SB3's default is 1)"""
+    num_steps: int = 5
+    """steps per environment in each rollout: the n of the n-step return (the paper's t_max)"""
+    learning_rate: float = 7e-4
+    """the optimiser's learning rate"""
+    anneal_lr: bool = True
+    """if toggled, the learning rate decays linearly to 0 over training (as in the paper; SB3 keeps it constant)"""
+    optimizer: Literal["rmsprop", "adam"] = "rmsprop"
+    """RMSprop as in the paper and SB3, or Adam"""
+    rmsprop_alpha: float = 0.99
+    """RMSprop's decay of the running mean of squared gradients"""
+    optimizer_eps: float = 1e-5
+    """the epsilon of RMSprop / Adam (SB3's rms_prop_eps)"""
+    gamma: float = 0.98
+    """the discount factor (SB3's default is 0.99)"""
+    gae_lambda: float | None = None
+    """None: n-step returns, as in the paper; a value in [0, 1]: generalised advantage estimation with that lambda"""
+    norm_adv: bool = False
+    """if toggled, normalise the advantages of each rollout to zero mean and unit variance"""
+    ent_coef: float = 0.0
+    """the entropy bonus coefficient (the paper used 0.01; SB3's default is 0)"""
+    vf_coef: float = 0.5
+    """the value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """the maximum norm of the gradient (global clipping)"""
+    hidden_size: int = 64
+    """width of the two tanh hidden layers of the actor and of the critic"""
+    eval_episodes: int = 10
+    """episodes of the final deterministic evaluation (argmax action, or the Gaussian's mean)"""
+    log_every: int = 10_000
+    """print a progress line every this many environment steps"""
+    losses_every: int = 100
+    """write the losses to TensorBoard every this many updates (SB3's log_interval)"""
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "num_steps", "eval_episodes", "hidden_size", "log_every",
+                 "losses_every", "torch_threads"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.learning_rate <= 0 or args.max_grad_norm <= 0 or args.optimizer_eps <= 0:
+        fail("need --learning-rate > 0, --max-grad-norm > 0 and --optimizer-eps > 0")
+    if not 0 < args.gamma <= 1:
+        fail(f"--gamma must be in (0, 1], got {args.gamma}")
+    if args.gae_lambda is not None and not 0 <= args.gae_lambda <= 1:
+        fail(f"--gae-lambda must be in [0, 1] (or None for n-step returns), got {args.gae_lambda}")
+    if not 0 <= args.rmsprop_alpha < 1:
+        fail(f"--rmsprop-alpha must be in [0, 1), got {args.rmsprop_alpha}")
+    if args.ent_coef < 0 or args.vf_coef < 0:
+        fail("need --ent-coef >= 0 and --vf-coef >= 0")
+    try:
+        gym.spec(args.env_id)
+    except gym.error.Error:
+        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; try CartPole-v1 or Pendulum-v1")
+    try:
+        probe = gym.make(args.env_id)
+    except Exception as e:  # e.g. a missing optional dependency (MuJoCo, Box2D)
+        fail(f"--env-id {args.env_id} cannot be created: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    action_space, obs_space = probe.action_space, probe.observation_space
+    probe.close()
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        fail(f"a2c.py needs a flat Box observation, {args.env_id} has {obs_space}; "
+             "use an environment such as CartPole-v1 or Pendulum-v1")
+    if not (isinstance(action_space, gym.spaces.Discrete)
+            or (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1)):
+        fail(f"a2c.py needs a Discrete or one-dimensional Box action space, {args.env_id} has {action_space}")
+
+
+def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        return env
+
+    return thunk
+
+
+def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    """Orthogonal weights, zero bias: the initialisation of SB3's actor-critic policies."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """log N(action; mean, diag(exp(log_std)^2)), summed over the last (action) dimension."""
+    z = (action - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
+    """Entropy of a diagonal Gaussian, summed over the last dimension: sum_i log sigma_i + (1 + log 2 pi) / 2."""
+    return (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
+
+
+class Agent(nn.Module):
+    """Separate actor and critic MLPs (SB3's default for A2C). The actor outputs logits of a categorical
+    distribution (Discrete actions) or the mean of a Gaussian whose log sigma is one learned vector that does
+    not depend on the state (Box actions; initialised at 0, i.e. sigma = 1, as SB3)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, continuous: bool, hidden_size: int = 64):
+        super().__init__()
+        self.continuous = continuous
+        self.critic = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, hidden_size)), nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, 1), std=1.0),
+        )
+        self.actor = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, hidden_size)), nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
+            # a small last layer starts the policy near uniform (discrete) or near a zero mean (continuous)
+            layer_init(nn.Linear(hidden_size, act_dim), std=0.01),
+        )
+        if continuous:
+            self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def get_value(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic(x).squeeze(-1)
+
+    @torch.no_grad()
+    def sample_action(self, x: torch.Tensor) -> torch.Tensor:
+        """a ~ pi(.|x); only the actor runs (values come from one batched pass after the rollout)."""
+        out = self.actor(x)
+        if self.continuous:
+            return out + self.log_std.exp() * torch.randn_like(out)
+        return torch.multinomial(torch.softmax(out, dim=-1), 1).squeeze(-1)
+
+    def evaluate_actions(self, x: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (log pi(action|x), entropy of pi(.|x), V(x)), differentiable, for the loss."""
+        out = self.actor(x)
+        if self.continuous:
+            log_std = self.log_std.expand_as(out)
+            return gaussian_log_prob(out, log_std, action), gaussian_entropy(log_std), self.get_value(x)
+        # the categorical distribution written out with log_softmax (torch.distributions gives the same numbers)
+        logp_all = torch.log_softmax(out, dim=-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), entropy, self.get_value(x)
+
+    @torch.no_grad()
+    def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
+        """The deterministic action for evaluation: the argmax, or the Gaussian's mean."""
+        out = self.actor(x)
+        return out if self.continuous else out.argmax(-1)
+
+
+def flatten_parameters(module: nn.Module) -> nn.Parameter:
+    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
+
+    Why: an A2C update is small (8 x 5 samples), so the optimiser and the gradient clipping, which would
+    loop over a dozen small tensors, cost more than the forward and backward passes. Each parameter becomes
+    a view into one flat tensor (and each .grad a view into one flat gradient): RMSprop and clip_grad_norm_
+    run once on one tensor, with the same arithmetic (both are elementwise or use the global norm).
+    Zero the gradient with `flat.grad.zero_()`, never by setting it to None.
+    """
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat.data[offset : offset + n].view_as(p)
+        p.grad = flat.grad[offset : offset + n].view_as(p)
+        offset += n
+    return flat
+
+
+def compute_nstep_returns(
+    rewards: torch.Tensor,
+    next_values: torch.Tensor,
+    terminations: torch.Tensor,
+    truncations: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    """The paper's bootstrapped n-step returns over a [T, N] rollout (Algorithm S3, generalised to episode
+    ends inside the rollout).
+
+    next_values[t] is the value of the observation that followed step t: V(s_{t+1}) inside an episode,
+    V(final observation) where the episode was truncated at t (anything where it terminated: it is
+    multiplied by 0). Each return sums rewards up to the end of its episode or of the rollout, whichever
+    comes first, and bootstraps from the value there, or from 0 after a termination.
+    """
+    T = rewards.shape[0]
+    returns = torch.zeros_like(rewards)
+    not_term = 1.0 - terminations.to(rewards.dtype)
+    done = torch.maximum(terminations, truncations) > 0
+    following = next_values[T - 1]  # B_t: what step t bootstraps from
+    for t in reversed(range(T)):
+        following = torch.where(done[t], next_values[t], following)
+        returns[t] = rewards[t] + gamma * not_term[t] * following
+        following = returns[t]
+    return returns
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminations: torch.Tensor,
+    truncations: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over a [T, N] rollout; returns (advantages, returns).
+
+    Same next_values convention as compute_nstep_returns; the recursion stops at every episode end.
+    With gae_lambda = 1 the returns equal the n-step returns.
+    """
+    T = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    not_term = 1.0 - terminations.to(rewards.dtype)
+    not_done = 1.0 - torch.maximum(terminations, truncations).to(rewards.dtype)
+    for t in reversed(range(T)):
+        delta = rewards[t] + gamma * next_values[t] * not_term[t] - values[t]
+        last = delta + gamma * gae_lambda * not_done[t] * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def a2c_loss(
+    logprob: torch.Tensor,
+    entropy: torch.Tensor,
+    value: torch.Tensor,
+    returns: torch.Tensor,
+    advantages: torch.Tensor,
+    ent_coef: float,
+    vf_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (total loss, policy loss, value loss, mean entropy); advantages and returns are constants."""
+    pg_loss = -(advantages.detach() * logprob).mean()
+    v_loss = (returns.detach() - value).pow(2).mean()
+    entropy_mean = entropy.mean()
+    return pg_loss - ent_coef * entropy_mean + vf_coef * v_loss, pg_loss, v_loss, entropy_mean
+
+
+def save_checkpoint(agent: Agent, path: str, meta: dict) -> None:
+    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
+    state = {k: v.detach().clone() for k, v in agent.state_dict().items()}  # clone: detach from the flat buffer
+    tmp = f"{path}.tmp"
+    torch.save({"model": state, **meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_agent(path: str) -> tuple[Agent, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    agent = Agent(ckpt["obs_dim"], ckpt["act_dim"], ckpt["continuous"], ckpt["hidden_size"])
+    agent.load_state_dict(ckpt["model"])
+    return agent, ckpt
+
+
+def evaluate(agent_or_path: Agent | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation (argmax, or the mean clipped to the bounds) on a fresh environment."""
+    agent = load_agent(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
+    env = gym.make(env_id)
+    returns = []
+    for ep in range(eval_episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done, total = False, 0.0
+        while not done:
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0]
+            if agent.continuous:
+                action = np.clip(action.cpu().numpy(), env.action_space.low, env.action_space.high)
+            else:
+                action = int(action.item())
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    batch_size = args.num_envs * args.num_steps
+    num_updates = -(-args.total_timesteps // batch_size)  # ceil: at least total_timesteps steps
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=asdict(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # Same-step autoreset: when an episode ends, step() already returns the next episode's first
+    # observation and puts the last one in info["final_obs"] (needed to bootstrap truncations).
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    envs.action_space.seed(args.seed)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    continuous = isinstance(envs.single_action_space, gym.spaces.Box)
+    act_dim = int(envs.single_action_space.shape[0]) if continuous else int(envs.single_action_space.n)
+    if continuous:
+        low, high = envs.single_action_space.low, envs.single_action_space.high
+
+    agent = Agent(obs_dim, act_dim, continuous, args.hidden_size).to(device)
+    flat_params = flatten_parameters(agent)
+    if args.optimizer == "rmsprop":
+        optimizer = torch.optim.RMSprop([flat_params], lr=args.learning_rate, alpha=args.rmsprop_alpha,
+                                        eps=args.optimizer_eps)
+    else:
+        optimizer = torch.optim.Adam([flat_params], lr=args.learning_rate, eps=args.optimizer_eps)
+
+    # Rollout storage, [num_steps, num_envs, ...], in numpy (the environments speak numpy), moved to
+    # torch once per update.
+    obs = np.zeros((args.num_steps, args.num_envs, obs_dim), dtype=np.float32)
+    succ_obs = np.zeros_like(obs)  # the observation that followed each step (the final one at episode ends)
+    actions = np.zeros((args.num_steps, args.num_envs, act_dim) if continuous else (args.num_steps, args.num_envs),
+                       dtype=np.float32 if continuous else np.int64)
+    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+
+    global_step = 0
+    start_time = time.time()
+    recent_returns: deque[float] = deque(maxlen=20)
+    next_log = args.log_every
+    next_obs, _ = envs.reset(seed=args.seed)
+
+    for update in range(1, num_updates + 1):
+        lr_now = (1.0 - (update - 1.0) / num_updates) * args.learning_rate if args.anneal_lr else args.learning_rate
+        optimizer.param_groups[0]["lr"] = lr_now
+
+        for step in range(args.num_steps):
+            global_step += args.num_envs
+            obs[step] = next_obs
+            action = agent.sample_action(torch.as_tensor(next_obs, dtype=torch.float32, device=device)).cpu().numpy()
+            actions[step] = action
+            env_action = np.clip(action, low, high) if continuous else action
+            next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(env_action)
+            succ_obs[step] = next_obs
+            if "final_obs" in infos:
+                for i in np.flatnonzero(infos["_final_obs"]):
+                    succ_obs[step, i] = infos["final_obs"][i]  # the last observation, not the reset one
+            if "episode" in infos:
+                for i in np.flatnonzero(infos["_episode"]):
+                    ep_r, ep_l = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
+                    recent_returns.append(ep_r)
+                    writer.add_scalar("charts/episodic_return", ep_r, global_step)
+                    writer.add_scalar("charts/episodic_length", ep_l, global_step)
+
+        # One forward pass over the whole rollout gives log pi, the entropy and V with gradients; the values
+        # of the following observations (for bootstrapping) need none.
+        b_obs = torch.as_tensor(obs.reshape(-1, obs_dim), device=device)
+        b_actions = torch.as_tensor(actions.reshape(batch_size, -1) if continuous else actions.reshape(-1), device=device)
+        logprob, entropy, value = agent.evaluate_actions(b_obs, b_actions)
+        t_rewards = torch.as_tensor(rewards, device=device)
+        t_term = torch.as_tensor(terminations, device=device)
+        t_trunc = torch.as_tensor(truncations, device=device)
+        with torch.no_grad():
+            next_values = agent.get_value(torch.as_tensor(succ_obs, device=device))
+            if args.gae_lambda is None:
+                returns = compute_nstep_returns(t_rewards, next_values, t_term, t_trunc, args.gamma).reshape(-1)
+                advantages = returns - value
+            else:
+                advantages, returns = compute_gae(t_rewards, value.view(args.num_steps, args.num_envs), next_values,
+                                                  t_term, t_trunc, args.gamma, args.gae_lambda)
+                advantages, returns = advantages.reshape(-1), returns.reshape(-1)
+            if args.norm_adv and batch_size > 1:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+        loss, pg_loss, v_loss, entropy_mean = a2c_loss(logprob, entropy, value, returns, advantages,
+                                                       args.ent_coef, args.vf_coef)
+        flat_params.grad.zero_()
+        loss.backward()
+        nn.utils.clip_grad_norm_([flat_params], args.max_grad_norm)
+        optimizer.step()
+
+        if update % args.losses_every == 0 or update == num_updates:
+            with torch.no_grad():
+                var_y = returns.var()
+                explained_var = float("nan") if var_y == 0 else float(1 - (returns - value).var() / var_y)
+            stats = {
+                "charts/learning_rate": lr_now,
+                "losses/value_loss": v_loss.item(),
+                "losses/policy_loss": pg_loss.item(),
+                "losses/entropy": entropy_mean.item(),
+                "losses/explained_variance": explained_var,
+                "charts/SPS": int(global_step / (time.time() - start_time)),
+            }
+            if continuous:
+                stats["losses/std"] = agent.log_std.exp().mean().item()
+            for key, val in stats.items():
+                writer.add_scalar(key, val, global_step)
+        if global_step >= next_log or update == num_updates:
+            next_log += args.log_every
+            sps = int(global_step / (time.time() - start_time))
+            recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
+            print(f"step {global_step:>9,}  SPS {sps:>6,}  return(last 20 episodes) {recent}", flush=True)
+
+    train_time = time.time() - start_time
+    envs.close()
+
+    eval_returns = evaluate(agent, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
+    for i, r in enumerate(eval_returns):
+        writer.add_scalar("eval/episodic_return", r, i)
+    print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
+          f"(deterministic); trained {global_step:,} steps in {train_time:.1f}s")
+
+    model_path = None
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.pt"
+        save_checkpoint(agent, model_path, {"obs_dim": obs_dim, "act_dim": act_dim, "continuous": continuous,
+                                            "hidden_size": args.hidden_size, "env_id": args.env_id})
+        print(f"model saved to {model_path}")
+    writer.close()
+    if args.track:
+        import wandb
+
+        wandb.finish()
+    return {
+        "eval_return_mean": float(np.mean(eval_returns)),
+        "eval_return_std": float(np.std(eval_returns)),
+        "eval_returns": eval_returns,
+        "sps": int(global_step / train_time),
+        "train_time": train_time,
+        "global_step": global_step,
+        "run_dir": f"runs/{run_name}",
+        "model_path": model_path,
+    }
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

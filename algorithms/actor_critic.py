@@ -1,0 +1,441 @@
+"""One-step actor-critic: an online policy gradient with the TD error as the advantage.
+
+Book: Sutton & Barto, "Reinforcement Learning: An Introduction" (2nd ed., 2018), §13.5, "One-step
+Actor-Critic (episodic)". The actor-critic idea: Barto, Sutton & Anderson (1983), "Neuronlike adaptive
+elements that can solve difficult learning control problems", IEEE SMC 13(5), https://doi.org/10.1109/TSMC.1983.6313077.
+
+Run:
+    python algorithms/actor_critic.py                              # CartPole-v1, one environment
+    python algorithms/actor_critic.py --env-id Pendulum-v1         # Gaussian policy for Box actions
+    python algorithms/actor_critic.py --help
+
+Every environment step is followed by one update of the critic and of the actor, on that step's
+transition (s, a, r, s', terminated) alone: no rollout, no replay. The math, as written in the code below:
+    TD error      delta = r + gamma * V(s') * (1 - terminated) - V(s)                  (S&B §13.5)
+                  s' is the real next observation: at a time-limit cut (`truncated`) the last observation
+                  of the episode, so a truncated step bootstraps from V(s'); a terminated one does not
+    critic loss   L_V  = 1/2 * delta^2 with V(s') held fixed (semi-gradient TD(0): grad = -delta * grad V(s))
+    actor loss    L_pi = -delta * log pi(a|s) - ent_coef * H[pi(.|s)]     (delta held fixed)
+    update        one Adam step on both losses, the critic with step size alpha_w (--critic-learning-rate),
+                  the actor with alpha_theta (--learning-rate). S&B use plain SGD on the same gradients:
+                  w += alpha_w * delta * grad V(s),  theta += alpha_theta * I * delta * grad log pi(a|s)
+The critic bootstraps only through non-terminal transitions: after `terminated` the target is r alone.
+S&B's factor I = gamma^t (the gradient of the start state's discounted value) is left out, as in most
+implementations: every step's actor update has the same scale.
+
+--num-envs N steps N environments in lock step and averages the N one-step losses in each update: the
+same algorithm with a batch of N transitions per update (N = 1, the default, is the book's).
+
+Policies (as reinforce.py): Discrete actions, a softmax over logits. Box actions, a Gaussian N(mu(s),
+diag(sigma^2)) with a state-independent, learned log sigma:
+    log pi(a|s) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi) / 2 ]
+    H[pi(.|s)]  = sum_i [ log sigma_i + log(2 pi e) / 2 ]
+the sample clipped to the bounds when sent to the environment, the log-probability that of the unclipped
+sample. The deterministic evaluation takes argmax (discrete) or clip(mu(s)) (Box).
+
+The vector environment runs in Gymnasium's same-step autoreset mode: when an episode ends, step()
+returns the next episode's first observation and puts the real last one in info["final_obs"], which is
+the s' of that transition.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+
+@dataclass
+class Args:
+    exp_name: str = "actor_critic"
+    """the name of this experiment (used in the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment: python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
+    torch_threads: int = 1
+    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    track: bool = False
+    """if toggled, mirror the TensorBoard logs to Weights & Biases"""
+    wandb_project_name: str = "onefile-rl"
+    """the Weights & Biases project"""
+    wandb_entity: str | None = None
+    """the Weights & Biases entity (team)"""
+    capture_video: bool = False
+    """if toggled, record videos of the first environment into videos/{run_name}"""
+    save_model: bool = False
+    """if toggled, save the trained model to runs/{run_name}/{exp_name}.pt"""
+
+    env_id: str = "CartPole-v1"
+    """the Gymnasium id of the environment (Discrete or Box actions, flat Box observations)"""
+    total_timesteps: int = 100_000
+    """total environment steps, summed over the parallel environments"""
+    num_envs: int = 1
+    """the number of parallel environments (each update averages their one-step losses)"""
+    learning_rate: float = 1e-3
+    """the actor's Adam learning rate (alpha_theta)"""
+    critic_learning_rate: float = 1e-3
+    """the critic's Adam learning rate (alpha_w)"""
+    anneal_lr: bool = False
+    """if toggled, both learning rates decay linearly to 0 over training"""
+    gamma: float = 0.99
+    """the discount factor"""
+    ent_coef: float = 0.0
+    """the entropy bonus coefficient"""
+    hidden_size: int = 64
+    """width of the two tanh hidden layers of the actor and of the critic"""
+    eval_episodes: int = 10
+    """episodes of the final deterministic evaluation (argmax, or the clipped mean action)"""
+    log_every: int = 10_000
+    """write the losses (averaged since the last write) and SPS, and print a progress line, every this many steps"""
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "hidden_size", "eval_episodes", "log_every"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.learning_rate <= 0 or args.critic_learning_rate <= 0:
+        fail(f"need --learning-rate > 0 and --critic-learning-rate > 0, got {args.learning_rate} and "
+             f"{args.critic_learning_rate}")
+    if not 0 < args.gamma <= 1:
+        fail(f"need 0 < --gamma <= 1, got {args.gamma}")
+    if args.ent_coef < 0:
+        fail(f"--ent-coef must be >= 0, got {args.ent_coef}")
+    try:
+        gym.spec(args.env_id)
+    except gym.error.Error:
+        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; try CartPole-v1 or Pendulum-v1")
+    probe = gym.make(args.env_id)
+    action_space, obs_space = probe.action_space, probe.observation_space
+    probe.close()
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    if not discrete and not (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1):
+        fail(f"actor_critic.py needs a Discrete or a one-dimensional Box action space, {args.env_id} has "
+             f"{action_space}; use e.g. CartPole-v1 or Pendulum-v1")
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        fail(f"actor_critic.py needs a flat Box observation, {args.env_id} has {obs_space}; "
+             "use e.g. CartPole-v1 or Pendulum-v1")
+
+
+def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        return env
+
+    return thunk
+
+
+def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    """Orthogonal weights, zero bias (as ppo.py)."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim: int, out_dim: int, hidden_size: int, last_std: float) -> nn.Sequential:
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden_size)), nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, out_dim), std=last_std),
+    )
+
+
+def categorical_log_prob_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(a|s) and H[pi(.|s)] of a softmax policy; logits [B, n], actions [B] (integers)."""
+    logp_all = torch.log_softmax(logits, dim=-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
+
+
+def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(a; mu, diag(sigma^2)), summed over the last (action) dimension."""
+    return (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
+    """H[N(mu, diag(sigma^2))] = sum_i (log sigma_i + log(2 pi e) / 2), which does not depend on mu."""
+    return (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+
+
+class Policy(nn.Module):
+    """pi(a|s): logits of a Categorical (Discrete actions), or the mean of a Gaussian with a
+    state-independent log standard deviation (Box actions)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, hidden_size: int = 64):
+        super().__init__()
+        self.discrete = discrete
+        # a small last layer starts the policy near uniform (discrete) or near mean 0 (Box)
+        self.net = mlp(obs_dim, act_dim, hidden_size, last_std=0.01)
+        if not discrete:
+            self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample a ~ pi(.|x); return (a, log pi(a|x), H[pi(.|x)]), the last two differentiable.
+
+        One forward pass serves both the sampling and the update, which follows the same step.
+        """
+        out = self.net(x)
+        with torch.no_grad():
+            if self.discrete:
+                action = torch.multinomial(torch.softmax(out, dim=-1), 1).squeeze(-1)
+            else:
+                action = out + self.log_std.exp() * torch.randn_like(out)  # unclipped
+        if self.discrete:
+            return action, *categorical_log_prob_entropy(out, action)
+        return action, gaussian_log_prob(action, out, self.log_std), gaussian_entropy(self.log_std).expand(out.shape[0])
+
+    @torch.no_grad()
+    def greedy(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return out.argmax(-1) if self.discrete else out
+
+
+class Critic(nn.Module):
+    """V(s)."""
+
+    def __init__(self, obs_dim: int, hidden_size: int = 64):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden_size, last_std=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+def flatten_parameters(module: nn.Module) -> nn.Parameter:
+    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
+
+    Why: this file takes an optimiser step after every environment step, and with 64-unit networks on
+    a CPU Adam's loop over a handful of small tensors costs about as much as the forward and backward
+    passes. Each parameter becomes a view into one flat tensor (and each .grad a view into one flat
+    gradient), so Adam runs once on one tensor; Adam is elementwise, so the arithmetic is unchanged.
+    Autograd accumulates into an existing .grad in place, so gradients land in the flat buffer; zero
+    them with `flat.grad.zero_()`, never by setting them to None.
+    """
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat.data[offset : offset + n].view_as(p)
+        p.grad = flat.grad[offset : offset + n].view_as(p)
+        offset += n
+    return flat
+
+
+def td_error(
+    rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, terminations: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """delta = r + gamma * V(s') * (1 - terminated) - V(s), elementwise.
+
+    next_values must be V of the real next observation: at a truncation, V(final observation) (not of
+    the reset observation, and not 0); at a termination it is ignored.
+    """
+    return rewards + gamma * next_values * (1.0 - terminations) - values
+
+
+def actor_critic_losses(
+    delta: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, ent_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(policy loss, value loss) whose gradients are S&B's one-step actor-critic updates (§13.5):
+    -grad(policy loss) = mean(delta * grad log pi + ent_coef * grad H), -grad(value loss) = mean(delta * grad V(s)),
+    given delta = td_error(...) with V(s') detached."""
+    policy_loss = -(delta.detach() * logp).mean() - ent_coef * entropy.mean()
+    value_loss = 0.5 * (delta**2).mean()
+    return policy_loss, value_loss
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_policy(path: str) -> tuple[Policy, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    policy = Policy(ckpt["obs_dim"], ckpt["act_dim"], ckpt["discrete"], ckpt["hidden_size"])
+    policy.load_state_dict(ckpt["policy"])
+    return policy, ckpt
+
+
+def evaluate(policy_or_path: Policy | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation (argmax, or the mean clipped to the bounds) on a fresh environment."""
+    policy = load_policy(policy_or_path)[0].to(device) if isinstance(policy_or_path, str) else policy_or_path
+    env = gym.make(env_id)
+    returns = []
+    for ep in range(eval_episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done, total = False, 0.0
+        while not done:
+            out = policy.greedy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
+            action = int(out) if policy.discrete else np.clip(out, env.action_space.low, env.action_space.high)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=asdict(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    envs.action_space.seed(args.seed)
+    discrete = isinstance(envs.single_action_space, gym.spaces.Discrete)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    act_dim = int(envs.single_action_space.n) if discrete else int(envs.single_action_space.shape[0])
+    if not discrete:
+        low, high = envs.single_action_space.low, envs.single_action_space.high
+
+    policy = Policy(obs_dim, act_dim, discrete, args.hidden_size).to(device)
+    critic = Critic(obs_dim, args.hidden_size).to(device)
+    flat_policy, flat_critic = flatten_parameters(policy), flatten_parameters(critic)
+    # one Adam, two parameter groups: each network keeps its own step size, and the per-step update is one call
+    optimizer = torch.optim.Adam([{"params": [flat_policy], "lr": args.learning_rate},
+                                  {"params": [flat_critic], "lr": args.critic_learning_rate}])
+
+    global_step = 0
+    start_time = time.time()
+    recent_returns: deque[float] = deque(maxlen=20)
+    next_log = args.log_every
+    # running sums of (policy loss, value loss, entropy, updates) since the last write, kept as a tensor
+    # so that the step loop never waits for a host copy
+    loss_sums = torch.zeros(4, device=device)
+    obs, _ = envs.reset(seed=args.seed)
+
+    while global_step < args.total_timesteps:
+        if args.anneal_lr:
+            frac = 1.0 - global_step / args.total_timesteps
+            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+            optimizer.param_groups[1]["lr"] = frac * args.critic_learning_rate
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        action, logp, entropy = policy.act(obs_t)
+        action = action.cpu().numpy()
+        env_action = action if discrete else np.clip(action, low, high)
+        next_obs, rewards, terminations, truncations, infos = envs.step(env_action)
+        global_step += args.num_envs
+
+        # s' of each transition: the real last observation where an episode ended (same-step autoreset)
+        real_next_obs = next_obs.copy()
+        if "final_obs" in infos:
+            for i in np.flatnonzero(infos["_final_obs"]):
+                real_next_obs[i] = infos["final_obs"][i]
+
+        # V(s) and V(s') in one pass; V(s') is the fixed target of the semi-gradient update
+        values = critic(torch.cat([obs_t, torch.as_tensor(real_next_obs, dtype=torch.float32, device=device)]))
+        v, v_next = values[: args.num_envs], values[args.num_envs :].detach()
+        delta = td_error(torch.as_tensor(rewards, dtype=torch.float32, device=device), v, v_next,
+                         torch.as_tensor(terminations, dtype=torch.float32, device=device), args.gamma)
+        policy_loss, value_loss = actor_critic_losses(delta, logp, entropy, args.ent_coef)
+
+        # the two networks share no parameters, so one backward pass gives each its own gradient
+        flat_policy.grad.zero_()
+        flat_critic.grad.zero_()
+        (policy_loss + value_loss).backward()
+        optimizer.step()
+        loss_sums += torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach().mean(), loss_sums.new_ones(())])
+        obs = next_obs
+
+        if "episode" in infos:
+            for i in np.flatnonzero(infos["_episode"]):
+                ep_r, ep_l = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
+                recent_returns.append(ep_r)
+                writer.add_scalar("charts/episodic_return", ep_r, global_step)
+                writer.add_scalar("charts/episodic_length", ep_l, global_step)
+
+        if global_step >= next_log or global_step >= args.total_timesteps:
+            next_log = (global_step // args.log_every + 1) * args.log_every
+            sps = int(global_step / (time.time() - start_time))
+            means = (loss_sums[:3] / loss_sums[3]).tolist()
+            loss_sums.zero_()
+            for key, val in zip(("losses/policy_loss", "losses/value_loss", "losses/entropy"), means, strict=True):
+                writer.add_scalar(key, val, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
+            print(f"step {global_step:>9,}  SPS {sps:>6,}  return(last 20 episodes) {recent}", flush=True)
+
+    train_time = time.time() - start_time
+    envs.close()
+
+    eval_returns = evaluate(policy, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
+    for i, r in enumerate(eval_returns):
+        writer.add_scalar("eval/episodic_return", r, i)
+    print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
+          f"(deterministic); trained {global_step:,} steps in {train_time:.1f}s")
+
+    model_path = None
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.pt"
+        # clone: detach the saved tensors from the flat buffers
+        state = {"policy": {k: v.detach().clone() for k, v in policy.state_dict().items()},
+                 "critic": {k: v.detach().clone() for k, v in critic.state_dict().items()},
+                 "obs_dim": obs_dim, "act_dim": act_dim, "discrete": discrete,
+                 "hidden_size": args.hidden_size, "env_id": args.env_id}
+        save_checkpoint(model_path, state)
+        print(f"model saved to {model_path}")
+    writer.close()
+    if args.track:
+        import wandb
+
+        wandb.finish()
+    return {
+        "eval_return_mean": float(np.mean(eval_returns)),
+        "eval_return_std": float(np.std(eval_returns)),
+        "eval_returns": eval_returns,
+        "sps": int(global_step / train_time),
+        "train_time": train_time,
+        "global_step": global_step,
+        "run_dir": f"runs/{run_name}",
+        "model_path": model_path,
+    }
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,556 @@
+"""Proximal Policy Optimization (PPO) on Atari, with the Nature CNN.
+
+Paper: Schulman, Wolski, Dhariwal, Radford, Klimov (2017), "Proximal Policy Optimization Algorithms",
+https://arxiv.org/abs/1707.06347 (Atari settings: its Table 5). Advantages by GAE: Schulman et al. (2016),
+https://arxiv.org/abs/1506.02438. The network is the "Nature CNN" of Mnih et al. (2015), "Human-level
+control through deep reinforcement learning", https://doi.org/10.1038/nature14236, and the observation
+preprocessing is theirs too (Machado et al., 2018, https://arxiv.org/abs/1709.06009, discuss it).
+
+Run:
+    python algorithms/ppo_atari.py --env-id BreakoutNoFrameskip-v4
+    python algorithms/ppo_atari.py --env-id PongNoFrameskip-v4 --total-timesteps 2000000 --seed 2
+    python algorithms/ppo_atari.py --help            # every hyperparameter, with its meaning
+
+The defaults are rl-zoo3's Atari settings for Stable-Baselines3's PPO (the comparison this file is
+benchmarked against), which descend from OpenAI Baselines' ppo2: 8 environments x 128 steps, 4 epochs of
+4 minibatches of 256, Adam lr 2.5e-4 and clip 0.1 both annealed linearly to 0, gamma 0.99, lambda 0.95,
+entropy 0.01, value 0.5, gradient norm 0.5. CleanRL's ppo_atari.py differs in keeping the clip constant
+and clipping the value loss (--no-anneal-clip --clip-vloss); the paper's Table 5 in 3 epochs and a value
+coefficient of 1 (--update-epochs 3 --vf-coef 1). `--total-timesteps` counts agent steps summed over the
+environments; each agent step is 4 emulator frames, so the paper's "10M timesteps" (40M frames) is the
+default 10_000_000. On a CPU that takes days: see the measurement at the end of this docstring.
+
+The math, as written in the code below (t indexes the rollout, per environment):
+    next value    v'_t = V(s_{t+1}), or V(final observation) when the episode was truncated at step t
+    TD error      delta_t = r_t + gamma * v'_t * (1 - terminated_t) - V(s_t)
+    GAE           A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1},   done = terminated or truncated
+    return        R_t = A_t + V(s_t)                                  (the value target)
+    ratio         rho = exp(log pi(a|s) - log pi_old(a|s))
+    policy loss   L_pi = mean( max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps)) )      (paper eq. 7)
+    value loss    L_v  = mean( (V(s) - R)^2 )  [optionally clipped around the old value]  (paper eq. 9)
+    total loss    L = L_pi - ent_coef * entropy + vf_coef * L_v
+
+What is specific to Atari (everything else is ppo.py):
+- The observation is a stack of the last 4 preprocessed frames, uint8 (4, 84, 84); see make_env for
+  every wrapper and why it sits where it does.
+- The learner sees clipped rewards (their sign) and a terminal state at every lost life ("episodic
+  life"), but the game only restarts at a real game over, and the score that is logged
+  (charts/episodic_return) and evaluated is the raw game score of whole games.
+- Actor and critic share the convolutional trunk (one network, two linear heads), as in the paper's
+  Atari experiments; so the value and log-probability of each step come from the same forward pass that
+  samples the action, and the rollout stores them instead of recomputing them afterwards.
+
+Time-limit truncation is not termination: a truncated game (the emulator's 108,000-frame cap, i.e.
+30 minutes of play) bootstraps from the value of its last observation. The vector environment runs in
+Gymnasium's same-step autoreset mode (the last observation of an episode is in info["final_obs"]).
+
+Speed, measured on the 2-core test machine with one torch thread while other jobs kept it loaded (load
+average about 5): 42 agent steps/s over 100k steps at the defaults, and the run's CPU time came to about
+110 agent steps per CPU-second, so roughly that on an idle core. Most of the time is the network (16
+forward-backward passes over 256 stacks of 4x84x84 per 1024-step rollout), not the emulator; --cuda helps.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from stable_baselines3.common.atari_wrappers import (
+    ClipRewardEnv,
+    EpisodicLifeEnv,
+    FireResetEnv,
+    MaxAndSkipEnv,
+    NoopResetEnv,
+    WarpFrame,
+)
+
+gym.register_envs(ale_py)  # ale-py ships the ROMs; this registers ALE/Breakout-v5, BreakoutNoFrameskip-v4, ...
+
+
+@dataclass
+class Args:
+    exp_name: str = "ppo_atari"
+    """the name of this experiment (used in the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment: python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled and a GPU is present, train on it (strongly advised for full Atari runs)"""
+    torch_threads: int = 1
+    """torch CPU threads; 1 by default: the machines this is tested on are shared (see README)"""
+    track: bool = False
+    """if toggled, mirror the TensorBoard logs to Weights & Biases"""
+    wandb_project_name: str = "onefile-rl"
+    """the Weights & Biases project"""
+    wandb_entity: str | None = None
+    """the Weights & Biases entity (team)"""
+    capture_video: bool = False
+    """if toggled, record videos of the first environment (whole games, raw frames) into videos/{run_name}"""
+    save_model: bool = False
+    """if toggled, save the trained model to runs/{run_name}/{exp_name}.pt"""
+
+    env_id: str = "BreakoutNoFrameskip-v4"
+    """an Atari environment of ale-py: *NoFrameskip-v4 (no sticky actions) or ALE/*-v5 (sticky actions 0.25)"""
+    total_timesteps: int = 10_000_000
+    """total agent steps (4 frames each), summed over the parallel environments"""
+    learning_rate: float = 2.5e-4
+    """the Adam learning rate"""
+    anneal_lr: bool = True
+    """if toggled, the learning rate decays linearly to 0 over training (paper, Table 5)"""
+    num_envs: int = 8
+    """the number of parallel environments"""
+    num_steps: int = 128
+    """steps per environment in each rollout (rollout size = num_envs * num_steps)"""
+    gamma: float = 0.99
+    """the discount factor"""
+    gae_lambda: float = 0.95
+    """the lambda of generalised advantage estimation"""
+    num_minibatches: int = 4
+    """the number of minibatches each rollout is split into"""
+    update_epochs: int = 4
+    """the number of passes over each rollout"""
+    norm_adv: bool = True
+    """if toggled, normalise advantages within each minibatch"""
+    clip_coef: float = 0.1
+    """the surrogate clipping coefficient epsilon"""
+    anneal_clip: bool = True
+    """if toggled, epsilon decays linearly to 0 like the learning rate (paper, Table 5; rl-zoo3 lin_0.1)"""
+    clip_vloss: bool = False
+    """if toggled, clip the value update around the old value, with the same epsilon (CleanRL's default)"""
+    ent_coef: float = 0.01
+    """the entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """the value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """the maximum norm of the gradient (global clipping)"""
+    target_kl: float | None = None
+    """if set, stop a rollout's epochs once a minibatch's approximate KL exceeds 1.5 x target_kl"""
+    eval_episodes: int = 10
+    """whole games (all lives) of the final deterministic (argmax) evaluation"""
+    log_every: int = 10_000
+    """print a progress line every this many agent steps"""
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    """Validate everything before any directory is created. No Atari emulator is started here: ale-py
+    prints a banner on stderr when one is, which would make the error message more than one line."""
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if (args.num_envs * args.num_steps) % args.num_minibatches:
+        fail(f"--num-minibatches {args.num_minibatches} must divide the rollout size num_envs * num_steps "
+             f"= {args.num_envs * args.num_steps}")
+    if args.learning_rate <= 0 or not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+        fail("need --learning-rate > 0, 0 < --gamma <= 1 and 0 <= --gae-lambda <= 1")
+    try:
+        spec = gym.spec(args.env_id)
+    except gym.error.Error:
+        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; "
+             "try BreakoutNoFrameskip-v4, PongNoFrameskip-v4 or ALE/Breakout-v5")
+    if spec.entry_point != "ale_py.env:AtariEnv":
+        try:
+            probe = gym.make(args.env_id)
+            spaces = f" (observations {probe.observation_space}, actions {probe.action_space})"
+            probe.close()
+        except Exception:  # only to describe the environment; it is rejected either way
+            spaces = ""
+        fail(f"ppo_atari.py needs an Atari environment of ale-py (image observations, discrete actions); "
+             f"{args.env_id} is not one{spaces}: use BreakoutNoFrameskip-v4 or ALE/Pong-v5 here, "
+             "ppo.py for flat observations, ppo_continuous_action.py for Box actions")
+
+
+def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
+    """The standard Atari preprocessing (Mnih et al., 2015; Machado et al., 2018), innermost first.
+
+    1. The emulator with frameskip=1: frame skipping is done by MaxAndSkipEnv below. Sticky actions are
+       left at the environment's own setting: 0 for *NoFrameskip-v4, 0.25 for ALE/*-v5.
+    2. NoopResetEnv: start each game with 1-30 no-op frames, so that a deterministic game does not
+       always start in the same state.
+    3. MaxAndSkipEnv: repeat each action for 4 frames, sum the rewards, and return the pixel-wise maximum
+       of the last 2 frames (Atari sprites flicker: some are drawn on odd frames only).
+    4. RecordEpisodeStatistics, HERE: outside the frame skip (lengths count agent steps) but inside
+       episodic life and reward clipping, so info["episode"] carries the raw game score of a whole game,
+       across lives (it also counts the few steps that the resets after a lost life take).
+    5. EpisodicLifeEnv: a lost life returns terminated=True to the learner (no bootstrapping past a death),
+       but its reset() then only steps the game on: the game restarts for real at game over only. This is
+       what keeps the vector environment's autoreset (which calls reset() after every terminated step)
+       from restarting the game at every lost life.
+    6. FireResetEnv: games that wait for FIRE (Breakout) get FIRE after each reset, including the resets
+       after a lost life (it sits outside EpisodicLifeEnv), so no episode stalls waiting for it.
+    7. WarpFrame: greyscale and resize to 84x84 (cv2, area interpolation), shape (84, 84, 1).
+    8. ClipRewardEnv: the learner's reward is sign(r) in {-1, 0, 1}, one scale for every game.
+    9. Drop the channel axis and stack the last 4 frames: uint8 (4, 84, 84), oldest first. After a reset
+       the stack is filled with copies of the first frame.
+    """
+
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, frameskip=1, render_mode="rgb_array")
+            # innermost, on raw frames; it starts a new video at real game starts only (see 5.)
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id, frameskip=1)
+        env = NoopResetEnv(env, noop_max=30)
+        env = MaxAndSkipEnv(env, skip=4)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env = EpisodicLifeEnv(env)
+        if "FIRE" in env.unwrapped.get_action_meanings():
+            env = FireResetEnv(env)
+        env = WarpFrame(env, width=84, height=84)
+        env = ClipRewardEnv(env)
+        env = gym.wrappers.ReshapeObservation(env, (84, 84))
+        env = gym.wrappers.FrameStackObservation(env, stack_size=4)
+        return env
+
+    return thunk
+
+
+def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
+    """Orthogonal weights, zero bias: the initialisation of the PPO implementations (and SB3)."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    """The Nature CNN trunk (Mnih et al., 2015) shared by a policy head and a value head.
+
+    84x84 -> conv 32 8x8 stride 4 -> 20x20 -> conv 64 4x4 stride 2 -> 9x9 -> conv 64 3x3 stride 1 -> 7x7
+    -> flatten 64*7*7 = 3136 -> linear 512, ReLU after each. Inputs are uint8 pixels, scaled to [0, 1] here.
+    """
+
+    def __init__(self, n_actions: int, frame_stack: int = 4):
+        super().__init__()
+        self.network = nn.Sequential(
+            layer_init(nn.Conv2d(frame_stack, 32, 8, stride=4)), nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(),
+            nn.Flatten(),
+            layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU(),
+        )
+        # a small last layer starts the policy near uniform
+        self.actor = layer_init(nn.Linear(512, n_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(512, 1), std=1.0)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.float() / 255.0)
+
+    def get_value(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic(self.features(x)).squeeze(-1)
+
+    @torch.no_grad()
+    def act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample a ~ pi(.|x); return (a, log pi(a|x), V(x)), all from one pass through the trunk."""
+        hidden = self.features(x)
+        logp_all = torch.log_softmax(self.actor(hidden), dim=-1)
+        action = torch.multinomial(logp_all.exp(), 1).squeeze(-1)
+        return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1), self.critic(hidden).squeeze(-1)
+
+    def evaluate_actions(self, x: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (log pi(action|x), entropy of pi(.|x), V(x)) for the update (a categorical distribution
+        written out with log_softmax, as in ppo.py)."""
+        hidden = self.features(x)
+        logp_all = torch.log_softmax(self.actor(hidden), dim=-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        logp = logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+        return logp, entropy, self.critic(hidden).squeeze(-1)
+
+    @torch.no_grad()
+    def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
+        return self.actor(self.features(x)).argmax(-1)
+
+
+def successor_values(
+    values: torch.Tensor, last_values: torch.Tensor, truncations: torch.Tensor, final_values: torch.Tensor
+) -> torch.Tensor:
+    """The value of the observation that followed each step of a [T, N] rollout.
+
+    Inside an episode that is the value of the next stored observation, values[t + 1] (last_values after
+    the rollout's last step). Where an episode was truncated at step t, the next stored observation is the
+    new episode's first, so the value of the real last observation, final_values[t], is used instead.
+    Where it terminated (a lost life, a game over) the entry does not matter: GAE multiplies it by 0.
+    """
+    following = torch.cat([values[1:], last_values.unsqueeze(0)], dim=0)
+    return torch.where(truncations.bool(), final_values, following)
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminations: torch.Tensor,
+    truncations: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over a [T, N] rollout; returns (advantages, returns).
+
+    next_values[t] is the value of the observation that followed step t (see successor_values). The
+    recursion stops at every episode end, terminated or truncated; only a truncated one bootstraps.
+    """
+    T = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    not_term = 1.0 - terminations.to(rewards.dtype)
+    not_done = 1.0 - torch.maximum(terminations, truncations).to(rewards.dtype)
+    for t in reversed(range(T)):
+        delta = rewards[t] + gamma * next_values[t] * not_term[t] - values[t]
+        last = delta + gamma * gae_lambda * not_done[t] * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def ppo_loss(
+    new_logprob: torch.Tensor,
+    old_logprob: torch.Tensor,
+    advantages: torch.Tensor,
+    new_value: torch.Tensor,
+    old_value: torch.Tensor,
+    returns: torch.Tensor,
+    clip_coef: float,
+    clip_vloss: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped surrogate (paper eq. 7) and value loss; returns (policy_loss, value_loss, log ratio)."""
+    logratio = new_logprob - old_logprob
+    ratio = logratio.exp()
+    pg_loss = torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)).mean()
+    if clip_vloss:
+        v_clipped = old_value + torch.clamp(new_value - old_value, -clip_coef, clip_coef)
+        v_loss = torch.max((new_value - returns) ** 2, (v_clipped - returns) ** 2).mean()
+    else:
+        v_loss = ((new_value - returns) ** 2).mean()
+    return pg_loss, v_loss, logratio
+
+
+@torch.no_grad()
+def approx_kl(logratio: torch.Tensor) -> torch.Tensor:
+    """KL(pi_old || pi) by the low-variance estimator E[(rho - 1) - log rho] (Schulman, "Approximating KL")."""
+    return (logratio.exp() - 1 - logratio).mean()
+
+
+def save_checkpoint(agent: Agent, path: str, meta: dict) -> None:
+    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
+    state = {k: v.detach().cpu().clone() for k, v in agent.state_dict().items()}
+    tmp = f"{path}.tmp"
+    torch.save({"model": state, **meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_agent(path: str) -> tuple[Agent, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    agent = Agent(ckpt["n_actions"])
+    agent.load_state_dict(ckpt["model"])
+    return agent, ckpt
+
+
+def evaluate(agent_or_path: Agent | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic (argmax) evaluation on whole games; returns the raw game score of each.
+
+    The environment is built by the same make_env as in training, so the policy sees exactly the
+    observations it was trained on. A lost life ends an "episode" of EpisodicLifeEnv: reset() then
+    continues the same game (pressing FIRE where the game needs it, so a greedy policy that never fires
+    cannot stall it); the score is read from RecordEpisodeStatistics at the real game over. Games are
+    capped by the emulator at 108,000 frames.
+    """
+    agent = load_agent(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
+    env = make_env(env_id, 0, False, "")()
+    returns: list[float] = []
+    # Seeded once: a seeded reset reloads the ROM (about 0.2 s); later games continue the seeded generator.
+    obs, _ = env.reset(seed=seed)
+    while len(returns) < eval_episodes:
+        action = agent.greedy_action(torch.as_tensor(obs, device=device).unsqueeze(0))
+        obs, _, terminated, truncated, info = env.step(int(action.item()))
+        if terminated or truncated:
+            if "episode" in info:  # game over; the next reset starts a new game with its own no-op start
+                returns.append(float(info["episode"]["r"]))
+            obs, _ = env.reset()  # after a lost life, EpisodicLifeEnv continues the same game
+    env.close()
+    return returns
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    batch_size = args.num_envs * args.num_steps
+    minibatch_size = batch_size // args.num_minibatches
+    num_iterations = -(-args.total_timesteps // batch_size)  # ceil: at least total_timesteps steps
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=asdict(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # Same-step autoreset: when an episode ends (a lost life or a game over), step() has already called
+    # reset() and returns the next observation; the last one is in info["final_obs"] and the ended
+    # episode's info (with RecordEpisodeStatistics' "episode" at a game over) in info["final_info"].
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs.action_space.seed(args.seed)
+    obs_shape = envs.single_observation_space.shape  # (4, 84, 84)
+    n_actions = int(envs.single_action_space.n)
+
+    agent = Agent(n_actions).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+
+    # Rollout storage, [num_steps, num_envs, ...]. Frames stay uint8 (7 MB per rollout at the defaults,
+    # 4x less than float32); the network scales them.
+    obs = torch.zeros((args.num_steps, args.num_envs, *obs_shape), dtype=torch.uint8, device=device)
+    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
+    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
+    values = torch.zeros((args.num_steps, args.num_envs), device=device)
+    final_values = torch.zeros((args.num_steps, args.num_envs), device=device)  # V(final obs) where truncated
+    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+
+    global_step = 0
+    start_time = time.time()
+    recent_returns: deque[float] = deque(maxlen=20)
+    next_log = args.log_every
+    next_obs, _ = envs.reset(seed=args.seed)
+
+    for iteration in range(1, num_iterations + 1):
+        frac = 1.0 - (iteration - 1.0) / num_iterations
+        lr_now = frac * args.learning_rate if args.anneal_lr else args.learning_rate
+        optimizer.param_groups[0]["lr"] = lr_now
+        clip_now = frac * args.clip_coef if args.anneal_clip else args.clip_coef
+
+        for step in range(args.num_steps):
+            global_step += args.num_envs
+            x = torch.as_tensor(next_obs, device=device)
+            obs[step] = x
+            actions[step], logprobs[step], values[step] = agent.act(x)
+            next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(actions[step].cpu().numpy())
+            if truncations[step].any():  # rare (the 108k-frame cap): value of the real last observation
+                idx = np.flatnonzero(truncations[step])
+                with torch.no_grad():
+                    last = torch.as_tensor(np.stack(infos["final_obs"][idx]), device=device)
+                    final_values[step, torch.as_tensor(idx, device=device)] = agent.get_value(last)
+            final_info = infos.get("final_info", {})
+            if "episode" in final_info:  # only at a real game over, with the raw score (see make_env)
+                for i in np.flatnonzero(final_info["_episode"]):
+                    ep_r, ep_l = float(final_info["episode"]["r"][i]), int(final_info["episode"]["l"][i])
+                    recent_returns.append(ep_r)
+                    writer.add_scalar("charts/episodic_return", ep_r, global_step)
+                    writer.add_scalar("charts/episodic_length", ep_l, global_step)
+
+        with torch.no_grad():
+            last_values = agent.get_value(torch.as_tensor(next_obs, device=device))
+        truncations_t = torch.as_tensor(truncations, device=device)
+        next_values = successor_values(values, last_values, truncations_t, final_values)
+        advantages, returns = compute_gae(
+            torch.as_tensor(rewards, device=device), values, next_values,
+            torch.as_tensor(terminations, device=device), truncations_t, args.gamma, args.gae_lambda,
+        )
+        b_obs = obs.reshape(-1, *obs_shape)
+        b_actions, b_logprobs, b_values = actions.reshape(-1), logprobs.reshape(-1), values.reshape(-1)
+        b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
+
+        stop = False
+        for _epoch in range(args.update_epochs):
+            perm = torch.randperm(batch_size, device=device)
+            for start in range(0, batch_size, minibatch_size):
+                mb = perm[start : start + minibatch_size]
+                new_logprob, entropy, new_value = agent.evaluate_actions(b_obs[mb], b_actions[mb])
+                mb_adv = b_advantages[mb]
+                if args.norm_adv and len(mb) > 1:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                pg_loss, v_loss, logratio = ppo_loss(
+                    new_logprob, b_logprobs[mb], mb_adv, new_value, b_values[mb], b_returns[mb], clip_now, args.clip_vloss
+                )
+                if args.target_kl is not None and approx_kl(logratio) > 1.5 * args.target_kl:
+                    stop = True  # as SB3: skip this update and end the rollout's epochs
+                    break
+                loss = pg_loss - args.ent_coef * entropy.mean() + args.vf_coef * v_loss
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                optimizer.step()
+            if stop:
+                break
+
+        # Logging once per rollout, from the last minibatch.
+        var_y = b_returns.var()
+        explained_var = float("nan") if var_y == 0 else float(1 - (b_returns - b_values).var() / var_y)
+        sps = int(global_step / (time.time() - start_time))
+        stats = {
+            "charts/learning_rate": lr_now,
+            "losses/value_loss": v_loss.item(),
+            "losses/policy_loss": pg_loss.item(),
+            "losses/entropy": entropy.mean().item(),
+            "losses/approx_kl": approx_kl(logratio).item(),
+            "losses/clipfrac": ((logratio.exp() - 1.0).abs() > clip_now).float().mean().item(),
+            "losses/explained_variance": explained_var,
+            "charts/SPS": sps,
+        }
+        for key, val in stats.items():
+            writer.add_scalar(key, val, global_step)
+        if global_step >= next_log or iteration == num_iterations:
+            next_log += args.log_every
+            recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
+            print(f"step {global_step:>10,}  SPS {sps:>5,}  game score (last 20 games) {recent}", flush=True)
+
+    train_time = time.time() - start_time
+    envs.close()
+
+    eval_returns = evaluate(agent, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
+    for i, r in enumerate(eval_returns):
+        writer.add_scalar("eval/episodic_return", r, i)
+    print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} games "
+          f"(deterministic, raw score); trained {global_step:,} steps in {train_time:.1f}s")
+
+    model_path = None
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.pt"
+        save_checkpoint(agent, model_path, {"n_actions": n_actions, "env_id": args.env_id})
+        print(f"model saved to {model_path}")
+    writer.close()
+    if args.track:
+        import wandb
+
+        wandb.finish()
+    return {
+        "eval_return_mean": float(np.mean(eval_returns)),
+        "eval_return_std": float(np.std(eval_returns)),
+        "eval_returns": eval_returns,
+        "sps": int(global_step / train_time),
+        "train_time": train_time,
+        "global_step": global_step,
+        "run_dir": f"runs/{run_name}",
+        "model_path": model_path,
+    }
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

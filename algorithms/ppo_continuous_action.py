@@ -1,0 +1,664 @@
+"""Proximal Policy Optimization (PPO) for continuous (Box) actions.
+
+Paper: Schulman, Wolski, Dhariwal, Radford, Klimov (2017), "Proximal Policy Optimization Algorithms",
+https://arxiv.org/abs/1707.06347 (the continuous-control set-up of its section 6.1: a Gaussian policy whose
+mean is an MLP and whose log standard deviations are free parameters, separate policy and value networks).
+Advantages by GAE: Schulman et al. (2016), https://arxiv.org/abs/1506.02438.
+
+Run:
+    python algorithms/ppo_continuous_action.py                     # Pendulum-v1, 100k steps, the defaults below
+    python algorithms/ppo_continuous_action.py --env-id HalfCheetah-v5 --total-timesteps 1000000
+    python algorithms/ppo_continuous_action.py --env-id Pendulum-v1 --num-envs 4 --num-steps 1024 \
+        --num-minibatches 16 --gamma 0.95 --learning-rate 1e-3      # tuned for Pendulum: better and cheaper
+    python algorithms/ppo_continuous_action.py --help              # every hyperparameter, with its meaning
+
+The defaults are the MuJoCo settings of CleanRL's ppo_continuous_action.py and of Stable-Baselines3's PPO
+(1 environment, 2048-step rollouts, 10 epochs of 32 minibatches (64 samples), Adam lr 3e-4 annealed
+linearly to 0, gamma 0.99, lambda 0.95, clip 0.2, no entropy bonus, value coefficient 0.5, gradient norm
+0.5, 64-64 tanh networks, observation and reward normalisation), with one exception chosen for the default
+environment Pendulum-v1: total_timesteps 100k (MuJoCo: 1M, the budget of the published figures). Measured
+here (deterministic evaluation, seeds 1-3): the defaults reach -254, -307, -295 on Pendulum-v1 in 100k
+steps; the tuned Pendulum arguments above (after rl-zoo3's, with larger minibatches, gamma 0.95 instead of
+0.9 and no state-dependent exploration) reach -235, -228, -222 with a quarter of the gradient steps (of
+256 samples instead of 64) in about 40% of the training time.
+
+The math, as written in the code below (t indexes the rollout, per environment):
+    observation   o~ = clip((o - mean_o) / sqrt(var_o + 1e-8), -clip_obs, clip_obs)   running mean/var of o
+    reward        G_t = gamma * G_{t-1} + r_t   (G reset to 0 after every episode end)
+                  r~_t = clip(r_t / sqrt(var_G + 1e-8), -clip_reward, clip_reward)     running var of G
+    policy        a ~ N(mu(o~), diag(exp(2 * log_std))); the environment receives clip(a, low, high)
+    log-prob      log pi(a|o~) = sum_i [ -(a_i - mu_i)^2 / (2 exp(2 log_std_i)) - log_std_i - log(2 pi) / 2 ]
+    entropy       H = sum_i [ log_std_i + (1 + log(2 pi)) / 2 ]
+    next value    v'_t = V(o~_{t+1}), or V(normalised final observation) when the episode was truncated at t
+    TD error      delta_t = r~_t + gamma * v'_t * (1 - terminated_t) - V(o~_t)
+    GAE           A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1},   done = terminated or truncated
+    return        R_t = A_t + V(o~_t)                                  (the value target)
+    ratio         rho = exp(log pi(a|o~) - log pi_old(a|o~))
+    policy loss   L_pi = mean( max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps)) )      (paper eq. 7)
+    value loss    L_v  = mean( (V(o~) - R)^2 )  [optionally clipped around the old value]  (paper eq. 9)
+    total loss    L = L_pi - ent_coef * H + vf_coef * L_v
+
+The running mean/var are merged batch by batch (Chan, Golub & LeVeque's parallel algorithm), starting from
+mean 0, var 1 with a weight of 1e-4, as Stable-Baselines3's VecNormalize and Gymnasium's wrappers do.
+The reward is divided by the standard deviation of the discounted return, not centred (SB3 VecNormalize;
+Gymnasium's NormalizeReward does the same but resets G only at termination, not at truncation).
+
+Normalisation statistics are part of the policy. The observation mean/var in force at the end of training
+are saved in the checkpoint next to the networks (with the reward statistics, for completeness) and the
+evaluation, in-process or from a checkpoint, normalises with them, frozen. (CleanRL's issue #425: its
+evaluation of a saved model drops these statistics, so the model is fed inputs on a scale it never saw.)
+Actions are clipped to the action space's bounds only on the way to the environment;
+the rollout keeps the unclipped sample, whose log-probability is what the ratio needs.
+
+Time-limit truncation is not termination: a truncated episode still bootstraps from the value of the
+observation where it was cut (Pardo et al., 2018), normalised with the same statistics as every other
+input. The vector environment runs in Gymnasium's same-step autoreset mode, so that last observation is in
+info["final_obs"] and no step is wasted on a reset. (CleanRL's file treats truncation as termination,
+which on Pendulum-v1, where every episode is truncated at 200 steps, removes every bootstrap at the end.)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+
+@dataclass
+class Args:
+    exp_name: str = "ppo_continuous_action"
+    """the name of this experiment (used in the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment: python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
+    torch_threads: int = 1
+    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    track: bool = False
+    """if toggled, mirror the TensorBoard logs to Weights & Biases"""
+    wandb_project_name: str = "onefile-rl"
+    """the Weights & Biases project"""
+    wandb_entity: str | None = None
+    """the Weights & Biases entity (team)"""
+    capture_video: bool = False
+    """if toggled, record videos of the first environment into videos/{run_name}"""
+    save_model: bool = False
+    """if toggled, save the model and its normalisation statistics to runs/{run_name}/{exp_name}.pt"""
+
+    env_id: str = "Pendulum-v1"
+    """the Gymnasium id of the environment (Box actions, flat Box observations)"""
+    total_timesteps: int = 100_000
+    """total environment steps, summed over the parallel environments (MuJoCo: 1000000)"""
+    learning_rate: float = 3e-4
+    """the Adam learning rate"""
+    anneal_lr: bool = True
+    """if toggled, the learning rate decays linearly to 0 over training"""
+    num_envs: int = 1
+    """the number of parallel environments"""
+    num_steps: int = 2048
+    """steps per environment in each rollout (rollout size = num_envs * num_steps)"""
+    gamma: float = 0.99
+    """the discount factor (also the discount of the return whose std scales the rewards)"""
+    gae_lambda: float = 0.95
+    """the lambda of generalised advantage estimation"""
+    num_minibatches: int = 32
+    """the number of minibatches each rollout is split into"""
+    update_epochs: int = 10
+    """the number of passes over each rollout"""
+    norm_adv: bool = True
+    """if toggled, normalise advantages within each minibatch"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient epsilon"""
+    anneal_clip: bool = False
+    """if toggled, the clipping coefficient decays linearly to 0 like the learning rate"""
+    clip_vloss: bool = False
+    """if toggled, clip the value update around the old value, with the same epsilon (CleanRL: on; SB3: off)"""
+    ent_coef: float = 0.0
+    """the entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """the value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """the maximum norm of the gradient (global clipping)"""
+    target_kl: float | None = None
+    """if set, stop a rollout's epochs once a minibatch's approximate KL exceeds 1.5 x target_kl"""
+    hidden_size: int = 64
+    """width of the two tanh hidden layers of the actor and of the critic"""
+    norm_obs: bool = True
+    """if toggled, normalise observations by their running mean and variance (saved with the model)"""
+    norm_reward: bool = True
+    """if toggled, divide rewards by the running standard deviation of the discounted return"""
+    clip_obs: float = 10.0
+    """normalised observations are clipped to [-clip_obs, clip_obs]"""
+    clip_reward: float = 10.0
+    """normalised rewards are clipped to [-clip_reward, clip_reward]"""
+    eval_episodes: int = 10
+    """episodes of the final deterministic evaluation (the mean action, clipped to the bounds)"""
+    log_every: int = 10_000
+    """print a progress line every this many environment steps"""
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes",
+                 "hidden_size", "torch_threads", "log_every"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if (args.num_envs * args.num_steps) % args.num_minibatches:
+        fail(f"--num-minibatches {args.num_minibatches} must divide the rollout size num_envs * num_steps "
+             f"= {args.num_envs * args.num_steps}")
+    if args.learning_rate <= 0 or not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+        fail("need --learning-rate > 0, 0 < --gamma <= 1 and 0 <= --gae-lambda <= 1")
+    if args.clip_obs <= 0 or args.clip_reward <= 0:
+        fail(f"--clip-obs and --clip-reward must be positive, got {args.clip_obs} and {args.clip_reward}")
+    if args.clip_coef < 0 or args.max_grad_norm <= 0:
+        fail("need --clip-coef >= 0 and --max-grad-norm > 0")
+    try:
+        gym.spec(args.env_id)
+    except gym.error.Error:
+        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; try Pendulum-v1 or HalfCheetah-v5")
+    probe = gym.make(args.env_id)
+    action_space, obs_space = probe.action_space, probe.observation_space
+    probe.close()
+    if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
+        fail(f"ppo_continuous_action.py needs a one-dimensional Box action space, {args.env_id} has {action_space}; "
+             "use a continuous environment such as Pendulum-v1 (discrete actions: ppo.py)")
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        fail(f"ppo_continuous_action.py needs a flat Box observation, {args.env_id} has {obs_space}; "
+             "use an environment such as Pendulum-v1 or HalfCheetah-v5")
+
+
+def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        return env
+
+    return thunk
+
+
+class RunningMeanStd:
+    """Running mean and variance of a stream of batches, merged one batch at a time.
+
+    Merging the moments of the data so far (mean m_a, var v_a, count n_a) with a batch's (m_b, v_b, n_b),
+    with d = m_b - m_a and n = n_a + n_b (Chan, Golub & LeVeque, 1979):
+        mean = m_a + d * n_b / n,     var = (v_a * n_a + v_b * n_b + d^2 * n_a * n_b / n) / n
+    It starts at mean 0, var 1 with a pseudo-count `epsilon` (as SB3 and Gymnasium), so the first
+    normalisations divide by about 1 instead of by zero.
+    """
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4):
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = float(epsilon)
+
+    def update(self, batch: np.ndarray) -> None:
+        """Merge a batch [B, *shape]; an empty batch changes nothing."""
+        batch = np.asarray(batch, dtype=np.float64)
+        if batch.shape[0] == 0:
+            return
+        b_mean, b_var, b_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        delta = b_mean - self.mean
+        total = self.count + b_count
+        self.mean = self.mean + delta * b_count / total
+        self.var = (self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total) / total
+        self.count = total
+
+    def state_dict(self) -> dict:
+        return {"mean": torch.tensor(self.mean, dtype=torch.float64), "var": torch.tensor(self.var, dtype=torch.float64),
+                "count": self.count}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> RunningMeanStd:
+        rms = cls(tuple(state["mean"].shape))
+        rms.mean, rms.var = state["mean"].double().numpy().copy(), state["var"].double().numpy().copy()
+        rms.count = float(state["count"])
+        return rms
+
+
+def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None, clip: float) -> np.ndarray:
+    """o~ = clip((o - mean) / sqrt(var + 1e-8), -clip, clip) as float32; the identity when rms is None."""
+    if rms is None:
+        return np.asarray(obs, dtype=np.float32)
+    return np.clip((obs - rms.mean) / np.sqrt(rms.var + 1e-8), -clip, clip).astype(np.float32)
+
+
+def successor_obs(next_obs: np.ndarray, infos: dict, rms: RunningMeanStd | None, clip: float) -> np.ndarray:
+    """The normalised observation that followed each environment's step, for V(s_{t+1}).
+
+    next_obs (already normalised) is right inside an episode; where an episode ended, same-step autoreset
+    put the next episode's first observation there and the real last one in infos["final_obs"], which is
+    normalised here with the same statistics, since V only knows normalised inputs.
+    """
+    succ = next_obs.copy()
+    if "final_obs" in infos:
+        for i in np.flatnonzero(infos["_final_obs"]):
+            succ[i] = normalize_obs(infos["final_obs"][i], rms, clip)
+    return succ
+
+
+class RewardScaler:
+    """Scale rewards by the running standard deviation of the discounted return (SB3 VecNormalize).
+
+    Per environment G <- gamma * G + r; the statistics absorb the new G of every environment; the reward
+    is divided by sqrt(var_G + 1e-8) and clipped; G is reset to 0 where an episode ended (terminated or
+    truncated), so the next episode's return starts afresh. Dividing by the scale of the return, not of
+    the reward, keeps the value targets near unit scale whatever gamma and the reward's units are.
+    """
+
+    def __init__(self, num_envs: int, gamma: float, clip: float):
+        self.rms = RunningMeanStd(())
+        self.returns = np.zeros(num_envs, dtype=np.float64)
+        self.gamma, self.clip = gamma, clip
+
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        self.returns = self.returns * self.gamma + rewards
+        self.rms.update(self.returns)
+        scaled = np.clip(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip, self.clip)
+        self.returns[np.asarray(dones, dtype=bool)] = 0.0
+        return scaled.astype(np.float32)
+
+
+def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    """Orthogonal weights, zero bias: the initialisation of the PPO implementations (and SB3)."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(a; mu, diag(sigma^2)) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi) / 2 ].
+
+    Written out instead of torch.distributions.Normal: the same numbers, without its per-call checks.
+    """
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
+    """Entropy of a diagonal Gaussian: sum_i [ log sigma_i + (1 + log(2 pi)) / 2 ] (independent of the mean)."""
+    return (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
+
+
+class Agent(nn.Module):
+    """Separate actor and critic MLPs; the actor gives the Gaussian's mean, log_std is a free parameter."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_size: int = 64):
+        super().__init__()
+        self.critic = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, hidden_size)), nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, 1), std=1.0),
+        )
+        self.actor_mean = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, hidden_size)), nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
+            # a small last layer starts every mean near 0, whatever the observation
+            layer_init(nn.Linear(hidden_size, act_dim), std=0.01),
+        )
+        # state-independent log standard deviation, starting at sigma = 1 (CleanRL, SB3)
+        self.actor_logstd = nn.Parameter(torch.zeros(act_dim))
+
+    def get_value(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic(x).squeeze(-1)
+
+    @torch.no_grad()
+    def sample_action(self, x: torch.Tensor) -> torch.Tensor:
+        """Sample a ~ N(mu(x), sigma^2), unclipped. Only the actor runs here: see the rollout loop for why."""
+        mean = self.actor_mean(x)
+        return mean + self.actor_logstd.exp() * torch.randn_like(mean)
+
+    def evaluate_actions(self, x: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (log pi(action|x), entropy of pi(.|x), V(x)) for the update."""
+        mean = self.actor_mean(x)
+        log_std = self.actor_logstd.expand_as(mean)
+        return gaussian_log_prob(action, mean, log_std), gaussian_entropy(log_std), self.get_value(x)
+
+    @torch.no_grad()
+    def deterministic_action(self, x: torch.Tensor) -> torch.Tensor:
+        return self.actor_mean(x)
+
+
+def flatten_parameters(module: nn.Module) -> nn.Parameter:
+    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
+
+    Why: with 64-unit networks on a CPU the optimiser step and gradient clipping, which loop over a
+    dozen small tensors, cost more than the forward and backward passes. Each parameter becomes a view
+    into one flat tensor (and each .grad a view into one flat gradient), so Adam and clip_grad_norm_
+    run once on one tensor. The arithmetic is unchanged: Adam is elementwise and the clipping norm is
+    global. Autograd accumulates into an existing .grad in place, so gradients land in the flat buffer;
+    zero them with `flat.grad.zero_()`, never by setting them to None.
+    """
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat.data[offset : offset + n].view_as(p)
+        p.grad = flat.grad[offset : offset + n].view_as(p)
+        offset += n
+    return flat
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminations: torch.Tensor,
+    truncations: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over a [T, N] rollout; returns (advantages, returns).
+
+    next_values[t] is the value of the observation that followed step t: V(s_{t+1}) inside an episode,
+    V(final observation) where the episode was truncated at t (anything where it terminated: it is
+    multiplied by 0). The recursion stops at every episode end, terminated or truncated.
+    """
+    T = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    not_term = 1.0 - terminations.to(rewards.dtype)
+    not_done = 1.0 - torch.maximum(terminations, truncations).to(rewards.dtype)
+    for t in reversed(range(T)):
+        delta = rewards[t] + gamma * next_values[t] * not_term[t] - values[t]
+        last = delta + gamma * gae_lambda * not_done[t] * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def ppo_loss(
+    new_logprob: torch.Tensor,
+    old_logprob: torch.Tensor,
+    advantages: torch.Tensor,
+    new_value: torch.Tensor,
+    old_value: torch.Tensor,
+    returns: torch.Tensor,
+    clip_coef: float,
+    clip_vloss: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped surrogate (paper eq. 7) and value loss; returns (policy_loss, value_loss, log ratio)."""
+    logratio = new_logprob - old_logprob
+    ratio = logratio.exp()
+    pg_loss = torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)).mean()
+    if clip_vloss:
+        v_clipped = old_value + torch.clamp(new_value - old_value, -clip_coef, clip_coef)
+        v_loss = torch.max((new_value - returns) ** 2, (v_clipped - returns) ** 2).mean()
+    else:
+        v_loss = ((new_value - returns) ** 2).mean()
+    return pg_loss, v_loss, logratio
+
+
+@torch.no_grad()
+def approx_kl(logratio: torch.Tensor) -> torch.Tensor:
+    """KL(pi_old || pi) by the low-variance estimator E[(rho - 1) - log rho] (Schulman, "Approximating KL")."""
+    return (logratio.exp() - 1 - logratio).mean()
+
+
+def save_checkpoint(agent: Agent, path: str, meta: dict) -> None:
+    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
+    state = {k: v.detach().clone() for k, v in agent.state_dict().items()}  # clone: detach from the flat buffer
+    tmp = f"{path}.tmp"
+    torch.save({"model": state, **meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_agent(path: str | os.PathLike) -> tuple[Agent, RunningMeanStd | None, dict]:
+    """The agent, the observation statistics it was trained with (None if it was trained without), the checkpoint."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    agent = Agent(ckpt["obs_dim"], ckpt["act_dim"], ckpt["hidden_size"])
+    agent.load_state_dict(ckpt["model"])
+    obs_rms = RunningMeanStd.from_state_dict(ckpt["obs_rms"]) if "obs_rms" in ckpt else None
+    return agent, obs_rms, ckpt
+
+
+def evaluate(
+    agent_or_path: Agent | str | os.PathLike,
+    env_id: str,
+    eval_episodes: int,
+    seed: int,
+    device: str = "cpu",
+    obs_rms: RunningMeanStd | None = None,
+    clip_obs: float = 10.0,
+) -> list[float]:
+    """Deterministic evaluation (the mean action, clipped to the bounds) on a fresh environment.
+
+    From a checkpoint path, the observation statistics saved with it are used (obs_rms is ignored); with
+    an Agent, pass the statistics it was trained with. They stay frozen: evaluation does not update them.
+    Returns one undiscounted, unnormalised return per episode.
+    """
+    if isinstance(agent_or_path, str | os.PathLike):
+        agent, obs_rms, ckpt = load_agent(agent_or_path)
+        agent, clip_obs = agent.to(device), float(ckpt["clip_obs"])
+    else:
+        agent = agent_or_path
+    env = gym.make(env_id)
+    low, high = env.action_space.low, env.action_space.high
+    returns = []
+    for ep in range(eval_episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done, total = False, 0.0
+        while not done:
+            x = torch.as_tensor(normalize_obs(obs[None], obs_rms, clip_obs), device=device)
+            action = agent.deterministic_action(x)[0].cpu().numpy()
+            obs, reward, terminated, truncated, _ = env.step(np.clip(action, low, high))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    batch_size = args.num_envs * args.num_steps
+    minibatch_size = batch_size // args.num_minibatches
+    num_iterations = -(-args.total_timesteps // batch_size)  # ceil: at least total_timesteps steps
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=asdict(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # Same-step autoreset: when an episode ends, step() already returns the next episode's first
+    # observation and puts the last one in info["final_obs"] (needed to bootstrap truncations).
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)  # raw returns: it sees the unscaled rewards
+    envs.action_space.seed(args.seed)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    act_dim = int(np.prod(envs.single_action_space.shape))
+    low, high = envs.single_action_space.low, envs.single_action_space.high
+
+    # The normalisation is done here rather than by wrappers: one set of statistics shared by all
+    # environments, the final observations normalised with them too, and all of it saved with the model.
+    obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
+    reward_scaler = RewardScaler(args.num_envs, args.gamma, args.clip_reward) if args.norm_reward else None
+
+    agent = Agent(obs_dim, act_dim, args.hidden_size).to(device)
+    flat_params = flatten_parameters(agent)
+    optimizer = torch.optim.Adam([flat_params], lr=args.learning_rate, eps=1e-5)
+
+    # Rollout storage, [num_steps, num_envs, ...], in numpy: the environments speak numpy, and the
+    # whole rollout is moved to torch once per iteration instead of once per step. Observations are
+    # stored normalised, exactly as the policy saw them when it acted.
+    obs = np.zeros((args.num_steps, args.num_envs, obs_dim), dtype=np.float32)
+    succ_obs = np.zeros_like(obs)  # the observation that followed each step (the final one at episode ends)
+    actions = np.zeros((args.num_steps, args.num_envs, act_dim), dtype=np.float32)
+    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+
+    global_step = 0
+    start_time = time.time()
+    recent_returns: deque[float] = deque(maxlen=20)
+    next_log = args.log_every
+    raw_obs, _ = envs.reset(seed=args.seed)
+    if obs_rms is not None:
+        obs_rms.update(raw_obs)
+    next_obs = normalize_obs(raw_obs, obs_rms, args.clip_obs)
+
+    for iteration in range(1, num_iterations + 1):
+        frac = 1.0 - (iteration - 1.0) / num_iterations
+        lr_now = frac * args.learning_rate if args.anneal_lr else args.learning_rate
+        optimizer.param_groups[0]["lr"] = lr_now
+        clip_now = frac * args.clip_coef if args.anneal_clip else args.clip_coef
+
+        # Collect the rollout. The policy does not change until the rollout is over, so only the
+        # actor runs per step (to sample); log pi_old(a|s) and V(s) come from one batched pass afterwards,
+        # with the same parameters and inputs and so the same numbers, at a fraction of the per-step cost.
+        for step in range(args.num_steps):
+            global_step += args.num_envs
+            obs[step] = next_obs
+            action = agent.sample_action(torch.as_tensor(next_obs, device=device)).cpu().numpy()
+            actions[step] = action  # unclipped: its log-probability is the one the ratio needs
+            raw_obs, raw_reward, terminations[step], truncations[step], infos = envs.step(np.clip(action, low, high))
+            # As SB3's VecNormalize: the statistics absorb the observations the policy will act on next
+            # (reset observations included), and a final observation is normalised with the same, updated
+            # statistics, so V sees it on the same scale as every other input.
+            if obs_rms is not None:
+                obs_rms.update(raw_obs)
+            next_obs = normalize_obs(raw_obs, obs_rms, args.clip_obs)
+            succ_obs[step] = successor_obs(next_obs, infos, obs_rms, args.clip_obs)
+            dones = np.logical_or(terminations[step], truncations[step])
+            rewards[step] = raw_reward if reward_scaler is None else reward_scaler(raw_reward, dones)
+            if "episode" in infos:
+                for i in np.flatnonzero(infos["_episode"]):
+                    ep_r, ep_l = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
+                    recent_returns.append(ep_r)
+                    writer.add_scalar("charts/episodic_return", ep_r, global_step)
+                    writer.add_scalar("charts/episodic_length", ep_l, global_step)
+
+        b_obs = torch.as_tensor(obs.reshape(-1, obs_dim), device=device)
+        b_actions = torch.as_tensor(actions.reshape(-1, act_dim), device=device)
+        with torch.no_grad():
+            b_logprobs, _, b_values = agent.evaluate_actions(b_obs, b_actions)
+            next_values = agent.get_value(torch.as_tensor(succ_obs, device=device))
+        advantages, returns = compute_gae(
+            torch.as_tensor(rewards, device=device), b_values.view(args.num_steps, args.num_envs), next_values,
+            torch.as_tensor(terminations, device=device), torch.as_tensor(truncations, device=device),
+            args.gamma, args.gae_lambda,
+        )
+        b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
+
+        stop = False
+        for _epoch in range(args.update_epochs):
+            perm = torch.randperm(batch_size, device=device)
+            for start in range(0, batch_size, minibatch_size):
+                mb = perm[start : start + minibatch_size]
+                new_logprob, entropy, new_value = agent.evaluate_actions(b_obs[mb], b_actions[mb])
+                mb_adv = b_advantages[mb]
+                if args.norm_adv and len(mb) > 1:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                pg_loss, v_loss, logratio = ppo_loss(
+                    new_logprob, b_logprobs[mb], mb_adv, new_value, b_values[mb], b_returns[mb], clip_now, args.clip_vloss
+                )
+                if args.target_kl is not None and approx_kl(logratio) > 1.5 * args.target_kl:
+                    stop = True  # as SB3: skip this update and end the rollout's epochs
+                    break
+                entropy_loss = entropy.mean()
+                loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss
+                flat_params.grad.zero_()
+                loss.backward()
+                nn.utils.clip_grad_norm_([flat_params], args.max_grad_norm)
+                optimizer.step()
+            if stop:
+                break
+
+        # Logging once per rollout, from the last minibatch: the only host syncs of the iteration.
+        var_y = b_returns.var()
+        explained_var = float("nan") if var_y == 0 else float(1 - (b_returns - b_values).var() / var_y)
+        sps = int(global_step / (time.time() - start_time))
+        stats = {
+            "charts/learning_rate": lr_now,
+            "losses/value_loss": v_loss.item(),
+            "losses/policy_loss": pg_loss.item(),
+            "losses/entropy": entropy.mean().item(),
+            "losses/approx_kl": approx_kl(logratio).item(),
+            "losses/clipfrac": ((logratio.exp() - 1.0).abs() > clip_now).float().mean().item(),
+            "losses/explained_variance": explained_var,
+            "charts/action_std": agent.actor_logstd.exp().mean().item(),
+            "charts/SPS": sps,
+        }
+        for key, val in stats.items():
+            writer.add_scalar(key, val, global_step)
+        if global_step >= next_log or iteration == num_iterations:
+            next_log += args.log_every
+            recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
+            print(f"step {global_step:>9,}  SPS {sps:>6,}  return(last 20 episodes) {recent}", flush=True)
+
+    train_time = time.time() - start_time
+    envs.close()
+
+    eval_returns = evaluate(agent, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device),
+                            obs_rms=obs_rms, clip_obs=args.clip_obs)
+    for i, r in enumerate(eval_returns):
+        writer.add_scalar("eval/episodic_return", r, i)
+    print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
+          f"(deterministic); trained {global_step:,} steps in {train_time:.1f}s")
+
+    model_path = None
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.pt"
+        meta = {"obs_dim": obs_dim, "act_dim": act_dim, "hidden_size": args.hidden_size, "env_id": args.env_id,
+                "clip_obs": args.clip_obs, "global_step": global_step}
+        if obs_rms is not None:
+            meta["obs_rms"] = obs_rms.state_dict()
+        if reward_scaler is not None:  # not needed to act; kept so that training statistics are complete
+            meta["return_rms"] = reward_scaler.rms.state_dict()
+        save_checkpoint(agent, model_path, meta)
+        print(f"model saved to {model_path}")
+    writer.close()
+    if args.track:
+        import wandb
+
+        wandb.finish()
+    return {
+        "eval_return_mean": float(np.mean(eval_returns)),
+        "eval_return_std": float(np.std(eval_returns)),
+        "eval_returns": eval_returns,
+        "sps": int(global_step / train_time),
+        "train_time": train_time,
+        "global_step": global_step,
+        "run_dir": f"runs/{run_name}",
+        "model_path": model_path,
+    }
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

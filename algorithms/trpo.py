@@ -1,0 +1,658 @@
+"""Trust Region Policy Optimization (TRPO) for discrete and continuous actions.
+
+Paper: Schulman, Levine, Moritz, Jordan, Abbeel (2015), "Trust Region Policy Optimization",
+https://arxiv.org/abs/1502.05477. Advantages by GAE: Schulman et al. (2016), https://arxiv.org/abs/1506.02438.
+
+Run:
+    python algorithms/trpo.py --env-id CartPole-v1
+    python algorithms/trpo.py --env-id Pendulum-v1 --num-envs 2 --num-steps 1024 --gamma 0.9 \\
+        --n-critic-updates 20 --total-timesteps 100000
+    python algorithms/trpo.py --help            # every hyperparameter, with its meaning
+
+Defaults: sb3-contrib's TRPO (critic Adam lr 1e-3, minibatches of 128, gamma 0.99, GAE lambda 0.95, target
+KL 0.01, CG damping 0.1, line search factor 0.8 with up to 10 tries, 64-64 tanh actor and critic, advantages
+normalised over the rollout) except: conjugate gradient runs 10 iterations (the paper's and Spinning Up's
+number; sb3-contrib runs 15: --cg-iters 15), and the rollout is 4 environments x 512 steps instead of 1 x
+2048 (the same 2048 samples per update in a quarter of the per-step policy calls) with 20 critic epochs
+instead of 10 (rl-zoo3's CartPole and Pendulum value), chosen for CartPole-v1.
+
+Measured here (2 shared cores, one torch thread): the defaults reach a deterministic evaluation of 500.0 on
+CartPole-v1 on seeds 1, 2 and 3 within 200k steps (the recent training return is 500 from about 60k steps);
+the Pendulum-v1 command above, 100k steps, evaluates -232.0, -238.6 and -225.0 on seeds 1-3 (rl-zoo3's
+Pendulum settings, but without its generalised state-dependent exploration).
+
+The math, as written in the code below (t indexes the rollout, per environment; theta are the actor's
+parameters, theta_old their value when the rollout was collected):
+    GAE           A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1},
+                  delta_t = r_t + gamma * v'_t * (1 - terminated_t) - V(s_t),
+                  v'_t = V(s_{t+1}), or V(final observation) when the episode was truncated at step t
+    surrogate     L(theta) = mean( pi_theta(a|s) / pi_old(a|s) * A )       (paper eq. 14, with A for Q)
+    constraint    KL(theta) = mean_s KL( pi_old(.|s) || pi_theta(.|s) ) <= delta            (paper eq. 14)
+    gradient      g = dL/dtheta at theta_old
+    Fisher        F v = d/dtheta( (dKL/dtheta) . v ) + damping * v     (Hessian of the mean KL at theta_old,
+                  by double backpropagation, never formed as a matrix; paper appendix C.1)
+    direction     s ~= F^-1 g, by cg_iters iterations of conjugate gradient
+    full step     beta * s with beta = sqrt(2 delta / (s^T F s)), F damped as above (as sb3-contrib): the KL's
+                  quadratic model 1/2 (beta s)^T F (beta s) is then exactly delta
+    line search   theta = theta_old + factor^i * beta * s for i = 0, 1, ..., line_search_max_iter - 1; accept the
+                  first i with KL(theta) <= delta and L(theta) > L(theta_old); if none, theta stays theta_old
+    critic        minimise mean( (V(s) - R)^2 ), R_t = A_t + V_old(s_t), Adam over n_critic_updates epochs of
+                  shuffled minibatches (after the policy step; the critic and the actor share no parameters)
+
+Policies: a Categorical over a Discrete space (logits from a tanh MLP), or a diagonal Gaussian over a Box
+space whose mean is a tanh MLP and whose log standard deviation is one free parameter per action dimension
+(state-independent, as in the paper and sb3-contrib). Gaussian actions are clipped to the space's bounds
+when they are sent to the environment; the unclipped sample is what the log-probabilities use. Evaluation is
+deterministic: the most probable action, or the (clipped) mean.
+
+Time-limit truncation is not termination: a truncated episode bootstraps from the value of the observation
+where it was cut, a terminated one does not. The vector environment runs in Gymnasium's same-step autoreset
+mode: when an episode ends, step() returns the next episode's first observation and puts the last one in
+info["final_obs"], so no step is spent on a reset and none has to be masked out.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+
+@dataclass
+class Args:
+    exp_name: str = "trpo"
+    """the name of this experiment (used in the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment: python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
+    torch_threads: int = 1
+    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    track: bool = False
+    """if toggled, mirror the TensorBoard logs to Weights & Biases"""
+    wandb_project_name: str = "onefile-rl"
+    """the Weights & Biases project"""
+    wandb_entity: str | None = None
+    """the Weights & Biases entity (team)"""
+    capture_video: bool = False
+    """if toggled, record videos of the first environment into videos/{run_name}"""
+    save_model: bool = False
+    """if toggled, save the trained model to runs/{run_name}/{exp_name}.pt"""
+
+    env_id: str = "CartPole-v1"
+    """the Gymnasium id of the environment (Discrete or Box actions, flat Box observations)"""
+    total_timesteps: int = 200_000
+    """total environment steps, summed over the parallel environments"""
+    num_envs: int = 4
+    """the number of parallel environments"""
+    num_steps: int = 512
+    """steps per environment in each rollout (rollout size = num_envs * num_steps; sb3-contrib: 1 x 2048)"""
+    gamma: float = 0.99
+    """the discount factor"""
+    gae_lambda: float = 0.95
+    """the lambda of generalised advantage estimation"""
+    norm_adv: bool = True
+    """if toggled, normalise the advantages over the rollout (zero mean, unit standard deviation)"""
+    target_kl: float = 0.01
+    """delta, the trust region: the bound on the mean KL(pi_old || pi) of one policy step"""
+    cg_iters: int = 10
+    """conjugate gradient iterations for the search direction (sb3-contrib: 15)"""
+    cg_damping: float = 0.1
+    """damping added to the Fisher-vector product (F + damping * I), which keeps CG well-conditioned"""
+    line_search_factor: float = 0.8
+    """the backtracking line search shrinks the step by this factor after each rejected try"""
+    line_search_max_iter: int = 10
+    """tries of the line search before the step is abandoned (the policy then stays unchanged)"""
+    learning_rate: float = 1e-3
+    """the critic's Adam learning rate"""
+    n_critic_updates: int = 20
+    """passes of critic regression over each rollout (sb3-contrib: 10; rl-zoo3 CartPole/Pendulum: 20)"""
+    batch_size: int = 128
+    """minibatch size of the critic's regression"""
+    hidden_size: int = 64
+    """width of the two tanh hidden layers of the actor and of the critic"""
+    eval_episodes: int = 10
+    """episodes of the final deterministic evaluation (argmax, or the Gaussian's mean)"""
+    log_every: int = 10_000
+    """print a progress line every this many environment steps"""
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "num_steps", "cg_iters", "line_search_max_iter", "n_critic_updates",
+                 "batch_size", "hidden_size", "eval_episodes", "log_every", "torch_threads"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.norm_adv and args.num_envs * args.num_steps < 2:
+        fail("--norm-adv needs a rollout of at least 2 samples (num_envs * num_steps >= 2); or pass --no-norm-adv")
+    if not args.target_kl > 0:
+        fail(f"--target-kl must be positive, got {args.target_kl}")
+    if not args.cg_damping >= 0:
+        fail(f"--cg-damping must be >= 0, got {args.cg_damping}")
+    if not 0 < args.line_search_factor < 1:
+        fail(f"--line-search-factor must be in (0, 1), got {args.line_search_factor}")
+    if args.learning_rate <= 0 or not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+        fail("need --learning-rate > 0, 0 < --gamma <= 1 and 0 <= --gae-lambda <= 1")
+    try:
+        gym.spec(args.env_id)
+    except gym.error.Error:
+        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; try CartPole-v1 or Pendulum-v1")
+    probe = gym.make(args.env_id)
+    action_space, obs_space = probe.action_space, probe.observation_space
+    probe.close()
+    if isinstance(action_space, gym.spaces.Box):
+        if len(action_space.shape) != 1:
+            fail(f"trpo.py needs a one-dimensional Box action space, {args.env_id} has {action_space}")
+        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+            fail(f"trpo.py clips Gaussian actions to the space's bounds and needs finite ones; {args.env_id} has {action_space}")
+    elif not isinstance(action_space, gym.spaces.Discrete):
+        fail(f"trpo.py needs a Discrete or a one-dimensional Box action space, {args.env_id} has {action_space}; "
+             "use e.g. CartPole-v1 or Pendulum-v1")
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        fail(f"trpo.py needs a flat Box observation, {args.env_id} has {obs_space}; "
+             "use an environment such as CartPole-v1 or Pendulum-v1")
+
+
+def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        return env
+
+    return thunk
+
+
+def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    """Orthogonal weights, zero bias: the initialisation of the PPO/TRPO implementations (and SB3)."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(n_in: int, n_out: int, hidden_size: int, last_std: float) -> nn.Sequential:
+    return nn.Sequential(
+        layer_init(nn.Linear(n_in, hidden_size)), nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, n_out), std=last_std),
+    )
+
+
+# ---- the two policy distributions, written out (tensors in, tensors out; tested against closed forms) ----
+# A Categorical is represented by its log-probabilities logp [..., n]; a diagonal Gaussian by (mean, log_std)
+# [..., d] each. Log-probabilities, entropies and KLs sum over the action dimensions.
+
+
+def categorical_log_prob(logp: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    return logp.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+
+
+def categorical_entropy(logp: torch.Tensor) -> torch.Tensor:
+    return -(logp.exp() * logp).sum(-1)
+
+
+def categorical_kl(logp_old: torch.Tensor, logp_new: torch.Tensor) -> torch.Tensor:
+    """KL(old || new) = sum_a p_old(a) * (log p_old(a) - log p_new(a))."""
+    return (logp_old.exp() * (logp_old - logp_new)).sum(-1)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag(exp(log_std))^2) = sum_i [ -(x_i - mean_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi) / 2 ]."""
+    return (-0.5 * ((x - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
+    """H = sum_i [ log sigma_i + (1 + log(2 pi)) / 2 ]."""
+    return (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
+
+
+def gaussian_kl(mean_old: torch.Tensor, log_std_old: torch.Tensor, mean_new: torch.Tensor,
+                log_std_new: torch.Tensor) -> torch.Tensor:
+    """KL(old || new) = sum_i [ log(s_new / s_old) + (s_old^2 + (m_old - m_new)^2) / (2 s_new^2) - 1/2 ]."""
+    var_old, var_new = (2 * log_std_old).exp(), (2 * log_std_new).exp()
+    return (log_std_new - log_std_old + (var_old + (mean_old - mean_new) ** 2) / (2 * var_new) - 0.5).sum(-1)
+
+
+class Actor(nn.Module):
+    """pi_theta(a|s). forward() returns the distribution's parameters as a tuple: (logp,) for a Categorical,
+    (mean, log_std) for the Gaussian, whose log_std is a free parameter, the same in every state."""
+
+    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, hidden_size: int = 64):
+        super().__init__()
+        self.discrete = discrete
+        # a small last layer starts the policy near uniform (Categorical) or near mean 0 (Gaussian)
+        self.net = mlp(obs_dim, act_dim, hidden_size, last_std=0.01)
+        if not discrete:
+            self.log_std = nn.Parameter(torch.zeros(act_dim))  # sigma = 1 at the start, as sb3-contrib
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.net(x)
+        if self.discrete:
+            return (torch.log_softmax(out, dim=-1),)
+        return out, self.log_std.expand_as(out)
+
+    def log_prob(self, dist: tuple[torch.Tensor, ...], action: torch.Tensor) -> torch.Tensor:
+        return categorical_log_prob(dist[0], action) if self.discrete else gaussian_log_prob(action, *dist)
+
+    def entropy(self, dist: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return categorical_entropy(dist[0]) if self.discrete else gaussian_entropy(dist[1])
+
+    def kl(self, old: tuple[torch.Tensor, ...], new: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return categorical_kl(old[0], new[0]) if self.discrete else gaussian_kl(*old, *new)
+
+    @torch.no_grad()
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        dist = self(x)
+        if self.discrete:
+            return torch.multinomial(dist[0].exp(), 1).squeeze(-1)
+        mean, log_std = dist
+        return mean + log_std.exp() * torch.randn_like(mean)
+
+    @torch.no_grad()
+    def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable action, or the Gaussian's mean (unclipped: the caller clips to the bounds)."""
+        dist = self(x)
+        return dist[0].argmax(-1) if self.discrete else dist[0]
+
+
+class Critic(nn.Module):
+    def __init__(self, obs_dim: int, hidden_size: int = 64):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden_size, last_std=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+def flatten_parameters(module: nn.Module) -> nn.Parameter:
+    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
+
+    Why: with 64-unit networks on a CPU the optimiser step, which loops over many small tensors, costs more
+    than the forward and backward passes of a minibatch. Each parameter becomes a view into one flat tensor
+    (and each .grad a view into one flat gradient), so Adam runs once on one tensor; Adam is elementwise, so
+    the arithmetic is unchanged. Used for the critic only: the actor is never touched by an optimiser.
+    Zero the gradients with `flat.grad.zero_()`, never by setting them to None.
+    """
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat.data[offset : offset + n].view_as(p)
+        p.grad = flat.grad[offset : offset + n].view_as(p)
+        offset += n
+    return flat
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminations: torch.Tensor,
+    truncations: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over a [T, N] rollout; returns (advantages, returns).
+
+    next_values[t] is the value of the observation that followed step t: V(s_{t+1}) inside an episode,
+    V(final observation) where the episode was truncated at t (anything where it terminated: it is
+    multiplied by 0). The recursion stops at every episode end, terminated or truncated.
+    """
+    T = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    not_term = 1.0 - terminations.to(rewards.dtype)
+    not_done = 1.0 - torch.maximum(terminations, truncations).to(rewards.dtype)
+    for t in reversed(range(T)):
+        delta = rewards[t] + gamma * next_values[t] * not_term[t] - values[t]
+        last = delta + gamma * gae_lambda * not_done[t] * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def flat_grad(y: torch.Tensor, params: list[torch.Tensor], create_graph: bool = False,
+              retain_graph: bool | None = None) -> torch.Tensor:
+    """dy/dparams as one flat vector."""
+    grads = torch.autograd.grad(y, params, create_graph=create_graph, retain_graph=retain_graph)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def get_flat_params(params: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
+@torch.no_grad()
+def set_flat_params(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+    offset = 0
+    for p in params:
+        p.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+def make_fisher_vector_product(mean_kl: torch.Tensor, params: list[torch.Tensor],
+                               damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """v -> (H + damping * I) v, H the Hessian of `mean_kl` in `params`, by double backpropagation.
+
+    mean_kl must be KL(pi_old || pi_theta) averaged over the batch, with pi_old detached and theta = theta_old:
+    its gradient is then zero and its Hessian is the Fisher information matrix of the policy (paper appendix
+    C.1). dKL/dtheta is computed once with its graph kept; each product differentiates (dKL/dtheta) . v again,
+    which costs about two backward passes and never forms the matrix.
+    """
+    grad_kl = flat_grad(mean_kl, params, create_graph=True)
+
+    def fvp(v: torch.Tensor) -> torch.Tensor:
+        return flat_grad(grad_kl @ v, params, retain_graph=True) + damping * v
+
+    return fvp
+
+
+def conjugate_gradient(Avp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int,
+                       residual_tol: float = 1e-10) -> torch.Tensor:
+    """Approximately solve A x = b for a symmetric positive-definite A known only through v -> A v.
+
+    Starts from x = 0; stops after `iters` iterations or once the squared residual |b - A x|^2 < residual_tol.
+    In exact arithmetic it solves an n x n system in n iterations (Nocedal & Wright, Algorithm 5.2).
+    """
+    x = torch.zeros_like(b)
+    r = b.clone()  # residual b - A x
+    p = b.clone()  # search direction
+    rr = r @ r
+    for _ in range(iters):
+        if rr < residual_tol:
+            break
+        Ap = Avp(p)
+        alpha = rr / (p @ Ap)
+        x += alpha * p
+        r -= alpha * Ap
+        rr_new = r @ r
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def trpo_step(
+    actor: Actor,
+    obs: torch.Tensor,
+    actions: torch.Tensor,
+    advantages: torch.Tensor,
+    max_kl: float,
+    cg_iters: int,
+    cg_damping: float,
+    line_search_factor: float,
+    line_search_max_iter: int,
+) -> dict:
+    """One natural-gradient step of the actor on a batch, under the trust region mean KL <= max_kl.
+
+    The actor's current parameters are theta_old: the batch was collected with them. Only parameters with
+    requires_grad are updated. Returns the statistics of the step: whether the line search accepted a step,
+    the fraction factor^i of the full step it took (0 if none), the surrogate before and after, the measured
+    mean KL from the old policy (0 if rejected) and the entropy of the policy after the step.
+    """
+    params = [p for p in actor.parameters() if p.requires_grad]
+    with torch.no_grad():
+        # a snapshot: the Gaussian's log_std is a view of the parameter, which the line search overwrites
+        old_dist = tuple(t.clone() for t in actor(obs))
+        old_logprob = actor.log_prob(old_dist, actions)
+
+    def surrogate_and_kl(dist):
+        ratio = (actor.log_prob(dist, actions) - old_logprob).exp()
+        return (ratio * advantages).mean(), actor.kl(old_dist, dist).mean()
+
+    dist = actor(obs)
+    surrogate, kl = surrogate_and_kl(dist)  # at theta_old: L = mean(A), KL = 0 (but not its Hessian)
+    g = flat_grad(surrogate, params, retain_graph=True)
+    fvp = make_fisher_vector_product(kl, params, cg_damping)
+    step_dir = conjugate_gradient(fvp, g, cg_iters)
+    shs = step_dir @ fvp(step_dir)
+    stats = {"accepted": False, "step_fraction": 0.0, "surrogate_old": surrogate.item(),
+             "surrogate_new": surrogate.item(), "kl": 0.0, "entropy": actor.entropy(dist).mean().item(),
+             "line_search_iters": 0}
+    if not (torch.isfinite(shs) and shs > 0):  # g = 0 (e.g. all advantages 0): there is no direction to step in
+        return stats
+    full_step = torch.sqrt(2 * max_kl / shs) * step_dir
+
+    theta_old = get_flat_params(params)
+    fraction = 1.0
+    with torch.no_grad():
+        for i in range(line_search_max_iter):
+            set_flat_params(params, theta_old + fraction * full_step)
+            new_dist = actor(obs)
+            new_surrogate, new_kl = surrogate_and_kl(new_dist)
+            stats["line_search_iters"] = i + 1
+            if new_kl <= max_kl and new_surrogate > surrogate:
+                stats.update(accepted=True, step_fraction=fraction, surrogate_new=new_surrogate.item(),
+                             kl=new_kl.item(), entropy=actor.entropy(new_dist).mean().item())
+                return stats
+            fraction *= line_search_factor
+        set_flat_params(params, theta_old)  # no step passed both tests: keep the old policy
+    return stats
+
+
+def save_checkpoint(actor: Actor, critic: Critic, path: str, meta: dict) -> None:
+    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
+    state = {
+        "actor": {k: v.detach().clone() for k, v in actor.state_dict().items()},
+        "critic": {k: v.detach().clone() for k, v in critic.state_dict().items()},  # clone: off the flat buffer
+    }
+    tmp = f"{path}.tmp"
+    torch.save({**state, **meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_actor(path: str) -> tuple[Actor, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    actor = Actor(ckpt["obs_dim"], ckpt["act_dim"], ckpt["discrete"], ckpt["hidden_size"])
+    actor.load_state_dict(ckpt["actor"])
+    return actor, ckpt
+
+
+def evaluate(actor_or_path: Actor | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment (argmax, or the mean clipped to the bounds)."""
+    actor = load_actor(actor_or_path)[0].to(device) if isinstance(actor_or_path, str) else actor_or_path
+    env = gym.make(env_id)
+    returns = []
+    for ep in range(eval_episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done, total = False, 0.0
+        while not done:
+            action = actor.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0]
+            if actor.discrete:
+                action = int(action.item())
+            else:
+                action = np.clip(action.cpu().numpy(), env.action_space.low, env.action_space.high)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    batch_size = args.num_envs * args.num_steps
+    num_iterations = -(-args.total_timesteps // batch_size)  # ceil: at least total_timesteps steps
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=asdict(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # Same-step autoreset: when an episode ends, step() already returns the next episode's first
+    # observation and puts the last one in info["final_obs"] (needed to bootstrap truncations).
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    envs.action_space.seed(args.seed)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    space = envs.single_action_space
+    discrete = isinstance(space, gym.spaces.Discrete)
+    act_dim = int(space.n) if discrete else int(space.shape[0])
+
+    actor = Actor(obs_dim, act_dim, discrete, args.hidden_size).to(device)
+    critic = Critic(obs_dim, args.hidden_size).to(device)
+    critic_flat = flatten_parameters(critic)
+    critic_optimizer = torch.optim.Adam([critic_flat], lr=args.learning_rate, eps=1e-5)  # eps as SB3
+
+    # Rollout storage, [num_steps, num_envs, ...], in numpy: the environments speak numpy, and the
+    # whole rollout is moved to torch once per iteration instead of once per step.
+    obs = np.zeros((args.num_steps, args.num_envs, obs_dim), dtype=np.float32)
+    succ_obs = np.zeros_like(obs)  # the observation that followed each step (the final one at episode ends)
+    if discrete:
+        actions = np.zeros((args.num_steps, args.num_envs), dtype=np.int64)
+    else:
+        actions = np.zeros((args.num_steps, args.num_envs, act_dim), dtype=np.float32)
+    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+
+    global_step = 0
+    start_time = time.time()
+    recent_returns: deque[float] = deque(maxlen=20)
+    next_log = args.log_every
+    next_obs, _ = envs.reset(seed=args.seed)
+
+    for iteration in range(1, num_iterations + 1):
+        # Collect the rollout with the actor alone; V(s) and V(s') come from one batched pass afterwards.
+        for step in range(args.num_steps):
+            global_step += args.num_envs
+            obs[step] = next_obs
+            action = actor.sample(torch.as_tensor(next_obs, dtype=torch.float32, device=device)).cpu().numpy()
+            actions[step] = action
+            env_action = action if discrete else np.clip(action, space.low, space.high)  # store the unclipped sample
+            next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(env_action)
+            succ_obs[step] = next_obs
+            if "final_obs" in infos:
+                for i in np.flatnonzero(infos["_final_obs"]):
+                    succ_obs[step, i] = infos["final_obs"][i]  # the last observation, not the reset one
+            if "episode" in infos:
+                for i in np.flatnonzero(infos["_episode"]):
+                    ep_r, ep_l = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
+                    recent_returns.append(ep_r)
+                    writer.add_scalar("charts/episodic_return", ep_r, global_step)
+                    writer.add_scalar("charts/episodic_length", ep_l, global_step)
+
+        b_obs = torch.as_tensor(obs.reshape(-1, obs_dim), device=device)
+        b_actions = torch.as_tensor(actions.reshape(batch_size, *actions.shape[2:]), device=device)
+        with torch.no_grad():
+            b_values = critic(b_obs)
+            next_values = critic(torch.as_tensor(succ_obs, device=device))
+        advantages, returns = compute_gae(
+            torch.as_tensor(rewards, device=device), b_values.view(args.num_steps, args.num_envs), next_values,
+            torch.as_tensor(terminations, device=device), torch.as_tensor(truncations, device=device),
+            args.gamma, args.gae_lambda,
+        )
+        b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
+        if args.norm_adv:
+            b_advantages = (b_advantages - b_advantages.mean()) / (b_advantages.std() + 1e-8)
+
+        # The policy: one natural-gradient step on the whole rollout (the Fisher uses every sample).
+        step_stats = trpo_step(actor, b_obs, b_actions, b_advantages, args.target_kl, args.cg_iters,
+                               args.cg_damping, args.line_search_factor, args.line_search_max_iter)
+
+        # The critic: regression on the GAE returns, computed with the values before this update.
+        for _epoch in range(args.n_critic_updates):
+            perm = torch.randperm(batch_size, device=device)
+            for start in range(0, batch_size, args.batch_size):
+                mb = perm[start : start + args.batch_size]
+                v_loss = ((critic(b_obs[mb]) - b_returns[mb]) ** 2).mean()
+                critic_flat.grad.zero_()
+                v_loss.backward()
+                critic_optimizer.step()
+
+        var_y = b_returns.var()
+        explained_var = float("nan") if var_y == 0 else float(1 - (b_returns - b_values).var() / var_y)
+        sps = int(global_step / (time.time() - start_time))
+        stats = {
+            "charts/learning_rate": args.learning_rate,
+            "losses/value_loss": v_loss.item(),
+            # minus the surrogate after the step; 0 before it when advantages are normalised
+            "losses/policy_loss": -step_stats["surrogate_new"],
+            "losses/surrogate_improvement": step_stats["surrogate_new"] - step_stats["surrogate_old"],
+            "losses/entropy": step_stats["entropy"],
+            "losses/approx_kl": step_stats["kl"],  # the measured mean KL(pi_old || pi) of the step taken
+            "losses/line_search_accepted": float(step_stats["accepted"]),
+            "losses/step_fraction": step_stats["step_fraction"],
+            "losses/explained_variance": explained_var,
+            "charts/SPS": sps,
+        }
+        if not discrete:
+            stats["losses/std"] = actor.log_std.exp().mean().item()
+        for key, val in stats.items():
+            writer.add_scalar(key, val, global_step)
+        if global_step >= next_log or iteration == num_iterations:
+            next_log += args.log_every
+            recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
+            print(f"step {global_step:>9,}  SPS {sps:>6,}  return(last 20 episodes) {recent}", flush=True)
+
+    train_time = time.time() - start_time
+    envs.close()
+
+    eval_returns = evaluate(actor, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
+    for i, r in enumerate(eval_returns):
+        writer.add_scalar("eval/episodic_return", r, i)
+    print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
+          f"(deterministic); trained {global_step:,} steps in {train_time:.1f}s")
+
+    model_path = None
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.pt"
+        save_checkpoint(actor, critic, model_path, {"obs_dim": obs_dim, "act_dim": act_dim, "discrete": discrete,
+                                                    "hidden_size": args.hidden_size, "env_id": args.env_id})
+        print(f"model saved to {model_path}")
+    writer.close()
+    if args.track:
+        import wandb
+
+        wandb.finish()
+    return {
+        "eval_return_mean": float(np.mean(eval_returns)),
+        "eval_return_std": float(np.std(eval_returns)),
+        "eval_returns": eval_returns,
+        "sps": int(global_step / train_time),
+        "train_time": train_time,
+        "global_step": global_step,
+        "run_dir": f"runs/{run_name}",
+        "model_path": model_path,
+    }
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,414 @@
+"""trpo.py: conjugate gradient against a direct solve, the Fisher-vector product against an explicit Hessian of
+the mean KL (and against the Fisher as an expectation), the trust-region step (KL bound, surrogate improvement,
+exact step length, rejection by the line search), the two distributions against closed forms, GAE against a
+slow reference loop, and learning regressions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_algo
+from torch.func import functional_call
+
+trpo = load_algo("trpo")
+
+
+# ---------------------------------------------------------------- conjugate gradient
+
+
+def test_conjugate_gradient_by_hand_2x2():
+    # [[4, 1], [1, 3]] x = [1, 2]  ->  x = [1/11, 7/11]; CG is exact in n = 2 iterations
+    A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    x = trpo.conjugate_gradient(lambda v: A @ v, torch.tensor([1.0, 2.0], dtype=torch.float64), iters=2)
+    torch.testing.assert_close(x, torch.tensor([1 / 11, 7 / 11], dtype=torch.float64))
+    # one iteration is the steepest-descent step from 0: x = (r.r / r.Ar) r with r = b
+    x1 = trpo.conjugate_gradient(lambda v: A @ v, torch.tensor([1.0, 2.0], dtype=torch.float64), iters=1)
+    b = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(x1, (b @ b) / (b @ A @ b) * b)
+
+
+def test_conjugate_gradient_solves_random_spd_system():
+    rng = np.random.default_rng(0)
+    n = 12
+    M = rng.normal(size=(n, n))
+    A = M @ M.T + 0.5 * np.eye(n)  # symmetric positive-definite
+    b = rng.normal(size=n)
+    At = torch.tensor(A)
+    calls = []
+
+    def Avp(v):
+        calls.append(1)
+        return At @ v
+
+    x = trpo.conjugate_gradient(Avp, torch.tensor(b), iters=50)
+    np.testing.assert_allclose(x.numpy(), np.linalg.solve(A, b), rtol=1e-6, atol=1e-8)
+    assert len(calls) <= n + 2  # converged (residual below tolerance) in about n iterations, not 50
+    # fewer iterations: an approximation whose residual shrinks with the iteration count
+    res = [np.linalg.norm(A @ trpo.conjugate_gradient(Avp, torch.tensor(b), iters=k).numpy() - b) for k in (1, 4, 8)]
+    assert res[0] > res[1] > res[2] > 0
+
+
+def test_conjugate_gradient_zero_right_hand_side():
+    x = trpo.conjugate_gradient(lambda v: 2 * v, torch.zeros(5), iters=10)
+    assert torch.equal(x, torch.zeros(5))
+
+
+# ---------------------------------------------------------------- Fisher-vector product
+
+
+def tiny_actor(discrete: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    actor = trpo.Actor(obs_dim=2, act_dim=3 if discrete else 2, discrete=discrete, hidden_size=3).double()
+    for p in actor.parameters():  # larger weights than the near-uniform initialisation: a less trivial Fisher
+        p.data.normal_(0.0, 0.7)
+    return actor
+
+
+def kl_as_function_of_flat_params(actor, obs):
+    """theta (flat) -> mean KL(pi_old || pi_theta), pi_old the actor's current policy, via functional_call."""
+    names = [n for n, _ in actor.named_parameters()]
+    shapes = [p.shape for _, p in actor.named_parameters()]
+    with torch.no_grad():
+        old = actor(obs)
+
+    def f(theta):
+        params, offset = {}, 0
+        for name, shape in zip(names, shapes, strict=True):
+            k = math.prod(shape)
+            params[name] = theta[offset : offset + k].view(shape)
+            offset += k
+        return actor.kl(old, functional_call(actor, params, (obs,))).mean()
+
+    return f
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_fisher_vector_product_equals_explicit_hessian_of_mean_kl(discrete):
+    actor = tiny_actor(discrete)
+    obs = torch.randn(7, 2, dtype=torch.float64)
+    params = list(actor.parameters())
+    theta0 = trpo.get_flat_params(params)
+    H = torch.autograd.functional.hessian(kl_as_function_of_flat_params(actor, obs), theta0)
+    assert H.shape == (theta0.numel(), theta0.numel()) and H.abs().max() > 1e-3
+
+    with torch.no_grad():
+        old = actor(obs)
+    mean_kl = actor.kl(old, actor(obs)).mean()
+    damping = 0.1
+    fvp = trpo.make_fisher_vector_product(mean_kl, params, damping)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):  # the graph is retained: several products from one KL
+        v = torch.randn(theta0.numel(), generator=gen, dtype=torch.float64)
+        torch.testing.assert_close(fvp(v), H @ v + damping * v, rtol=1e-8, atol=1e-10)
+
+
+def test_hessian_of_kl_is_the_fisher_information():
+    """For a Categorical the Fisher is an exact finite sum: F = mean_s sum_a pi(a|s) grad log pi grad log pi^T."""
+    actor = tiny_actor(discrete=True)
+    obs = torch.randn(5, 2, dtype=torch.float64)
+    params = list(actor.parameters())
+    n = trpo.get_flat_params(params).numel()
+    F = torch.zeros(n, n, dtype=torch.float64)
+    for s in range(obs.shape[0]):
+        logp = actor(obs[s : s + 1])[0][0]
+        for a in range(3):
+            g = trpo.flat_grad(logp[a], params, retain_graph=True)
+            F += logp[a].exp().detach() * torch.outer(g, g)
+    F /= obs.shape[0]
+    with torch.no_grad():
+        old = actor(obs)
+    fvp = trpo.make_fisher_vector_product(actor.kl(old, actor(obs)).mean(), params, damping=0.0)
+    v = torch.randn(n, dtype=torch.float64)
+    torch.testing.assert_close(fvp(v), F @ v, rtol=1e-8, atol=1e-10)
+
+
+# ---------------------------------------------------------------- the trust-region step
+
+
+def measured_kl_and_surrogate(old_logits_or_params, actor, obs, actions, adv, discrete):
+    """Independent of trpo.py's formulas: torch.distributions."""
+    with torch.no_grad():
+        new = actor(obs)
+        if discrete:
+            d_old = torch.distributions.Categorical(logits=old_logits_or_params[0])
+            d_new = torch.distributions.Categorical(logits=new[0])
+        else:
+            d_old = torch.distributions.Normal(old_logits_or_params[0], old_logits_or_params[1].exp())
+            d_new = torch.distributions.Normal(new[0], new[1].exp())
+        kl = torch.distributions.kl_divergence(d_old, d_new)
+        lp_new, lp_old = d_new.log_prob(actions), d_old.log_prob(actions)
+        if not discrete:
+            kl, lp_new, lp_old = kl.sum(-1), lp_new.sum(-1), lp_old.sum(-1)
+        return kl.mean().item(), (torch.exp(lp_new - lp_old) * adv).mean().item()
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_trpo_step_keeps_kl_within_delta_and_improves_the_surrogate(discrete):
+    torch.manual_seed(3)
+    actor = trpo.Actor(obs_dim=3, act_dim=2, discrete=discrete, hidden_size=16)
+    obs = torch.randn(512, 3)
+    with torch.no_grad():
+        old = tuple(t.clone() for t in actor(obs))  # clone: log_std is a view of the parameter
+        actions = actor.sample(obs)
+    # advantages that prefer one action (discrete) / large first action component (continuous): a real signal
+    signal = (actions == 0).float() if discrete else actions[:, 0]
+    adv = signal + 0.3 * torch.randn(512)
+    adv = (adv - adv.mean()) / adv.std()
+    before = trpo.get_flat_params(list(actor.parameters()))
+    delta = 0.01
+    kl0, surr0 = measured_kl_and_surrogate(old, actor, obs, actions, adv, discrete)
+    assert kl0 == 0 and surr0 == pytest.approx(adv.mean().item(), abs=1e-6)
+
+    stats = trpo.trpo_step(actor, obs, actions, adv, max_kl=delta, cg_iters=10, cg_damping=0.1,
+                           line_search_factor=0.8, line_search_max_iter=10)
+    kl, surr = measured_kl_and_surrogate(old, actor, obs, actions, adv, discrete)
+    assert stats["accepted"]
+    assert 0 < kl <= delta
+    assert kl > 0.1 * delta  # a real step towards the boundary, not a vanishing one
+    assert surr > surr0
+    assert stats["kl"] == pytest.approx(kl, rel=1e-4)
+    assert stats["surrogate_new"] == pytest.approx(surr, rel=1e-4, abs=1e-6)
+    assert not torch.equal(trpo.get_flat_params(list(actor.parameters())), before)
+
+
+def bias_only_gaussian(frozen_log_std: bool = True):
+    """A 1-D Gaussian policy on an all-zero observation whose only free parameter is the last bias: its mean
+    is exactly mean_0 + bias, and KL(old || new) = (bias step)^2 / (2 sigma^2) exactly (sigma = 1)."""
+    torch.manual_seed(0)
+    actor = trpo.Actor(obs_dim=1, act_dim=1, discrete=False, hidden_size=4).double()
+    for p in actor.parameters():
+        p.requires_grad_(False)
+    actor.net[4].bias.requires_grad_(True)
+    return actor
+
+
+def test_trpo_step_length_is_the_trust_region_radius():
+    """Here the KL is exactly quadratic and the Fisher is 1: the full step moves the mean by sqrt(2 delta /
+    (1 + damping)) in the direction of the surrogate's gradient and its KL is delta / (1 + damping)."""
+    actor = bias_only_gaussian()
+    obs = torch.zeros(4, 1, dtype=torch.float64)
+    actions = torch.tensor([[-1.0], [0.5], [1.0], [2.0]], dtype=torch.float64)
+    adv = torch.tensor([-1.0, 0.2, 0.5, 1.0], dtype=torch.float64)  # gradient in the mean: mean(A * (a - mu)) > 0
+    mu0 = actor(obs)[0][0, 0].item()
+    delta, damping = 0.02, 0.25
+    stats = trpo.trpo_step(actor, obs, actions, adv, max_kl=delta, cg_iters=10, cg_damping=damping,
+                           line_search_factor=0.5, line_search_max_iter=10)
+    step = actor(obs)[0][0, 0].item() - mu0
+    assert stats["accepted"] and stats["step_fraction"] == 1.0
+    assert step == pytest.approx(math.sqrt(2 * delta / (1 + damping)), rel=1e-9)
+    assert stats["kl"] == pytest.approx(delta / (1 + damping), rel=1e-9)
+
+
+def test_line_search_rejects_and_keeps_the_old_parameters():
+    """The surrogate's gradient is positive but it curves down so fast that every tried step loses:
+    L(d) - L(0) = (1000 (exp(-d^2/2) - 1) + (exp(d - d^2/2) - 1)) / 2 < 0 for d > ~0.002, while the
+    shortest step tried is 0.8^9 * 0.135 = 0.018. All ten tries fail; the parameters stay bit for bit."""
+    actor = bias_only_gaussian()
+    obs = torch.zeros(2, 1, dtype=torch.float64)
+    actions = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    adv = torch.tensor([1000.0, 1.0], dtype=torch.float64)
+    before = [p.detach().clone() for p in actor.parameters()]
+    kw = dict(max_kl=0.01, cg_iters=10, cg_damping=0.1, line_search_factor=0.8)
+    stats = trpo.trpo_step(actor, obs, actions, adv, line_search_max_iter=10, **kw)
+    assert not stats["accepted"] and stats["line_search_iters"] == 10
+    assert stats["step_fraction"] == 0.0 and stats["kl"] == 0.0
+    for p, q in zip(actor.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+    # the direction itself was an ascent direction: a long enough search finds a (tiny) improving step
+    stats = trpo.trpo_step(actor, obs, actions, adv, line_search_max_iter=40, **kw)
+    assert stats["accepted"] and stats["surrogate_new"] > stats["surrogate_old"]
+    assert stats["line_search_iters"] > 10 and stats["step_fraction"] == pytest.approx(0.8 ** (stats["line_search_iters"] - 1))
+
+
+def test_zero_advantages_leave_the_policy_unchanged():
+    torch.manual_seed(0)
+    actor = trpo.Actor(obs_dim=3, act_dim=2, discrete=True, hidden_size=8)
+    obs = torch.randn(32, 3)
+    before = trpo.get_flat_params(list(actor.parameters()))
+    stats = trpo.trpo_step(actor, obs, actor.sample(obs), torch.zeros(32), 0.01, 10, 0.1, 0.8, 10)
+    assert not stats["accepted"]
+    assert torch.equal(trpo.get_flat_params(list(actor.parameters())), before)
+
+
+# ---------------------------------------------------------------- distributions
+
+
+def test_gaussian_log_prob_and_entropy_closed_forms():
+    # by hand: x = 1, mean 0, sigma 1 -> -1/2 - log(2 pi)/2; x = 3, mean 1, sigma 2 -> -1/2 - log 2 - log(2 pi)/2
+    x = torch.tensor([[1.0, 3.0]], dtype=torch.float64)
+    mean = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    log_std = torch.tensor([[0.0, math.log(2.0)]], dtype=torch.float64)
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    expected = (-0.5 - half_log_2pi) + (-0.5 - math.log(2.0) - half_log_2pi)
+    assert trpo.gaussian_log_prob(x, mean, log_std).item() == pytest.approx(expected, rel=1e-12)
+    # entropy of N(m, s^2): log(s * sqrt(2 pi e)), summed over the dimensions
+    assert trpo.gaussian_entropy(log_std).item() == pytest.approx(
+        math.log(math.sqrt(2 * math.pi * math.e)) + math.log(2 * math.sqrt(2 * math.pi * math.e)), rel=1e-12)
+    # random batch against torch.distributions
+    g = torch.Generator().manual_seed(0)
+    x, mean, log_std = (torch.randn(6, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    normal = torch.distributions.Normal(mean, log_std.exp())
+    torch.testing.assert_close(trpo.gaussian_log_prob(x, mean, log_std), normal.log_prob(x).sum(-1))
+    torch.testing.assert_close(trpo.gaussian_entropy(log_std), normal.entropy().sum(-1))
+
+
+def test_kl_divergences_against_torch_and_by_hand():
+    g = torch.Generator().manual_seed(1)
+    m0, s0, m1, s1 = (torch.randn(5, 2, generator=g, dtype=torch.float64) for _ in range(4))
+    expected = torch.distributions.kl_divergence(torch.distributions.Normal(m0, s0.exp()),
+                                                 torch.distributions.Normal(m1, s1.exp())).sum(-1)
+    torch.testing.assert_close(trpo.gaussian_kl(m0, s0, m1, s1), expected)
+    # by hand: N(0, 1) || N(1, 2^2) = log 2 + (1 + 1) / 8 - 1/2
+    one = torch.ones(1, 1, dtype=torch.float64)
+    assert trpo.gaussian_kl(0 * one, 0 * one, one, math.log(2) * one).item() == pytest.approx(math.log(2) - 0.25)
+    assert trpo.gaussian_kl(m0, s0, m0, s0).abs().max() == 0
+
+    logits0, logits1 = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    lp0, lp1 = torch.log_softmax(logits0, -1), torch.log_softmax(logits1, -1)
+    expected = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=logits0),
+                                                 torch.distributions.Categorical(logits=logits1))
+    torch.testing.assert_close(trpo.categorical_kl(lp0, lp1), expected)
+    # by hand: (1/2, 1/2) || (1/4, 3/4) = 1/2 log 2 + 1/2 log(2/3)
+    p = torch.log(torch.tensor([[0.5, 0.5]]))
+    q = torch.log(torch.tensor([[0.25, 0.75]]))
+    assert trpo.categorical_kl(p, q).item() == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), rel=1e-6)
+    a = torch.randint(0, 4, (5,), generator=g)
+    cat = torch.distributions.Categorical(logits=logits0)
+    torch.testing.assert_close(trpo.categorical_log_prob(lp0, a), cat.log_prob(a))
+    torch.testing.assert_close(trpo.categorical_entropy(lp0), cat.entropy())
+
+
+def test_gaussian_actor_log_std_is_state_independent_and_actions_are_unclipped():
+    torch.manual_seed(0)
+    actor = trpo.Actor(obs_dim=3, act_dim=2, discrete=False)
+    actor.log_std.data = torch.tensor([0.3, -0.2])
+    mean, log_std = actor(torch.randn(10, 3))
+    assert torch.equal(log_std, actor.log_std.expand(10, 2))
+    torch.manual_seed(1)
+    samples = actor.sample(torch.zeros(20_000, 3))
+    np.testing.assert_allclose(samples.std(0).numpy(), np.exp([0.3, -0.2]), rtol=0.03)
+
+
+# ---------------------------------------------------------------- GAE
+
+
+def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
+    """From the definition, per environment, with Python floats: A_t = sum_k (gamma lam)^k delta_{t+k} over the
+    rest of t's episode; delta_t = r_t + gamma * V(next obs of t) * (1 - terminated_t) - V(s_t)."""
+    T, N = len(rewards), len(rewards[0])
+    adv = [[0.0] * N for _ in range(T)]
+    for n in range(N):
+        for t in range(T):
+            total = 0.0
+            for k in range(t, T):
+                delta = rewards[k][n] + gamma * next_values[k][n] * (1 - terminated[k][n]) - values[k][n]
+                total += (gamma * lam) ** (k - t) * delta
+                if terminated[k][n] or truncated[k][n]:
+                    break
+            adv[t][n] = total
+    return adv
+
+
+def test_gae_matches_reference_with_terminated_and_truncated_steps():
+    rng = np.random.default_rng(2)
+    T, N = 10, 3
+    rewards, values = rng.normal(size=(T, N)), rng.normal(size=(T, N))
+    next_values = np.vstack([values[1:], rng.normal(size=(1, N))])
+    terminated, truncated = np.zeros((T, N)), np.zeros((T, N))
+    terminated[3, 0] = 1
+    truncated[7, 0] = 1
+    next_values[7, 0] = 5.0  # V(final observation), not the next episode's first one
+    truncated[0, 1] = 1
+    next_values[0, 1] = -3.0
+    terminated[9, 2] = 1
+    gamma, lam = 0.99, 0.95
+    adv, ret = trpo.compute_gae(*(torch.tensor(x) for x in (rewards, values, next_values, terminated, truncated)),
+                                gamma, lam)
+    expected = np.array(reference_gae(rewards.tolist(), values.tolist(), next_values.tolist(), terminated.tolist(),
+                                      truncated.tolist(), gamma, lam))
+    np.testing.assert_allclose(adv.numpy(), expected, atol=1e-12)
+    np.testing.assert_allclose(ret.numpy(), expected + values, atol=1e-12)
+
+
+def test_gae_truncation_bootstraps_and_termination_does_not():
+    # one step ends the episode: r = 2, V(s) = 1, V(final obs) = 4, gamma = 0.5
+    kw = dict(rewards=torch.tensor([[2.0]]), values=torch.tensor([[1.0]]), next_values=torch.tensor([[4.0]]),
+              gamma=0.5, gae_lambda=0.9)
+    trunc, _ = trpo.compute_gae(**kw, terminations=torch.zeros(1, 1), truncations=torch.ones(1, 1))
+    term, _ = trpo.compute_gae(**kw, terminations=torch.ones(1, 1), truncations=torch.zeros(1, 1))
+    assert trunc.item() == pytest.approx(2 + 0.5 * 4 - 1)
+    assert term.item() == pytest.approx(2 - 1)
+
+
+# ---------------------------------------------------------------- checkpoints and bad input
+
+
+def test_gaussian_checkpoint_round_trip_and_clipped_evaluation(tmp_path):
+    """The harness loads a CartPole checkpoint; this covers the Gaussian actor on Pendulum-v1."""
+    torch.manual_seed(0)
+    actor, critic = trpo.Actor(3, 1, discrete=False, hidden_size=8), trpo.Critic(3, hidden_size=8)
+    actor.log_std.data.fill_(-0.7)
+    with torch.no_grad():
+        actor.net[4].bias.fill_(50.0)  # a mean far outside [-2, 2]: evaluate() must clip it
+    path = str(tmp_path / "trpo.pt")
+    trpo.save_checkpoint(actor, critic, path, {"obs_dim": 3, "act_dim": 1, "discrete": False, "hidden_size": 8,
+                                               "env_id": "Pendulum-v1"})
+    assert not (tmp_path / "trpo.pt.tmp").exists()
+    loaded, ckpt = trpo.load_actor(path)  # weights_only=True inside
+    assert not loaded.discrete and ckpt["env_id"] == "Pendulum-v1"
+    for (name, a), b in zip(actor.state_dict().items(), loaded.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    returns = trpo.evaluate(path, "Pendulum-v1", eval_episodes=1, seed=0)
+    assert len(returns) == 1 and np.isfinite(returns[0])
+    # the same episode with the action set to the bound by hand
+    import gymnasium as gym
+
+    env = gym.make("Pendulum-v1")
+    env.reset(seed=0)
+    total, done = 0.0, False
+    while not done:
+        _, r, term, trunc, _ = env.step(np.array([2.0], dtype=np.float32))
+        total, done = total + float(r), term or trunc
+    assert returns[0] == pytest.approx(total, rel=1e-6)
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (dict(line_search_factor=1.5), "--line-search-factor"),
+    (dict(target_kl=0.0), "--target-kl"),
+    (dict(env_id="CarRacing-v3"), "flat Box observation"),
+    (dict(num_envs=1, num_steps=1), "--norm-adv"),
+])
+def test_more_bad_input(overrides, expected, capsys):
+    """Beyond the harness's automatic cases, in-process (check_args is main's first call, before anything is
+    written; the harness checks that for its cases in a subprocess): one 'error: ' line, exit status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        trpo.check_args(trpo.Args(**overrides))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+
+
+# ---------------------------------------------------------------- learning
+
+
+@pytest.mark.slow
+def test_learns_cartpole(tmp_path, monkeypatch):
+    """Defaults (CartPole-v1, 200k steps), seed 1: the deterministic evaluation reaches >= 475 (the issue's score).
+    Seeds 1-3 all evaluated 500.0 here."""
+    monkeypatch.chdir(tmp_path)
+    out = trpo.main(trpo.Args(seed=1))
+    assert out["eval_return_mean"] >= 475, out["eval_returns"]
+
+
+@pytest.mark.slow
+def test_learns_pendulum(tmp_path, monkeypatch):
+    """rl-zoo3's TRPO Pendulum settings without gSDE (2 envs x 1024 steps, gamma 0.9, 20 critic epochs), 100k steps,
+    seed 1: the deterministic evaluation's mean is >= -400 (random policy about -1200). Seeds 1-3 evaluated
+    -232.0, -238.6 and -225.0 here."""
+    monkeypatch.chdir(tmp_path)
+    out = trpo.main(trpo.Args(seed=1, env_id="Pendulum-v1", num_envs=2, num_steps=1024, gamma=0.9,
+                              n_critic_updates=20, total_timesteps=100_000))
+    assert out["eval_return_mean"] >= -400, out["eval_returns"]
