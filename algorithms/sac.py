@@ -37,9 +37,10 @@ updates per environment step does not depend on --num-envs.
 
 Speed: the twin critics are one module holding both networks' weights stacked ([2, in, out]), evaluated with
 one batched matrix product per layer; actor and critic parameters each live in one flat buffer (as in
-dqn.py), so each optimiser step is one Adam call on one tensor; the actor's loss evaluates the critics with
-detached weights, so its backward pass computes no critic weight gradients; losses are copied to the host
-only every --log-every steps.
+dqn.py), so each optimiser step is one fused Adam call on one tensor; the critics' one-unit output layer
+is a multiply-and-sum, because a matrix product with an inner dimension of 1 (its backward pass) is slow
+on the CPU; the actor's loss evaluates the critics with detached weights, so its backward pass computes no
+critic weight gradients; losses are copied to the host only every --log-every steps.
 
 Checkpoints (--save-model) hold the networks, the optimisers, alpha, the step counter and the RNG states
 (torch, Python, the replay buffer's sampler, the action space's sampler); --save-buffer adds the replay
