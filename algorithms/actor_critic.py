@@ -17,11 +17,28 @@ transition (s, a, r, s', terminated) alone: no rollout, no replay. The math, as 
     critic loss   L_V  = 1/2 * delta^2 with V(s') held fixed (semi-gradient TD(0): grad = -delta * grad V(s))
     actor loss    L_pi = -delta * log pi(a|s) - ent_coef * H[pi(.|s)]     (delta held fixed)
     update        one Adam step on both losses, the critic with step size alpha_w (--critic-learning-rate),
-                  the actor with alpha_theta (--learning-rate). S&B use plain SGD on the same gradients:
+                  the actor with alpha_theta (--learning-rate), both decaying linearly to 0 over the run
+                  (--anneal-lr, the default). S&B use plain SGD with constant step sizes on the same gradients:
                   w += alpha_w * delta * grad V(s),  theta += alpha_theta * I * delta * grad log pi(a|s)
 The critic bootstraps only through non-terminal transitions: after `terminated` the target is r alone.
 S&B's factor I = gamma^t (the gradient of the start state's discounted value) is left out, as in most
 implementations: every step's actor update has the same scale.
+
+Defaults, and what they reach on CartPole-v1 (50k steps; final deterministic evaluation, mean of 10
+episodes; measured here on a loaded 2-core machine, 2-8 minutes per run at 120-500 steps/s):
+    actor lr 3e-4, critic lr 1e-3, both annealed to 0 (defaults)    seeds 1-5: 500 / 500 / 500 / 500 / 500
+        (the training return, mean of the last 20 episodes, first passed 475 at 30k-40k steps)
+    lr 1e-3 / 1e-3, constant                                          seeds 1-3: 500 / 10.0 / 500
+    actor lr 3e-4 / critic 1e-3, constant                             seeds 1-3: 500 / 111.9 / 500
+    lr 1e-3 / 1e-3, constant, --ent-coef 0.01                         seeds 1-3: 500 / 10.0 / 387.3
+    lr 1e-3 / 1e-3, annealed                                          seeds 1-3: 203.0 / 500 / 500
+Three of the five failed runs had learned (training return 470-500 at 20k-40k steps) and then collapsed,
+two ended in a deterministic policy that falls after 9 steps, and one (lr 1e-3 annealed, seed 1) never
+passed a training return of 150 in 50k steps. Every update here moves the policy on one sample,
+and the TD error is biased while the critic lags behind an improving policy; a positive bias reinforces
+whatever the policy already does, and a saturated softmax has almost no gradient to come back with.
+A slower actor than critic and a step size that decays are what worked on these seeds; it is not a
+guarantee for other seeds or budgets (that is the weakness A2C's batches and PPO's clipping address).
 
 --num-envs N steps N environments in lock step and averages the N one-step losses in each update: the
 same algorithm with a batch of N transitions per update (N = 1, the default, is the book's).
@@ -80,15 +97,15 @@ class Args:
 
     env_id: str = "CartPole-v1"
     """the Gymnasium id of the environment (Discrete or Box actions, flat Box observations)"""
-    total_timesteps: int = 100_000
+    total_timesteps: int = 50_000
     """total environment steps, summed over the parallel environments"""
     num_envs: int = 1
     """the number of parallel environments (each update averages their one-step losses)"""
-    learning_rate: float = 1e-3
-    """the actor's Adam learning rate (alpha_theta)"""
+    learning_rate: float = 3e-4
+    """the actor's Adam learning rate (alpha_theta); slower than the critic's (see the module docstring)"""
     critic_learning_rate: float = 1e-3
     """the critic's Adam learning rate (alpha_w)"""
-    anneal_lr: bool = False
+    anneal_lr: bool = True
     """if toggled, both learning rates decay linearly to 0 over training"""
     gamma: float = 0.99
     """the discount factor"""

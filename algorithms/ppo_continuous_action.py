@@ -1,4 +1,4 @@
-"""Proximal Policy Optimization (PPO) for continuous (Box) actions.
+r"""Proximal Policy Optimization (PPO) for continuous (Box) actions.
 
 Paper: Schulman, Wolski, Dhariwal, Radford, Klimov (2017), "Proximal Policy Optimization Algorithms",
 https://arxiv.org/abs/1707.06347 (the continuous-control set-up of its section 6.1: a Gaussian policy whose

@@ -52,7 +52,8 @@ Measured here on CartPole-v1 (defaults: 4 episodes per update, Adam 1e-3, gamma 
     --baseline --normalize-returns       500.0 / 500.0 / 500.0
     --baseline --value-epochs 4          495.6 / 472.6 / 500.0
 The stochastic policy's training return (mean of the last 20 episodes) was 390-490 at 100k steps and about
-200-300 at 30k. Each run took 2-4 minutes on a 2-core machine shared with other jobs (400-1,000 steps/s).
+200-300 at 30k. Each run took 2-4 minutes on a 2-core machine shared with other jobs (400-1,000 steps/s),
+about 35 s when it was less busy (about 3,000 steps/s).
 
 One environment, not vectorised: an episode is a plain list of steps, so the file reads like the
 book's pseudocode. Its statistics come from RecordEpisodeStatistics (info["episode"]).
@@ -100,7 +101,7 @@ class Args:
 
     env_id: str = "CartPole-v1"
     """the Gymnasium id of the environment (Discrete or Box actions, flat Box observations)"""
-    total_timesteps: int = 200_000
+    total_timesteps: int = 100_000
     """total environment steps"""
     learning_rate: float = 1e-3
     """the policy's Adam learning rate"""

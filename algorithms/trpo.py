@@ -1,11 +1,11 @@
-"""Trust Region Policy Optimization (TRPO) for discrete and continuous actions.
+r"""Trust Region Policy Optimization (TRPO) for discrete and continuous actions.
 
 Paper: Schulman, Levine, Moritz, Jordan, Abbeel (2015), "Trust Region Policy Optimization",
 https://arxiv.org/abs/1502.05477. Advantages by GAE: Schulman et al. (2016), https://arxiv.org/abs/1506.02438.
 
 Run:
     python algorithms/trpo.py --env-id CartPole-v1
-    python algorithms/trpo.py --env-id Pendulum-v1 --num-envs 2 --num-steps 1024 --gamma 0.9 \\
+    python algorithms/trpo.py --env-id Pendulum-v1 --num-envs 2 --num-steps 1024 --gamma 0.9 \
         --n-critic-updates 20 --total-timesteps 100000
     python algorithms/trpo.py --help            # every hyperparameter, with its meaning
 

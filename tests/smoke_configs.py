@@ -133,11 +133,11 @@ SMOKE: dict[str, Smoke] = {
     ),
     "actor_critic.py": Smoke(
         args=["--total-timesteps", "300", "--log-every", "100", "--eval-episodes", "1"],
-        keys=["charts/episodic_return", "charts/episodic_length", "charts/SPS", "losses/policy_loss", "losses/value_loss",
-              "losses/entropy", "eval/episodic_return"],
+        keys=["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
+              "losses/policy_loss", "losses/value_loss", "losses/entropy", "eval/episodic_return"],
         wrong_space_env="Blackjack-v1",
-        variants=[["--num-envs", "2", "--ent-coef", "0.01", "--learning-rate", "3e-4", "--critic-learning-rate", "3e-3",
-                   "--gamma", "0.95", "--hidden-size", "32", "--env-id", "Pendulum-v1"]],
+        variants=[["--num-envs", "2", "--ent-coef", "0.01", "--learning-rate", "1e-3", "--critic-learning-rate", "3e-3",
+                   "--no-anneal-lr", "--gamma", "0.95", "--hidden-size", "32", "--env-id", "Pendulum-v1"]],
     ),
     "ppo_atari.py": Smoke(
         # 2 envs x 160 agent steps: a random-play Breakout game (5 lives) ends after about 115 steps, so

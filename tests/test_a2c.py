@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import load_algo
+from conftest import assert_flat_buffer_update_matches, assert_one_line_exit_2, load_algo
 
 a2c = load_algo("a2c")
 
@@ -153,26 +153,8 @@ def test_a2c_loss_by_hand():
 
 
 def test_flat_parameters_give_the_same_update_as_ordinary_rmsprop():
-    torch.manual_seed(0)
-    a, b = a2c.Agent(4, 2, False), a2c.Agent(4, 2, False)
-    b.load_state_dict(a.state_dict())
-    flat = a2c.flatten_parameters(b)
-    opt_a = torch.optim.RMSprop(a.parameters(), lr=1e-2, alpha=0.99, eps=1e-5)
-    opt_b = torch.optim.RMSprop([flat], lr=1e-2, alpha=0.99, eps=1e-5)
-    for step in range(3):
-        x, act = torch.randn(16, 4), torch.randint(0, 2, (16,))
-        for agent, opt, params in ((a, opt_a, list(a.parameters())), (b, opt_b, [flat])):
-            logp, ent, v = agent.evaluate_actions(x, act)
-            loss = -(logp * (step + 1)).mean() + (v**2).mean() - 0.01 * ent.mean()
-            if agent is a:
-                opt.zero_grad()
-            else:
-                flat.grad.zero_()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 0.5)
-            opt.step()
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        torch.testing.assert_close(pa, pb, msg=name)
+    assert_flat_buffer_update_matches(lambda: a2c.Agent(4, 2, False), a2c.flatten_parameters, torch.optim.RMSprop,
+                                      lr=1e-2, alpha=0.99, eps=1e-5)
 
 
 def test_continuous_checkpoint_round_trip(tmp_path, monkeypatch):
@@ -204,9 +186,5 @@ def test_learns_cartpole(tmp_path, monkeypatch):
 ])
 def test_bad_arguments_one_line_and_nothing_written(kw, expected, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        a2c.main(a2c.Args(**kw))
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert_one_line_exit_2(lambda: a2c.main(a2c.Args(**kw)), expected, capsys)
     assert not list(tmp_path.iterdir())

@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from conftest import load_algo
+from conftest import assert_one_line_exit_2, load_algo
 
 a3c = load_algo("a3c")
 
@@ -100,11 +100,7 @@ def test_several_worker_processes_update_the_shared_model(tmp_path, monkeypatch)
 ])
 def test_bad_arguments_one_line_and_nothing_written(kw, expected, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        a3c.main(a3c.Args(**kw))
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert_one_line_exit_2(lambda: a3c.main(a3c.Args(**kw)), expected, capsys)
     assert not list(tmp_path.iterdir())
 
 @pytest.mark.slow

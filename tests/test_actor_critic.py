@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import load_algo
+from conftest import assert_one_line_exit_2, load_algo
+from toy_envs import register_counting
 
 ac = load_algo("actor_critic")
 
@@ -59,26 +59,7 @@ def test_loss_gradients_are_the_one_step_actor_critic_updates(terminated):
     assert with_bonus.item() == pytest.approx(policy_loss.item() - 0.1 * h, rel=1e-6)
 
 
-class Counting(gym.Env):
-    """Observation [t, k]: step t of episode k. Odd episodes terminate at t = 2; the time limit (3) cuts
-    the even ones. Reward 1 per step. The reset observation [0, k] differs from every final one."""
-
-    def __init__(self):
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
-        self.action_space = gym.spaces.Discrete(2)
-        self.k, self.t = -1, 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.k, self.t = self.k + 1, 0
-        return np.array([0, self.k], dtype=np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        return np.array([self.t, self.k], dtype=np.float32), 1.0, self.k % 2 == 1 and self.t == 2, False, {}
-
-
-gym.register(id="CountingTestAC-v0", entry_point=Counting, max_episode_steps=3)
+COUNTING_ID = register_counting()
 
 
 @pytest.mark.parametrize("num_envs", [1, 2])
@@ -103,7 +84,7 @@ def test_transitions_at_episode_ends(num_envs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ac.Critic, "forward", recording_forward)
     monkeypatch.setattr(ac, "td_error", recording_td)
-    out = ac.main(ac.Args(env_id="CountingTestAC-v0", total_timesteps=10 * num_envs, num_envs=num_envs, eval_episodes=1))
+    out = ac.main(ac.Args(env_id=COUNTING_ID, total_timesteps=10 * num_envs, num_envs=num_envs, eval_episodes=1))
     assert out["global_step"] == 10 * num_envs and len(critic_calls) == len(td_calls) == 10
     s = [[0, 0], [1, 0], [2, 0], [0, 1], [1, 1], [0, 2], [1, 2], [2, 2], [0, 3], [1, 3]]
     s_next = [[1, 0], [2, 0], [3, 0], [1, 1], [2, 1], [1, 2], [2, 2], [3, 2], [1, 3], [2, 3]]
@@ -143,17 +124,14 @@ def test_flat_parameter_adam_is_ordinary_adam():
 def test_bad_arguments_are_one_line_and_exit_2(kwargs, expected, capsys):
     """The cases the smoke harness does not run (it runs the unknown id, Blackjack's Tuple observation and
     non-positive budgets as subprocesses); checked in-process, where they cost milliseconds."""
-    with pytest.raises(SystemExit) as exit_info:
-        ac.check_args(ac.Args(**kwargs))
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert_one_line_exit_2(lambda: ac.check_args(ac.Args(**kwargs)), expected, capsys)
 
 
 @pytest.mark.slow
 def test_learns_cartpole(tmp_path, monkeypatch):
-    """Defaults (one environment, Adam 1e-3 for actor and critic, gamma 0.99), seed 1: the deterministic
-    evaluation reaches >= 400 (see the module docstring for seeds 1-3)."""
+    """Defaults (one environment; actor lr 3e-4, critic lr 1e-3, both annealed; gamma 0.99), seed 1, 50k
+    steps: the deterministic evaluation (10 episodes) reaches >= 400. Seeds 1-5 all reached 500 (module
+    docstring, with the settings that did not hold up)."""
     monkeypatch.chdir(tmp_path)
     out = ac.main(ac.Args(seed=1, total_timesteps=50_000))
     assert out["eval_return_mean"] >= 400, out["eval_returns"]

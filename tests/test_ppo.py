@@ -8,30 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import load_algo
+from conftest import assert_flat_buffer_update_matches, load_algo
+from reference_math import reference_gae
 
 ppo = load_algo("ppo")
-
-
-def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
-    """Written from the definitions, one environment at a time, with Python floats.
-
-    A_t = sum_k (gamma*lam)^k delta_{t+k}, the sum running to the end of the episode that contains t;
-    delta_t = r_t + gamma * V(next obs of t) * (1 - terminated_t) - V(s_t).
-    """
-    T, N = len(rewards), len(rewards[0])
-    adv = [[0.0] * N for _ in range(T)]
-    for n in range(N):
-        for t in range(T):
-            total, k = 0.0, t
-            while k < T:
-                delta = rewards[k][n] + gamma * next_values[k][n] * (1 - terminated[k][n]) - values[k][n]
-                total += (gamma * lam) ** (k - t) * delta
-                if terminated[k][n] or truncated[k][n]:
-                    break
-                k += 1
-            adv[t][n] = total
-    return adv
 
 
 def test_gae_matches_reference_with_terminated_and_truncated_steps():
@@ -108,28 +88,7 @@ def test_evaluate_actions_matches_torch_categorical():
 
 
 def test_flat_parameters_give_the_same_update_as_ordinary_adam():
-    torch.manual_seed(0)
-    a, b = ppo.Agent(4, 2), ppo.Agent(4, 2)
-    b.load_state_dict(a.state_dict())
-    flat = ppo.flatten_parameters(b)
-    opt_a = torch.optim.Adam(a.parameters(), lr=1e-2, eps=1e-5)
-    opt_b = torch.optim.Adam([flat], lr=1e-2, eps=1e-5)
-    for step in range(3):
-        x = torch.randn(32, 4)
-        act = torch.randint(0, 2, (32,))
-        for agent, opt, params in ((a, opt_a, list(a.parameters())), (b, opt_b, [flat])):
-            logp, ent, v = agent.evaluate_actions(x, act)
-            loss = -(logp * (step + 1)).mean() + (v**2).mean() - 0.01 * ent.mean()
-            if agent is a:
-                opt.zero_grad()
-            else:
-                flat.grad.zero_()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 0.5)
-            opt.step()
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        torch.testing.assert_close(pa, pb, msg=name)
-    assert flat.grad.abs().sum() > 0  # gradients really landed in the flat buffer
+    assert_flat_buffer_update_matches(lambda: ppo.Agent(4, 2), ppo.flatten_parameters, torch.optim.Adam, lr=1e-2, eps=1e-5)
 
 
 @pytest.mark.ci_learning

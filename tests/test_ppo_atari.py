@@ -11,7 +11,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import load_algo
+from conftest import assert_one_line_exit_2, load_algo
+from reference_math import reference_gae
 
 pa = load_algo("ppo_atari")
 
@@ -34,25 +35,6 @@ def record_base(env: gym.Env) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------- math
-
-
-def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
-    """From the definition, one environment at a time, with Python floats:
-    A_t = sum_k (gamma*lam)^k delta_{t+k} up to the end of t's episode,
-    delta_t = r_t + gamma * V(next obs of t) * (1 - terminated_t) - V(s_t)."""
-    T, N = len(rewards), len(rewards[0])
-    adv = [[0.0] * N for _ in range(T)]
-    for n in range(N):
-        for t in range(T):
-            total, k = 0.0, t
-            while k < T:
-                delta = rewards[k][n] + gamma * next_values[k][n] * (1 - terminated[k][n]) - values[k][n]
-                total += (gamma * lam) ** (k - t) * delta
-                if terminated[k][n] or truncated[k][n]:
-                    break
-                k += 1
-            adv[t][n] = total
-    return adv
 
 
 def test_gae_with_successor_values_matches_reference_with_terminated_and_truncated_steps():
@@ -300,11 +282,7 @@ def test_evaluate_scores_whole_games_even_for_a_policy_that_never_fires(monkeypa
 def test_check_args_rejects_with_one_line(overrides, expected, capfd):
     """In-process and cheap. The command-line cases (exit status, nothing written, no stray emulator banner on
     stderr: it is printed once per process) are the harness's, for CartPole-v1 and unknown ids."""
-    with pytest.raises(SystemExit) as exc:
-        pa.check_args(pa.Args(**overrides))
-    assert exc.value.code == 2
-    err = capfd.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
+    assert_one_line_exit_2(lambda: pa.check_args(pa.Args(**overrides)), expected, capfd)
 
 
 # ----------------------------------------------------------------------------------------------- learning

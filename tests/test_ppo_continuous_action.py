@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import load_algo, run_algo
+from reference_math import reference_gae
 from test_smoke import check_one_line_error
 
 pca = load_algo("ppo_continuous_action")
@@ -204,24 +205,6 @@ def test_reward_scaling_return_by_hand():
 
 
 # --- GAE and loss ---------------------------------------------------------------------------------------
-
-
-def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
-    """A_t = sum_k (gamma*lam)^k delta_{t+k} up to the end of t's episode, one environment at a time;
-    delta_t = r_t + gamma * V(next obs of t) * (1 - terminated_t) - V(s_t)."""
-    T, N = len(rewards), len(rewards[0])
-    adv = [[0.0] * N for _ in range(T)]
-    for n in range(N):
-        for t in range(T):
-            total, k = 0.0, t
-            while k < T:
-                delta = rewards[k][n] + gamma * next_values[k][n] * (1 - terminated[k][n]) - values[k][n]
-                total += (gamma * lam) ** (k - t) * delta
-                if terminated[k][n] or truncated[k][n]:
-                    break
-                k += 1
-            adv[t][n] = total
-    return adv
 
 
 def test_gae_matches_reference_with_terminated_and_truncated_steps():

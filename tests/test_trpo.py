@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import load_algo
+from conftest import assert_one_line_exit_2, load_algo
+from reference_math import reference_gae
 from torch.func import functional_call
 
 trpo = load_algo("trpo")
@@ -295,23 +296,6 @@ def test_gaussian_actor_log_std_is_state_independent_and_actions_are_unclipped()
 # ---------------------------------------------------------------- GAE
 
 
-def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
-    """From the definition, per environment, with Python floats: A_t = sum_k (gamma lam)^k delta_{t+k} over the
-    rest of t's episode; delta_t = r_t + gamma * V(next obs of t) * (1 - terminated_t) - V(s_t)."""
-    T, N = len(rewards), len(rewards[0])
-    adv = [[0.0] * N for _ in range(T)]
-    for n in range(N):
-        for t in range(T):
-            total = 0.0
-            for k in range(t, T):
-                delta = rewards[k][n] + gamma * next_values[k][n] * (1 - terminated[k][n]) - values[k][n]
-                total += (gamma * lam) ** (k - t) * delta
-                if terminated[k][n] or truncated[k][n]:
-                    break
-            adv[t][n] = total
-    return adv
-
-
 def test_gae_matches_reference_with_terminated_and_truncated_steps():
     rng = np.random.default_rng(2)
     T, N = 10, 3
@@ -384,11 +368,7 @@ def test_gaussian_checkpoint_round_trip_and_clipped_evaluation(tmp_path):
 def test_more_bad_input(overrides, expected, capsys):
     """Beyond the harness's automatic cases, in-process (check_args is main's first call, before anything is
     written; the harness checks that for its cases in a subprocess): one 'error: ' line, exit status 2."""
-    with pytest.raises(SystemExit) as exit_info:
-        trpo.check_args(trpo.Args(**overrides))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert_one_line_exit_2(lambda: trpo.check_args(trpo.Args(**overrides)), expected, capsys)
 
 
 # ---------------------------------------------------------------- learning

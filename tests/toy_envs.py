@@ -7,6 +7,7 @@ built on it an independent check of an algorithm file.
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 
 
 class OneStep(gym.Env):
@@ -28,3 +29,34 @@ class OneStep(gym.Env):
 
     def step(self, action):
         return 1, 1.0, self.terminal, not self.terminal, {}
+
+
+class Counting(gym.Env):
+    """Observation [t, k]: step t of episode k. Odd episodes terminate at t = 2; the time limit (3) cuts
+    the even ones. Reward 1 per step. The reset observation [0, k] differs from every final one, so a test
+    can tell which observation an update bootstrapped from. Registered as COUNTING_ID by register_counting().
+    """
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.k, self.t = -1, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.k, self.t = self.k + 1, 0
+        return np.array([0, self.k], dtype=np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t, self.k], dtype=np.float32), 1.0, self.k % 2 == 1 and self.t == 2, False, {}
+
+
+COUNTING_ID = "CountingTest-v0"
+
+
+def register_counting() -> str:
+    """Register Counting (time limit 3) once per process; returns its id."""
+    if COUNTING_ID not in gym.registry:
+        gym.register(id=COUNTING_ID, entry_point=Counting, max_episode_steps=3)
+    return COUNTING_ID
