@@ -4,7 +4,8 @@
 # otherwise idle machine, since the tables compare wall-clock times measured in this same run.
 #
 #   ./run_all.sh            everything
-#   ./run_all.sh deep       only the SB3 comparisons
+#   ./run_all.sh deep       only the SB3 comparisons of ppo.py and dqn.py
+#   ./run_all.sh policy     only the SB3 comparisons of the policy-gradient files
 #   ./run_all.sh classic    only the book's figures
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
@@ -37,6 +38,33 @@ if [[ "$what" == all || "$what" == deep ]]; then
      --tag dqn_CartPole-v1
   $B --algo dqn --env-id LunarLander-v3 --seeds 1 2 3 --total-timesteps 100000 --algo-args="$DQN_LUNAR" \
      --tag dqn_LunarLander-v3
+  python tools/summary.py benchmark_results > benchmark_results/README.md
+fi
+
+# Policy-gradient files (issue 5). CartPole and Pendulum: rl-zoo3's tuned SB3 / sb3-contrib settings.
+# Pendulum, ours: the settings our files' docstrings state (rl-zoo3's, without gSDE).
+PPO_PENDULUM="--num-envs 4 --num-steps 1024 --num-minibatches 16 --gamma 0.95 --learning-rate 1e-3"
+TRPO_PENDULUM="--num-envs 2 --num-steps 1024 --gamma 0.9 --n-critic-updates 20"
+# MuJoCo, TRPO: rl-zoo3's settings for sb3-contrib written as trpo.py arguments (trpo.py has no observation
+# normalisation; SB3's zoo setting normalises). PPO: ours with its defaults, SB3 with its defaults plus
+# normalisation: the same algorithm settings except our linear learning-rate annealing.
+TRPO_MUJOCO="--num-envs 2 --num-steps 1024 --batch-size 128 --cg-iters 25 --cg-damping 0.1 --n-critic-updates 20"
+MUJOCO_STEPS=100000  # what fits beside the rest in one session; published figures are at 1M steps
+
+if [[ "$what" == all || "$what" == policy ]]; then
+  $B --algo a2c --env-id CartPole-v1 --seeds 1 2 3 --total-timesteps 200000 --tag a2c_CartPole-v1
+  $B --algo trpo --env-id CartPole-v1 --seeds 1 2 3 --total-timesteps 200000 --tag trpo_CartPole-v1
+  $B --algo ppo_continuous_action --env-id Pendulum-v1 --seeds 1 2 3 --total-timesteps 100000 \
+     --algo-args="$PPO_PENDULUM" --tag ppo_continuous_action_Pendulum-v1
+  $B --algo trpo --env-id Pendulum-v1 --seeds 1 2 3 --total-timesteps 100000 --algo-args="$TRPO_PENDULUM" \
+     --tag trpo_Pendulum-v1
+  for env in HalfCheetah-v5 Hopper-v5; do
+    $B --algo ppo_continuous_action --env-id $env --seeds 1 --total-timesteps $MUJOCO_STEPS --sb3-config default \
+       --sb3-args '{"normalize": true}' --tag ppo_continuous_action_$env
+    kl=""; [[ $env == HalfCheetah-v5 ]] && kl="--target-kl 0.04"
+    $B --algo trpo --env-id $env --seeds 1 --total-timesteps $MUJOCO_STEPS --algo-args="$TRPO_MUJOCO $kl" \
+       --tag trpo_$env
+  done
   python tools/summary.py benchmark_results > benchmark_results/README.md
 fi
 

@@ -76,3 +76,15 @@ def assert_flat_buffer_update_matches(make_agent, flatten_parameters, optimizer_
         torch.testing.assert_close(pa, pb, msg=name)
     assert flat.grad.abs().sum() > 0  # gradients really landed in the flat buffer
 
+
+def assert_projection_matches_hand_cases(project_distribution) -> None:
+    """A categorical (C51) projection, project_distribution(next_probs, rewards, dones, gamma, support) -> [B, n_atoms],
+    must reproduce every hand-worked case of reference_math.categorical_projection_cases(), rows summing to 1.
+    Shared by the files that implement the projection (c51.py, rainbow.py)."""
+    import torch
+    from reference_math import categorical_projection_cases
+
+    for i, case in enumerate(categorical_projection_cases()):
+        m = project_distribution(case["next_probs"], case["rewards"], case["dones"], case["gamma"], case["support"])
+        torch.testing.assert_close(m, case["expected"], msg=lambda text, i=i: f"case {i}: {text}")
+        torch.testing.assert_close(m.sum(dim=1), torch.ones(m.shape[0]))

@@ -54,6 +54,31 @@ SMOKE: dict[str, Smoke] = {
         variants=[["--double-q", "--dueling", "--num-envs", "3", "--tau", "0.5", "--loss", "mse",
                    "--hidden-sizes", "32", "--env-id", "Acrobot-v1"]],
     ),
+    "c51.py": Smoke(
+        args=["--total-timesteps", "1500", "--learning-starts", "500", "--train-frequency", "100",
+              "--gradient-steps", "4", "--log-every", "500", "--eval-episodes", "1"],
+        keys=["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/epsilon",
+              "losses/loss", "losses/q_values", "eval/episodic_return"],
+        wrong_space_env="Pendulum-v1",
+        variants=[["--num-envs", "3", "--tau", "0.5", "--n-atoms", "11", "--v-min", "-20", "--v-max", "5",
+                   "--hidden-sizes", "32", "--adam-eps", "1e-8", "--max-grad-norm", "1", "--gamma", "0.9",
+                   "--buffer-size", "700", "--batch-size", "16", "--target-network-frequency", "50",
+                   "--start-e", "0.5", "--end-e", "0.1", "--exploration-fraction", "0.5", "--learning-rate", "3e-4",
+                   "--env-id", "Acrobot-v1"]],
+    ),
+    "rainbow.py": Smoke(
+        args=["--total-timesteps", "1500", "--learning-starts", "500", "--train-frequency", "100",
+              "--gradient-steps", "4", "--log-every", "500", "--eval-episodes", "1"],
+        keys=["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/beta",
+              "losses/loss", "losses/q_values", "eval/episodic_return"],
+        wrong_space_env="Pendulum-v1",
+        # every component off; then the mixed cases: epsilon-greedy with C51, noisy heads with the expected loss
+        variants=[["--no-double", "--no-dueling", "--no-prioritized", "--n-step", "1", "--no-distributional",
+                   "--no-noisy", "--num-envs", "3", "--hidden-sizes", "32", "--env-id", "Acrobot-v1"],
+                  ["--no-noisy", "--num-envs", "2", "--n-step", "5", "--n-atoms", "11", "--v-min", "-100",
+                   "--v-max", "0", "--buffer-size", "700", "--env-id", "Acrobot-v1"],
+                  ["--no-distributional", "--no-dueling", "--hidden-sizes", "32", "32", "--alpha", "0"]],
+    ),
     "ddpg.py": Smoke(
         args=["--total-timesteps", "600", "--learning-starts", "200", "--batch-size", "64", "--hidden-sizes", "64", "64",
               "--eval-episodes", "1"],
@@ -150,6 +175,17 @@ SMOKE: dict[str, Smoke] = {
                    "--num-minibatches", "2", "--update-epochs", "2", "--clip-vloss", "--target-kl", "0.001",
                    "--no-norm-adv", "--no-anneal-lr", "--no-anneal-clip", "--log-every", "32"]],
     ),
+    "dqn_atari.py": Smoke(
+        # 320 agent steps, the first 240 random: a random-play Breakout game ends within them, so
+        # charts/episodic_return is written; 10 updates of 16; a 256-frame memory, so the ring wraps
+        args=["--total-timesteps", "320", "--learning-starts", "240", "--train-frequency", "8", "--batch-size", "16",
+              "--buffer-size", "256", "--target-network-frequency", "40", "--log-every", "80", "--eval-episodes", "1"],
+        keys=DQN_KEYS,
+        wrong_space_env="CartPole-v1",
+        variants=[["--env-id", "ALE/Breakout-v5", "--total-timesteps", "96", "--num-envs", "2", "--learning-starts", "32",
+                   "--buffer-size", "64", "--tau", "0.5", "--max-grad-norm", "10", "--eval-epsilon", "0",
+                   "--log-every", "32"]],
+    ),
     "bandits.py": Smoke(
         args=["--num-runs", "20", "--num-steps", "100", "--plot", "{tmp}/fig.png"],
         kind="classic", files=["{tmp}/fig.png"],
@@ -189,6 +225,11 @@ SMOKE: dict[str, Smoke] = {
 BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
     "ppo.py": [(["--num-minibatches", "3"], "num-minibatches"), (["--gamma", "1.5"], "gamma")],
     "dqn.py": [(["--buffer-size", "0"], "buffer-size"), (["--loss", "l3"], "loss")],
+    "dqn_atari.py": [(["--buffer-size", "12", "--num-envs", "2"], "buffer-size")],
+    "c51.py": [(["--v-min", "10", "--v-max", "-10"], "v-min"), (["--v-min", "5", "--v-max", "5"], "v-max"),
+               (["--n-atoms", "1"], "n-atoms"), (["--n-atoms", "0"], "n-atoms"), (["--batch-size", "0"], "batch-size")],
+    "rainbow.py": [(["--n-step", "0"], "n-step"), (["--v-min", "10", "--v-max", "0"], "v-min"),
+                   (["--alpha", "-1"], "alpha")],
     "ddpg.py": [(["--resume", "{tmp}/missing.pt"], "resume"), (["--tau", "0"], "tau"), (["--hidden-sizes", "0"], "hidden-sizes"),
                 (["--env-id", "CarRacing-v3"], "flat Box observation"), (["--num-envs", "0"], "num-envs")],
     "td3.py": [(["--resume", "missing.pt"], "resume"), (["--save-buffer"], "save-buffer"),
