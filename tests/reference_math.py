@@ -1,10 +1,14 @@
 """Slow reference calculations written from the definitions, shared by several test modules.
 
-Each is a plain Python loop over floats, deliberately unlike the vectorised code it checks, so that a test
-comparing the two is an independent check.
+Each is a plain Python loop over floats, or a sum over all the data at once, deliberately unlike the
+vectorised or running code it checks, so that a test comparing the two is an independent check.
 """
 
 from __future__ import annotations
+
+import math
+
+import numpy as np
 
 
 def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
@@ -27,6 +31,31 @@ def reference_gae(rewards, values, next_values, terminated, truncated, gamma, la
                 k += 1
             adv[t][n] = total
     return adv
+
+
+def pooled_with_prior(data: np.ndarray, prior_count: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the data pooled with a prior pseudo-sample (mean 0, variance 1, weight prior_count)."""
+    n = len(data) + prior_count
+    mean = data.sum(0) / n
+    var = (prior_count * (1.0 + mean**2) + ((data - mean) ** 2).sum(0)) / n
+    return mean, var
+
+
+def reference_scaled_rewards(rewards, dones, gamma, clip):
+    """From the definitions, with no running state: at step t, G^n_t = sum of gamma^(t-k) r^n_k over the
+    steps k <= t of env n's current episode; the scale is the pooled standard deviation of every G seen up
+    to and including step t (all environments), with the mean-0 variance-1 prior of weight 1e-4."""
+    T, N = rewards.shape
+    seen, out = [], np.zeros((T, N))
+    for t in range(T):
+        for n in range(N):
+            start = t
+            while start > 0 and not dones[start - 1, n]:
+                start -= 1
+            seen.append(sum(gamma ** (t - k) * rewards[k, n] for k in range(start, t + 1)))
+        _, var = pooled_with_prior(np.array(seen), 1e-4)
+        out[t] = np.clip(rewards[t] / math.sqrt(var + 1e-8), -clip, clip)
+    return out
 
 
 def categorical_projection_cases():

@@ -135,7 +135,10 @@ SMOKE: dict[str, Smoke] = {
         wrong_space_env="Blackjack-v1",
         variants=[["--env-id", "Pendulum-v1", "--no-norm-adv", "--target-kl", "0.05", "--cg-iters", "3",
                    "--cg-damping", "0.01", "--line-search-factor", "0.5", "--line-search-max-iter", "3",
-                   "--learning-rate", "3e-4", "--gamma", "0.9", "--gae-lambda", "0.9", "--hidden-size", "16"]],
+                   "--learning-rate", "3e-4", "--gamma", "0.9", "--gae-lambda", "0.9", "--hidden-size", "16"],
+                  # normalisation, through a Pendulum truncation (256 steps per env, episodes of 200)
+                  ["--env-id", "Pendulum-v1", "--norm-obs", "--norm-reward", "--clip-obs", "5", "--clip-reward", "5",
+                   "--num-steps", "128", "--total-timesteps", "512", "--save-model"]],
     ),
     "ppo_continuous_action.py": Smoke(
         args=["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--num-envs", "2", "--num-steps", "100",

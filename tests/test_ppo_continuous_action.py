@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import load_algo, run_algo
-from reference_math import reference_gae
+from reference_math import pooled_with_prior, reference_gae, reference_scaled_rewards
 from test_smoke import check_one_line_error
 
 pca = load_algo("ppo_continuous_action")
@@ -92,14 +92,6 @@ def test_agent_samples_from_the_distribution_it_scores():
 # --- running statistics and normalisation ------------------------------------------------------------
 
 
-def pooled_with_prior(data: np.ndarray, prior_count: float) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of the data pooled with a prior pseudo-sample (mean 0, variance 1, weight prior_count)."""
-    n = len(data) + prior_count
-    mean = data.sum(0) / n
-    var = (prior_count * (1.0 + mean**2) + ((data - mean) ** 2).sum(0)) / n
-    return mean, var
-
-
 def test_running_mean_std_matches_numpy_over_many_batches():
     rng = np.random.default_rng(0)
     sizes = [0, 1, 1, 7, 0, 64, 3, 250, 1, 40] * 5
@@ -157,23 +149,6 @@ def test_final_observation_is_normalised_with_the_same_statistics():
     np.testing.assert_array_equal(succ[[0, 2]], next_obs[[0, 2]])  # inside an episode: the next observation
     np.testing.assert_allclose(succ[1], [4.0 / math.sqrt(4 + 1e-8), -0.5 / math.sqrt(0.25 + 1e-8)], rtol=1e-6)
     np.testing.assert_array_equal(pca.successor_obs(next_obs, {}, rms, 10.0), next_obs)
-
-
-def reference_scaled_rewards(rewards, dones, gamma, clip):
-    """From the definitions, with no running state: at step t, G^n_t = sum of gamma^(t-k) r^n_k over the
-    steps k <= t of env n's current episode; the scale is the pooled standard deviation of every G seen up
-    to and including step t (all environments), with the mean-0 variance-1 prior of weight 1e-4."""
-    T, N = rewards.shape
-    seen, out = [], np.zeros((T, N))
-    for t in range(T):
-        for n in range(N):
-            start = t
-            while start > 0 and not dones[start - 1, n]:
-                start -= 1
-            seen.append(sum(gamma ** (t - k) * rewards[k, n] for k in range(start, t + 1)))
-        _, var = pooled_with_prior(np.array(seen), 1e-4)
-        out[t] = np.clip(rewards[t] / math.sqrt(var + 1e-8), -clip, clip)
-    return out
 
 
 @pytest.mark.parametrize("clip", [10.0, 0.8])

@@ -1,17 +1,20 @@
 """trpo.py: conjugate gradient against a direct solve, the Fisher-vector product against an explicit Hessian of
 the mean KL (and against the Fisher as an expectation), the trust-region step (KL bound, surrogate improvement,
 exact step length, rejection by the line search), the two distributions against closed forms, GAE against a
-slow reference loop, and learning regressions."""
+slow reference loop, the optional observation/reward normalisation (running statistics against numpy, reward
+scaling against a slow reference, normalised final observations, statistics saved and frozen at evaluation),
+and learning regressions."""
 
 from __future__ import annotations
 
 import math
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_exit_2, load_algo
-from reference_math import reference_gae
+from reference_math import pooled_with_prior, reference_gae, reference_scaled_rewards
 from torch.func import functional_call
 
 trpo = load_algo("trpo")
@@ -327,6 +330,219 @@ def test_gae_truncation_bootstraps_and_termination_does_not():
     assert term.item() == pytest.approx(2 - 1)
 
 
+# ---------------------------------------------------------------- observation and reward normalisation
+
+
+def test_running_mean_std_against_numpy_over_a_stream_of_batches():
+    """After each batch: exactly numpy's mean and (biased) variance of everything seen when the prior weight is
+    0; with the default prior (mean 0, var 1, weight 1e-4) the same data pooled with that pseudo-sample."""
+    rng = np.random.default_rng(7)
+    dims = 4
+    batches = [rng.standard_t(df=3, size=(n, dims)) * [0.5, 20.0, 1e-3, 1.0] + [-7.0, 300.0, 0.0, 1.0]
+               for n in (2, 0, 1, 33, 5, 0, 128, 1, 1, 9, 60, 2)]
+    without_prior, with_prior = trpo.RunningMeanStd((dims,), epsilon=0.0), trpo.RunningMeanStd((dims,))
+    seen = np.zeros((0, dims))
+    for batch in batches:
+        without_prior.update(batch)
+        with_prior.update(batch)
+        seen = np.vstack([seen, batch])
+        if len(seen):
+            np.testing.assert_allclose(without_prior.mean, np.mean(seen, axis=0), rtol=1e-11, atol=1e-14)
+            np.testing.assert_allclose(without_prior.var, np.var(seen, axis=0), rtol=1e-9)
+        mean, var = pooled_with_prior(seen, 1e-4)
+        np.testing.assert_allclose(with_prior.mean, mean, rtol=1e-11, atol=1e-300)
+        np.testing.assert_allclose(with_prior.var, var, rtol=1e-9)
+        assert with_prior.count == pytest.approx(len(seen) + 1e-4)
+    # the checkpoint form (float64 tensors) round-trips bit for bit
+    back = trpo.RunningMeanStd.from_state_dict(with_prior.state_dict())
+    assert np.array_equal(back.mean, with_prior.mean) and np.array_equal(back.var, with_prior.var)
+    assert back.count == with_prior.count
+    # normalisation by hand: (o - mean) / sqrt(var + 1e-8), clipped
+    rms = trpo.RunningMeanStd((2,))
+    rms.mean, rms.var = np.array([100.0, -3.0]), np.array([25.0, 1e-12])
+    got = trpo.normalize_obs(np.array([[110.0, -3.0], [40.0, -2.999]]), rms, clip=5.0)  # 1e-3 / ~1e-4 -> 5
+    np.testing.assert_allclose(got, [[10.0 / math.sqrt(25 + 1e-8), 0.0], [-5.0, 5.0]], rtol=1e-6)
+    assert got.dtype == np.float32
+
+
+@pytest.mark.parametrize("clip", [10.0, 0.5])
+def test_reward_scaling_against_a_slow_reference(clip):
+    """Terminations and truncations both reset the discounted return (SB3 VecNormalize), as main() passes them."""
+    rng = np.random.default_rng(11)
+    T, N, gamma = 30, 2, 0.99
+    rewards = rng.uniform(-1.0, 5.0, size=(T, N))
+    terminated, truncated = np.zeros((T, N)), np.zeros((T, N))
+    terminated[[6, 20], 0] = 1
+    truncated[12, 0] = 1
+    truncated[[9, 10], 1] = 1
+    scaler = trpo.RewardScaler(N, gamma, clip)
+    got = np.array([scaler(rewards[t], np.logical_or(terminated[t], truncated[t])) for t in range(T)])
+    expected = reference_scaled_rewards(rewards, np.logical_or(terminated, truncated), gamma, clip)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert got.dtype == np.float32
+    if clip < 1:
+        assert np.isclose(np.abs(expected), clip).any(), "the clipped case must clip something"
+
+
+class ObsProbe(gym.Env):
+    """Large, off-centre observations (so that normalising them matters), two actions, reward 3 or 7, and every
+    episode truncated after 5 steps. Each instance records what it emits, in order: (observation, ends episode)."""
+
+    instances: list[ObsProbe] = []
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.emitted: list[tuple[np.ndarray, bool]] = []
+        self.rewards: list[list[float]] = []
+        self.t = 0
+        ObsProbe.instances.append(self)
+
+    def _obs(self) -> np.ndarray:
+        u = self.np_random.uniform(-1.0, 1.0, 2)
+        return np.array([100.0 + 5.0 * u[0], -40.0 + 0.5 * u[1]], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.rewards.append([])
+        obs = self._obs()
+        self.emitted.append((obs, False))
+        return obs, {}
+
+    def step(self, action):
+        self.t += 1
+        obs, reward, truncated = self._obs(), 3.0 + 4.0 * int(action), self.t >= 5
+        self.emitted.append((obs, truncated))
+        self.rewards[-1].append(reward)
+        return obs, reward, False, truncated, {}
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory):
+    """One training iteration (2 envs x 16 steps: three truncations per env) on ObsProbe with both
+    normalisations, recording the critic's [T, N, obs] input (the successor observations of the bootstrap)
+    and the actor's evaluation inputs."""
+    import os
+
+    gym.register("TrpoObsProbe-v0", entry_point=ObsProbe)
+    critic_inputs, greedy_inputs = [], []
+
+    class RecordingCritic(trpo.Critic):
+        def forward(self, x):
+            if x.dim() == 3:
+                critic_inputs.append(x.detach().clone())
+            return super().forward(x)
+
+    original_greedy = trpo.Actor.greedy_action
+    mp = pytest.MonkeyPatch()
+    mp.setattr(trpo, "Critic", RecordingCritic)
+    mp.setattr(trpo.Actor, "greedy_action", lambda self, x: greedy_inputs.append(x.clone()) or original_greedy(self, x))
+    mp.chdir(tmp_path_factory.mktemp("probe"))
+    ObsProbe.instances = []
+    try:
+        args = trpo.Args(env_id="TrpoObsProbe-v0", total_timesteps=32, num_envs=2, num_steps=16, batch_size=16,
+                         n_critic_updates=1, eval_episodes=2, norm_obs=True, norm_reward=True, save_model=True)
+        out = trpo.main(args)
+        out["model_path"] = os.path.abspath(out["model_path"])
+        train_envs = [e for e in ObsProbe.instances if e.emitted][:2]
+        eval_env = [e for e in ObsProbe.instances if e.emitted][2]
+        yield dict(args=args, out=out, train_envs=train_envs, eval_env=eval_env, critic_inputs=critic_inputs,
+                   greedy_inputs=greedy_inputs, original_greedy=original_greedy)
+    finally:
+        mp.undo()
+
+
+def returned_observations(env: ObsProbe) -> np.ndarray:
+    """What the vector environment hands the policy in same-step autoreset: every emitted observation except the
+    final ones, which it replaces by the next episode's first observation (and puts in info["final_obs"])."""
+    return np.array([o for o, ends in env.emitted if not ends], dtype=np.float64)
+
+
+def test_truncation_bootstrap_uses_final_observations_normalised_with_the_current_statistics(probe_run):
+    """Worked out from the observations the environments emitted: at step t the statistics pool every
+    observation returned so far (reset ones included, final ones excluded); V(s') is fed the normalised
+    next observation, or at a truncation the normalised final observation, with those statistics."""
+    envs, T = probe_run["train_envs"], probe_run["args"].num_steps
+    (succ,) = probe_run["critic_inputs"]
+    assert succ.shape == (T, 2, 2)
+    returned = [returned_observations(e) for e in envs]  # [T + 1, 2] each: the first reset, then one per step
+    finals = [[o for o, ends in e.emitted if ends] for e in envs]
+    expected, n_truncated = np.zeros((T, 2, 2)), 0
+    for t in range(T):
+        mean, var = pooled_with_prior(np.vstack([r[: t + 2] for r in returned]), 1e-4)
+        for n in range(len(envs)):
+            truncated_here = (t + 1) % 5 == 0  # episodes of 5 steps, all started together
+            o = finals[n][(t + 1) // 5 - 1] if truncated_here else returned[n][t + 1]
+            n_truncated += truncated_here
+            expected[t, n] = np.clip((o - mean) / np.sqrt(var + 1e-8), -10.0, 10.0)
+    assert n_truncated == 6
+    np.testing.assert_allclose(succ.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(expected).max() < 10.0, "nothing clipped: the test compares the normalisation itself"
+    # the data tell the cases apart: bootstrapping from the reset observation that replaced the final one would
+    # give other inputs at the truncation steps
+    mean, var = pooled_with_prior(np.vstack([r[:6] for r in returned]), 1e-4)
+    for n in range(2):
+        assert not np.allclose(succ[4, n].numpy(), (returned[n][5] - mean) / np.sqrt(var + 1e-8), atol=0.05)
+
+
+def test_checkpoint_holds_the_statistics_and_logged_returns_stay_raw(probe_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, envs = probe_run["out"], probe_run["train_envs"]
+    ckpt = torch.load(out["model_path"], weights_only=True)
+    mean, var = pooled_with_prior(np.vstack([returned_observations(e) for e in envs]), 1e-4)
+    np.testing.assert_allclose(ckpt["obs_rms"]["mean"].numpy(), mean, rtol=1e-10)
+    np.testing.assert_allclose(ckpt["obs_rms"]["var"].numpy(), var, rtol=1e-8)
+    assert ckpt["obs_rms"]["count"] == pytest.approx(2 * 17 + 1e-4)
+    assert ckpt["return_rms"]["count"] == pytest.approx(32 + 1e-4) and ckpt["clip_obs"] == 10.0
+    # the return statistics pool the discounted return of every step, restarted at each (truncated) episode
+    gamma, discounted = probe_run["args"].gamma, []
+    for e in envs:
+        for ep in e.rewards:
+            discounted += [sum(gamma ** (t - k) * ep[k] for k in range(t + 1)) for t in range(len(ep))]
+    assert len(discounted) == 32
+    g_mean, g_var = pooled_with_prior(np.array(discounted), 1e-4)
+    assert float(ckpt["return_rms"]["mean"]) == pytest.approx(g_mean, rel=1e-10)
+    assert float(ckpt["return_rms"]["var"]) == pytest.approx(g_var, rel=1e-8)
+    # charts/episodic_return: the undiscounted sums of the raw rewards (3 or 7 a step), not the scaled ones
+    acc = EventAccumulator(out["run_dir"])
+    acc.Reload()
+    logged = sorted(e.value for e in acc.Scalars("charts/episodic_return"))
+    raw = sorted(sum(ep) for e in envs for ep in e.rewards if len(ep) == 5)
+    assert len(logged) == 6 and logged == pytest.approx(raw)
+    assert min(logged) >= 15.0
+
+
+def test_evaluation_normalises_with_the_saved_statistics_frozen(probe_run):
+    """In process (end of main) and from the checkpoint, every observation the actor is given at evaluation is
+    the evaluation environment's observation normalised with the checkpoint's statistics, unchanged throughout."""
+    out = probe_run["out"]
+    ckpt = torch.load(out["model_path"], weights_only=True)
+    mean, var = ckpt["obs_rms"]["mean"].numpy(), ckpt["obs_rms"]["var"].numpy()
+
+    def expected_inputs(env):
+        raw = np.array([o for o, ends in env.emitted if not ends], dtype=np.float64)  # the last one acts on nothing
+        return np.clip((raw - mean) / np.sqrt(var + 1e-8), -10.0, 10.0)
+
+    in_process = torch.cat(probe_run["greedy_inputs"]).numpy()
+    assert in_process.shape == (2 * 5, 2)  # two episodes of five steps
+    np.testing.assert_allclose(in_process, expected_inputs(probe_run["eval_env"]), rtol=1e-5, atol=1e-5)
+
+    probe_run["greedy_inputs"].clear()
+    ObsProbe.instances = []
+    returns = trpo.evaluate(out["model_path"], "TrpoObsProbe-v0", 2, seed=probe_run["args"].seed + 100_000)
+    assert returns == out["eval_returns"]
+    from_checkpoint = torch.cat(probe_run["greedy_inputs"]).numpy()
+    np.testing.assert_allclose(from_checkpoint, expected_inputs(ObsProbe.instances[-1]), rtol=1e-5, atol=1e-5)
+
+    # an in-process evaluation leaves the statistics object it is given untouched
+    actor, rms, _ = trpo.load_actor(out["model_path"])
+    before = (rms.mean.copy(), rms.var.copy(), rms.count)
+    trpo.evaluate(actor, "TrpoObsProbe-v0", 1, seed=0, obs_rms=rms)
+    assert np.array_equal(rms.mean, before[0]) and np.array_equal(rms.var, before[1]) and rms.count == before[2]
+
+
 # ---------------------------------------------------------------- checkpoints and bad input
 
 
@@ -341,8 +557,8 @@ def test_gaussian_checkpoint_round_trip_and_clipped_evaluation(tmp_path):
     trpo.save_checkpoint(actor, critic, path, {"obs_dim": 3, "act_dim": 1, "discrete": False, "hidden_size": 8,
                                                "env_id": "Pendulum-v1"})
     assert not (tmp_path / "trpo.pt.tmp").exists()
-    loaded, ckpt = trpo.load_actor(path)  # weights_only=True inside
-    assert not loaded.discrete and ckpt["env_id"] == "Pendulum-v1"
+    loaded, obs_rms, ckpt = trpo.load_actor(path)  # weights_only=True inside
+    assert not loaded.discrete and ckpt["env_id"] == "Pendulum-v1" and obs_rms is None  # trained without --norm-obs
     for (name, a), b in zip(actor.state_dict().items(), loaded.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
     returns = trpo.evaluate(path, "Pendulum-v1", eval_episodes=1, seed=0)
@@ -364,6 +580,8 @@ def test_gaussian_checkpoint_round_trip_and_clipped_evaluation(tmp_path):
     (dict(target_kl=0.0), "--target-kl"),
     (dict(env_id="CarRacing-v3"), "flat Box observation"),
     (dict(num_envs=1, num_steps=1), "--norm-adv"),
+    (dict(clip_obs=0.0), "--clip-obs"),
+    (dict(clip_reward=-1.0), "--clip-reward"),
 ])
 def test_more_bad_input(overrides, expected, capsys):
     """Beyond the harness's automatic cases, in-process (check_args is main's first call, before anything is
