@@ -6,6 +6,7 @@
 #   ./run_all.sh            everything
 #   ./run_all.sh deep       only the SB3 comparisons of ppo.py and dqn.py
 #   ./run_all.sh policy     only the SB3 comparisons of the policy-gradient files
+#   ./run_all.sh value      only the DQN family on CartPole (dqn, c51, rainbow, SB3 DQN) and rainbow's ablation
 #   ./run_all.sh offpolicy  only the SB3 comparisons of ddpg.py, td3.py and sac.py on MuJoCo
 #   ./run_all.sh classic    only the book's figures
 #   ./run_all.sh slow       only the slow learning tests
@@ -71,6 +72,21 @@ if [[ "$what" == all || "$what" == policy ]]; then
   # PPO figures are at 10M agent steps (40M frames). Deterministic evaluation as for the rest, 10 whole games.
   $B --algo ppo_atari --env-id BreakoutNoFrameskip-v4 --seeds 1 --total-timesteps $ATARI_STEPS \
      --tag ppo_atari_BreakoutNoFrameskip-v4
+  python tools/summary.py benchmark_results > benchmark_results/README.md
+fi
+
+# Deep value methods (issue 4), CartPole-v1, 100k steps, in one table and one figure: dqn.py (as in the deep group),
+# c51.py and rainbow.py with their defaults, SB3's DQN with rl-zoo3's settings; then rainbow.py's ablation, all
+# six components on against each one switched off.
+if [[ "$what" == all || "$what" == value ]]; then
+  python tools/compare.py --env-id CartPole-v1 --seeds 1 2 3 4 5 --total-timesteps 100000 \
+     --run "dqn.py|dqn|$DQN_CARTPOLE" --run "c51.py|c51|" --run "rainbow.py|rainbow|" --run "SB3 DQN (zoo)|sb3:dqn|zoo" \
+     --tag value_CartPole-v1 --title "DQN, C51, Rainbow and SB3's DQN on CartPole-v1"
+  python tools/compare.py --env-id CartPole-v1 --seeds 1 2 3 --total-timesteps 100000 \
+     --run "all six|rainbow|" --run "no double Q|rainbow|--no-double" --run "no dueling|rainbow|--no-dueling" \
+     --run "no prioritised replay|rainbow|--no-prioritized" --run "1-step returns|rainbow|--n-step 1" \
+     --run "no distributional|rainbow|--no-distributional" --run "no noisy nets|rainbow|--no-noisy" \
+     --tag rainbow_ablation_CartPole-v1 --title "rainbow.py ablation on CartPole-v1"
   python tools/summary.py benchmark_results > benchmark_results/README.md
 fi
 

@@ -1,0 +1,109 @@
+"""Compare several runs on one environment over seeds: files, their options (ablations), and SB3.
+
+    python tools/compare.py --env-id CartPole-v1 --seeds 1 2 3 --total-timesteps 100000 \
+        --run "all on|rainbow|" --run "no noisy|rainbow|--no-noisy" --tag rainbow_ablation_CartPole-v1
+
+    python tools/compare.py --env-id CartPole-v1 --seeds 1 2 3 4 5 --total-timesteps 100000 \
+        --run "dqn.py|dqn|--double-q" --run "c51.py|c51|" --run "SB3 DQN (zoo)|sb3:dqn|zoo" \
+        --tag dqn_family_CartPole-v1
+
+Each --run is one string LABEL|ALGO|ARGS: ALGO is a file stem in algorithms/ and ARGS that file's extra arguments
+(one shell-quoted string), or ALGO is sb3:FILE, the Stable-Baselines3 counterpart that tools/benchmark.py
+records for FILE, and ARGS is "zoo" or "default", optionally followed by |JSON of extra keyword arguments.
+Every run is a subprocess started by tools/benchmark.py's machinery (same timing, same deterministic
+evaluation on a fresh environment seeded seed+100000+episode, one torch thread for SB3); within a seed the
+runs follow one another in the order given, so a disturbance of the machine hits all of them alike.
+
+Writes into --out (benchmark_results/ by default), named by --tag: {tag}.csv (one row per run), {tag}_curves.csv,
+{tag}.png (return against steps and against wall-clock seconds; mean and min-max band over seeds) and {tag}.md
+(one row per label: final evaluation mean ± std over seeds, each seed's value, train time, SPS; the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import ROOT, SB3_CLASS, SB3_ZOO, launch, plot_curves, summarise, zoo_key  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env-id", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--total-timesteps", type=int, required=True)
+    parser.add_argument("--run", action="append", required=True, metavar="LABEL|ALGO|ARGS")
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--tag", required=True, help="output file prefix")
+    parser.add_argument("--title", default=None, help="first line of the markdown (default: the tag)")
+    parser.add_argument("--out", default=str(ROOT / "benchmark_results"))
+    a = parser.parse_args()
+
+    runs = [r.split("|", 2) for r in a.run]
+    if any(len(r) != 3 for r in runs):
+        parser.error("every --run is LABEL|ALGO|ARGS (ARGS may be empty: 'label|algo|')")
+    labels = [label for label, _, _ in runs]
+    if len(set(labels)) != len(labels):
+        parser.error("every --run needs its own LABEL")
+    jobs = []
+    for label, algo, extra in runs:
+        if algo.startswith("sb3:"):
+            file = algo[4:]
+            config = extra.partition("|")[0]
+            if file not in SB3_CLASS or config not in ("zoo", "default"):
+                parser.error(f"--run {label!r}: need sb3:FILE with FILE in {sorted(SB3_CLASS)} and ARGS zoo|default[|JSON]")
+            if config == "zoo" and zoo_key(file, a.env_id) not in SB3_ZOO:
+                parser.error(f"--run {label!r}: no rl-zoo3 configuration recorded for {file} on {a.env_id}")
+            jobs.append((label, "sb3", file, extra))
+        else:
+            if not (ROOT / "algorithms" / f"{algo}.py").is_file():
+                parser.error(f"--run {label!r}: no file algorithms/{algo}.py")
+            jobs.append((label, "ours", algo, extra))
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python tools/compare.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    rows, curves = [], []
+    with open(out / f"{a.tag}.log", "w") as log:
+        for seed in a.seeds:
+            for label, side, algo, extra in jobs:
+                res = launch([side, algo, a.env_id, str(seed), str(a.total_timesteps), extra, str(a.eval_episodes), "1"], log)
+                row = {"label": label, "seed": seed, "steps": res["steps"], "train_time": res["train_time"],
+                       "sps": res["steps"] / res["train_time"], "eval_mean": float(np.mean(res["eval_returns"])),
+                       "eval_std": float(np.std(res["eval_returns"]))}
+                rows.append(row)
+                curves += [(label, seed, *p) for p in res["curve"]]
+                print(f"{a.tag} {label} seed {seed}: eval {row['eval_mean']:7.1f}  train {row['train_time']:6.1f}s", flush=True)
+
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(out / f"{a.tag}.csv", index=False)
+    pd.DataFrame(curves, columns=["label", "seed", "step", "seconds", "return"]).to_csv(out / f"{a.tag}_curves.csv", index=False)
+    plot_curves(out / f"{a.tag}.png", curves, labels, {x: x for x in labels}, a.seeds, a.total_timesteps,
+                f"{a.env_id}: mean and min-max over seeds {a.seeds}")
+
+    lines = [f"### {a.title or a.tag}", "", f"Command: `{command}`", "",
+             f"Machine: {os.cpu_count()} cores, one torch thread per run. Date: {time.strftime('%Y-%m-%d %H:%M')}.", "",
+             "| run | algorithm, arguments | seeds | steps | final eval return (mean ± std over seeds) | per seed | train wall time (s) | SPS |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, side, algo, extra in jobs:
+        mine = [r for r in rows if r["label"] == label]
+        s = summarise(mine)
+        what = f"SB3 {SB3_CLASS[algo]} ({extra})" if side == "sb3" else f"{algo}.py {extra}".strip()
+        per_seed = " / ".join(f"{r['eval_mean']:.1f}" for r in mine)
+        lines.append(f"| {label} | `{what}` | {s['n']} | {s['steps']:,} | {s['eval_mean']:.1f} ± {s['eval_std']:.1f} | "
+                     f"{per_seed} | {s['time_mean']:.1f} ± {s['time_std']:.1f} | {s['sps_mean']:.0f} |")
+    lines += ["", f"Per-run numbers: [{a.tag}.csv]({a.tag}.csv); curves: [{a.tag}.png]({a.tag}.png).", ""]
+    (out / f"{a.tag}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
