@@ -57,6 +57,11 @@ ATARI_STEPS=100000
 if [[ "$what" == all || "$what" == policy ]]; then
   $B --algo a2c --env-id CartPole-v1 --seeds 1 2 3 --total-timesteps 200000 --tag a2c_CartPole-v1
   $B --algo trpo --env-id CartPole-v1 --seeds 1 2 3 --total-timesteps 200000 --tag trpo_CartPole-v1
+  # the files without an SB3 counterpart of their own, next to a2c.py and SB3's A2C on one budget (100k steps)
+  python tools/compare.py --env-id CartPole-v1 --seeds 1 2 3 --total-timesteps 100000 \
+     --run "reinforce.py|reinforce|" --run "reinforce.py --baseline|reinforce|--baseline" \
+     --run "actor_critic.py|actor_critic|" --run "a3c.py|a3c|" --run "a2c.py|a2c|" --run "SB3 A2C (zoo)|sb3:a2c|zoo" \
+     --tag policy_gradient_CartPole-v1 --title "REINFORCE, one-step actor-critic, A3C, A2C and SB3's A2C on CartPole-v1"
   $B --algo ppo_continuous_action --env-id Pendulum-v1 --seeds 1 2 3 --total-timesteps 100000 \
      --algo-args="$PPO_PENDULUM" --tag ppo_continuous_action_Pendulum-v1
   $B --algo trpo --env-id Pendulum-v1 --seeds 1 2 3 --total-timesteps 100000 --algo-args="$TRPO_PENDULUM" \
