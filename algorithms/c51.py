@@ -88,12 +88,14 @@ class Args:
     """the number of parallel environments"""
     n_atoms: int = 51
     """the number of atoms of the support (the paper's C51: 51)"""
-    v_min: float = -100.0
-    """the smallest return the support represents"""
+    v_min: float = 0.0
+    """the smallest return the support represents (CartPole's returns are >= 0; -100 left half the atoms unused)"""
     v_max: float = 100.0
     """the largest return the support represents (CartPole's discounted return is at most 100)"""
     learning_rate: float = 1e-3
     """the Adam learning rate"""
+    anneal_lr: bool = True
+    """if toggled, the learning rate decays linearly from learning_rate to 0 over the run"""
     adam_eps: float = 0.01 / 128
     """Adam's epsilon (the paper: 0.01 / batch size 32; here 0.01 / 128, the default batch)"""
     buffer_size: int = 100_000
@@ -114,8 +116,8 @@ class Args:
     """the fraction of total_timesteps over which epsilon decays from start_e to end_e"""
     learning_starts: int = 1000
     """environment steps of random-policy data collected before learning starts"""
-    train_frequency: int = 4
-    """environment steps between training phases"""
+    train_frequency: int = 2
+    """environment steps between training phases (dqn.py: 4; see the module docstring)"""
     gradient_steps: int = 1
     """gradient steps in each training phase"""
     hidden_sizes: tuple[int, ...] = (128, 128)
@@ -425,6 +427,8 @@ def main(args: Args) -> dict:
         if train_now:
             next_train += args.train_frequency
         if train_now and global_step > args.learning_starts:
+            lr_now = args.learning_rate * (1.0 - global_step / args.total_timesteps) if args.anneal_lr else args.learning_rate
+            optimizer.param_groups[0]["lr"] = lr_now
             for _ in range(args.gradient_steps):
                 b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size)
                 with torch.no_grad():
@@ -450,6 +454,7 @@ def main(args: Args) -> dict:
             sps = int(global_step / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
             writer.add_scalar("charts/epsilon", epsilon, global_step)
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
             if loss is not None:
                 writer.add_scalar("losses/loss", loss.item(), global_step)
                 writer.add_scalar("losses/q_values", q_values.item(), global_step)

@@ -75,11 +75,15 @@ for _env in ("HalfCheetah", "Hopper"):
                                            **({"target_kl": 0.04} if _env == "HalfCheetah" else {}))
 # The Stable-Baselines3 (or sb3-contrib) class that matches each of our files.
 SB3_CLASS = {"ppo": "PPO", "ppo_continuous_action": "PPO", "ppo_atari": "PPO", "a2c": "A2C", "trpo": "TRPO",
-             "dqn": "DQN", "dqn_atari": "DQN", "sac": "SAC", "td3": "TD3", "ddpg": "DDPG"}
+             "dqn": "DQN", "dqn_atari": "DQN", "sac": "SAC", "td3": "TD3", "ddpg": "DDPG",
+             "c51": "DQN", "rainbow": "DQN"}
 ATARI = {"ppo_atari", "dqn_atari"}  # files trained on pixels: SB3 gets make_atari_env + 4 stacked frames
+# SB3 has no C51 or Rainbow: their anchor is SB3's DQN with rl-zoo3's DQN settings for the same environment.
+ZOO_SAME_AS = {"c51": "dqn", "rainbow": "dqn"}
 
 
 def zoo_key(algo: str, env_id: str) -> tuple[str, str]:
+    algo = ZOO_SAME_AS.get(algo, algo)
     return (algo, "atari") if algo in ATARI else (algo, env_id)
 
 

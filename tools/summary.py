@@ -10,8 +10,9 @@ from pathlib import Path
 
 HEADER = """# Benchmark results
 
-Produced by `./run_all.sh deep` (each table names its exact command). Every table compares onefile-rl
-with Stable-Baselines3 run side by side in the same session, seeds alternating, one torch thread each.
+Produced by `./run_all.sh` (groups deep, policy, value, offpolicy; each table names its exact command).
+Every table compares onefile-rl with Stable-Baselines3 (or several of our files) run side by side in the
+same session, seeds alternating, one torch thread each.
 "Train wall time" is training alone: imports, set-up and the final evaluation excluded, on both sides.
 The final evaluation is 10 deterministic episodes on a fresh environment after the last training step.
 The Sutton & Barto figures are in [classic/](classic/).
