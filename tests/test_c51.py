@@ -74,7 +74,8 @@ def test_network_shapes_and_greedy_q():
 
 @pytest.mark.slow
 def test_learns_cartpole(tmp_path, monkeypatch):
-    """Defaults, seed 1, 100k steps: the greedy evaluation reaches 475 (measured: RESULT)."""
+    """Defaults, seed 1, 100k steps: the greedy evaluation reaches 475
+    (measured: 500.0, all 10 episodes at the time limit; seeds 1-5: 500, 500, 500, 500, 389.7)."""
     monkeypatch.chdir(tmp_path)
     out = c51.main(c51.Args(seed=1, total_timesteps=100_000))
     assert out["eval_return_mean"] >= 475, out["eval_returns"]
