@@ -67,6 +67,9 @@ SB3_ZOO.update({
     # rl-zoo3's "atari" entry (AtariWrapper, 4 stacked frames, CnnPolicy) serves every Atari game
     ("ppo_atari", "atari"): dict(n_envs=8, n_steps=128, n_epochs=4, batch_size=256, learning_rate="lin_2.5e-4",
                                  clip_range="lin_0.1", vf_coef=0.5, ent_coef=0.01),
+    ("dqn_atari", "atari"): dict(buffer_size=100_000, learning_rate=1e-4, batch_size=32, learning_starts=100_000,
+                                 target_update_interval=1000, train_freq=4, gradient_steps=1, exploration_fraction=0.1,
+                                 exploration_final_eps=0.01, optimize_memory_usage=False),
 })
 for _env in ("HalfCheetah", "Hopper"):
     SB3_ZOO[("trpo", f"{_env}-v5")] = dict(normalize=True, n_envs=2, batch_size=128, n_steps=1024, gamma=0.99,
