@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates benchmark_results/ from scratch: the deep-RL benchmarks against Stable-Baselines3, the
-# Sutton & Barto figures, and the slow learning tests. About 90 minutes on 2 cores; run it on an
+# Sutton & Barto figures, and the slow learning tests. Several hours on 2 cores (measured: policy about
+# 90 minutes, offpolicy about 80; value is estimated at about 2 hours, not yet timed); run it on an
 # otherwise idle machine, since the tables compare wall-clock times measured in this same run.
 #
 #   ./run_all.sh            everything
