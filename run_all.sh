@@ -105,6 +105,9 @@ TD3_MUJOCO="--learning-starts 10000 --learning-rate 1e-3 --hidden-sizes 400 300"
 DDPG_MUJOCO="$TD3_MUJOCO --policy-frequency 1"  # SB3's DDPG updates the actor at every critic update
 SAC_MUJOCO="--learning-starts 10000"
 if [[ "$what" == all || "$what" == offpolicy ]]; then
+  # speed: SB3's default SAC settings on both sides (ours are the same), learning from step 1,000
+  $B --algo sac --env-id Pendulum-v1 --seeds 1 2 3 --total-timesteps 5000 --sb3-config default \
+     --sb3-args '{"learning_starts": 1000}' --tag sac_Pendulum-v1_speed
   for env in Hopper-v5 HalfCheetah-v5; do
     $B --algo ddpg --env-id $env --seeds 1 --total-timesteps $OFFPOLICY_STEPS --algo-args="$DDPG_MUJOCO" --tag ddpg_$env
     $B --algo td3 --env-id $env --seeds 1 --total-timesteps $OFFPOLICY_STEPS --algo-args="$TD3_MUJOCO" --tag td3_$env

@@ -41,10 +41,11 @@ every 2 steps: 500 on all of seeds 6-10. The changes were chosen on seeds 6-10; 
 once with the final defaults (below). CleanRL's c51 CartPole settings (lr 2.5e-4, buffer 10k,
 learning_starts 10k, train every 10 steps, epsilon over half the run) are made for 500k steps.
 
-Measured here (one torch thread, 2-core machine shared with other jobs, defaults, CartPole-v1, 100k steps,
-greedy evaluation over 10 episodes): seeds 1-5 -> 500, 500, 500, 500, 389.7 (mean 477.9); about 255 s per
-run (245-265 s). Seed 5 had reached 500 in training by 50k steps and ended at 456 (training) and 389.7 +- 112.4
-(greedy); with seeds 6-10 above, 9 of 10 runs ended at 500.
+Measured here with `python algorithms/c51.py --seed S --total-timesteps 100000` (one torch thread, 2-core
+machine shared with other jobs, defaults, CartPole-v1, greedy evaluation over 10 episodes): seeds 1-5 ->
+500, 500, 500, 500, 389.7 (mean 477.9); about 255 s per run (245-265 s). Seed 5 had reached 500 in training
+by 50k steps and ended at 456 (training) and 389.7 +- 112.4 (greedy); with seeds 6-10 above, 9 of 10 runs
+ended at 500.
 
 Time limits: only `terminated` is stored as the transition's end. An episode cut by a time limit
 (`truncated`) is stored with its real last observation (info["final_obs"], Gymnasium's same-step

@@ -60,7 +60,10 @@ of every transition is simply the following row, also for terminated and truncat
 A row whose 3 predecessors in its column have already been overwritten (the 3 oldest rows of a full ring)
 cannot be rebuilt and is not sampled, nor is the newest row (its action is not known yet).
 
-Speed: see the report in benchmark_results/ (measured on the 2-core test machine with one torch thread).
+Speed, measured on the 2-core test machine with one torch thread: 3,000 agent steps on Breakout with
+learning from step 1,000 (`--total-timesteps 3000 --learning-starts 1000`) trained in 37.7 s, about 80 agent
+steps/s; Stable-Baselines3's DQN with the same settings took 38.3 s (tools/benchmark.py, seed 1). Most of the
+time is the network's gradient step. No learning run of this file has been made yet.
 """
 
 from __future__ import annotations

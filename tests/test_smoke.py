@@ -135,3 +135,22 @@ def test_capture_video(name: str, tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     videos = glob.glob(str(tmp_path / "videos" / "*" / "*.mp4"))
     assert videos and os.path.getsize(videos[0]) > 0, "no video written"
+
+
+@pytest.mark.parametrize("name", ["ppo", "dqn", "c51", "trpo", "sac"])
+def test_evaluate_tool_bad_checkpoints(name: str, tmp_path: Path):
+    """tools/evaluate.py: a missing path, a file that is not a checkpoint, a dictionary without env_id, and a
+    checkpoint in another file's format each get one line and exit 2, not a traceback."""
+    import torch
+
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    no_env = tmp_path / "no_env.pt"
+    torch.save({"model": {}}, no_env)
+    foreign = tmp_path / "foreign.pt"  # keys no algorithm file writes
+    torch.save({"env_id": "Pendulum-v1" if name == "sac" else "CartPole-v1", "something_else": torch.zeros(3)}, foreign)
+    for path, expected in [(tmp_path / "missing.pt", "no checkpoint"), (junk, "not a readable checkpoint"),
+                           (no_env, "no env_id"), (foreign, "does not fit")]:
+        proc = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), name, str(path), "--episodes", "1"],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        check_one_line_error(proc, expected)

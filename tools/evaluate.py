@@ -34,8 +34,19 @@ def main() -> None:
 
     import torch
 
-    env_id = a.env_id or torch.load(a.checkpoint, map_location="cpu", weights_only=True)["env_id"]
-    returns = module.evaluate(a.checkpoint, env_id, a.episodes, seed=a.seed)
+    try:
+        ckpt = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same bad input
+        parser.exit(2, f"error: {a.checkpoint} is not a readable checkpoint ({type(e).__name__})\n")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        parser.exit(2, f"error: {a.checkpoint} is not a checkpoint written by --save-model (no env_id in it)\n")
+    env_id = a.env_id or ckpt["env_id"]
+    try:
+        returns = module.evaluate(a.checkpoint, env_id, a.episodes, seed=a.seed)
+    except (KeyError, RuntimeError, TypeError) as e:  # a checkpoint of another file: missing keys, wrong shapes
+        first_line = (str(e).splitlines() or [""])[0][:80]
+        parser.exit(2, f"error: {a.checkpoint} does not fit {path.name} ({type(e).__name__}: {first_line}); "
+                       "was it written by another file?\n")
     for i, r in enumerate(returns):
         print(f"episode {i}: {r:.1f}")
     print(f"{env_id}: {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} episodes")
