@@ -24,6 +24,11 @@ DQN_CARTPOLE="--double-q"  # with the file's defaults
 DQN_LUNAR="--double-q --hidden-sizes 256 256 --learning-rate 6.3e-4 --batch-size 128 --buffer-size 50000 \
 --learning-starts 0 --train-frequency 4 --gradient-steps 4 --target-network-frequency 250 \
 --exploration-fraction 0.12 --end-e 0.1"
+# C51 and Rainbow on LunarLander: a support of [-100, 200] and the zoo DQN's learning rate and target period; the
+# files' defaults otherwise (128-128 networks; C51 with a gradient step every 4 env steps and the zoo's epsilon)
+LUNAR_VALUE="--learning-rate 6.3e-4 --v-min -100 --v-max 200 --target-network-frequency 250 --learning-starts 5000"
+C51_LUNAR="$LUNAR_VALUE --train-frequency 4 --exploration-fraction 0.12 --end-e 0.05"
+RAINBOW_LUNAR="$LUNAR_VALUE"
 # SB3's PPO defaults (n_envs=1, n_steps=2048, batch 64, 10 epochs, lr 3e-4, gamma 0.99, lambda 0.95,
 # clip 0.2, no annealing) written as ppo.py arguments: the same work, to compare per-update overhead.
 PPO_SB3_DEFAULTS="--num-envs 1 --num-steps 2048 --num-minibatches 32 --update-epochs 10 --learning-rate 3e-4 \
@@ -93,6 +98,10 @@ if [[ "$what" == all || "$what" == value ]]; then
      --run "no prioritised replay|rainbow|--no-prioritized" --run "1-step returns|rainbow|--n-step 1" \
      --run "no distributional|rainbow|--no-distributional" --run "no noisy nets|rainbow|--no-noisy" \
      --tag rainbow_ablation_CartPole-v1 --title "rainbow.py ablation on CartPole-v1"
+  # LunarLander-v3, 300k steps, 3 seeds, two runs at a time (one per core: every run shares the machine alike)
+  python tools/compare.py --env-id LunarLander-v3 --seeds 1 2 3 --total-timesteps 300000 --cores 0 1 \
+     --run "dqn.py|dqn|$DQN_LUNAR" --run "c51.py|c51|$C51_LUNAR" --run "rainbow.py|rainbow|$RAINBOW_LUNAR" \
+     --run "SB3 DQN (zoo)|sb3:dqn|zoo" --tag value_LunarLander-v3 --title "DQN, C51, Rainbow and SB3's DQN on LunarLander-v3"
   python tools/summary.py benchmark_results > benchmark_results/README.md
 fi
 

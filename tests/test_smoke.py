@@ -154,3 +154,21 @@ def test_evaluate_tool_bad_checkpoints(name: str, tmp_path: Path):
         proc = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), name, str(path), "--episodes", "1"],
                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
         check_one_line_error(proc, expected)
+
+
+def test_compare_tool_parallel(tmp_path: Path):
+    """tools/compare.py --cores: runs go in parallel, pinned, and the table keeps the (seed, run) order."""
+    import pandas as pd
+
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    cmd = [sys.executable, str(ROOT / "tools" / "compare.py"), "--env-id", "CartPole-v1", "--seeds", "1", "2",
+           "--total-timesteps", "600", "--eval-episodes", "1", "--run", "dqn|dqn|--learning-starts 100",
+           "--run", "reinforce|reinforce|", "--tag", "t", "--out", str(tmp_path), "--cores", *map(str, cores)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pd.read_csv(tmp_path / "t.csv")
+    assert list(zip(rows["seed"], rows["label"])) == [(1, "dqn"), (1, "reinforce"), (2, "dqn"), (2, "reinforce")]
+    assert (rows["steps"] >= 600).all()
+    assert f"each pinned to one of CPUs {cores}" in (tmp_path / "t.md").read_text()
+    bad = subprocess.run(cmd[:-len(cores)] + ["99999"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and "--cores" in bad.stderr.splitlines()[-1], bad.stderr  # argparse: usage, then the error

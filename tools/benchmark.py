@@ -241,10 +241,12 @@ def evaluate_sb3_atari(model, env_id: str, seed: int, eval_episodes: int, max_fr
 # --------------------------------------------------------------------------------------------------
 
 
-def launch(child_args: list[str], log) -> dict:
+def launch(child_args: list[str], log, core: int | None = None) -> dict:
+    """Run one child process (one training run) and return its JSON result; `core`: pin it to that CPU."""
+    pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
     with tempfile.TemporaryDirectory() as tmp:  # each run writes its runs/ into a scratch directory
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", *child_args],
-                              cwd=tmp, capture_output=True, text=True)
+                              cwd=tmp, capture_output=True, text=True, preexec_fn=pin)
     log.write(proc.stdout + proc.stderr)
     log.flush()
     if proc.returncode != 0:

@@ -13,6 +13,9 @@ records for FILE, and ARGS is "zoo" or "default", optionally followed by |JSON o
 Every run is a subprocess started by tools/benchmark.py's machinery (same timing, same deterministic
 evaluation on a fresh environment seeded seed+100000+episode, one torch thread for SB3); within a seed the
 runs follow one another in the order given, so a disturbance of the machine hits all of them alike.
+With --cores C1 C2 ..., as many runs go at once, each pinned to one of those CPUs and taking the next
+(seed, run) pair in that same order when its core frees up: every run then shares the machine with the
+others, and the table says so.
 
 Writes into --out (benchmark_results/ by default), named by --tag: {tag}.csv (one row per run), {tag}_curves.csv,
 {tag}.png (return against steps and against wall-clock seconds; mean and min-max band over seeds) and {tag}.md
@@ -22,10 +25,14 @@ Writes into --out (benchmark_results/ by default), named by --tag: {tag}.csv (on
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import queue
 import shlex
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +51,13 @@ def main() -> None:
     parser.add_argument("--tag", required=True, help="output file prefix")
     parser.add_argument("--title", default=None, help="first line of the markdown (default: the tag)")
     parser.add_argument("--out", default=str(ROOT / "benchmark_results"))
+    parser.add_argument("--cores", type=int, nargs="+", default=None,
+                        help="run in parallel, one run pinned to each of these CPUs (default: one run at a time, unpinned)")
     a = parser.parse_args()
+    if a.cores is not None:
+        available = os.sched_getaffinity(0)
+        if len(set(a.cores)) != len(a.cores) or not set(a.cores) <= available:
+            parser.error(f"--cores: distinct CPUs from {sorted(available)}, got {a.cores}")
 
     runs = [r.split("|", 2) for r in a.run]
     if any(len(r) != 3 for r in runs):
@@ -70,17 +83,35 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python tools/compare.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-    rows, curves = [], []
-    with open(out / f"{a.tag}.log", "w") as log:
-        for seed in a.seeds:
-            for label, side, algo, extra in jobs:
-                res = launch([side, algo, a.env_id, str(seed), str(a.total_timesteps), extra, str(a.eval_episodes), "1"], log)
-                row = {"label": label, "seed": seed, "steps": res["steps"], "train_time": res["train_time"],
-                       "sps": res["steps"] / res["train_time"], "eval_mean": float(np.mean(res["eval_returns"])),
-                       "eval_std": float(np.std(res["eval_returns"]))}
-                rows.append(row)
-                curves += [(label, seed, *p) for p in res["curve"]]
-                print(f"{a.tag} {label} seed {seed}: eval {row['eval_mean']:7.1f}  train {row['train_time']:6.1f}s", flush=True)
+    # (seed, run) pairs in the order described above; with --cores, each free core takes the next pair
+    order = [(seed, job) for seed in a.seeds for job in jobs]
+    free_cores: queue.Queue = queue.Queue()
+    for core in a.cores or [None]:
+        free_cores.put(core)
+    log_lock = threading.Lock()
+
+    def run_one(seed: int, job: tuple) -> dict:
+        label, side, algo, extra = job
+        core = free_cores.get()
+        try:
+            buffer = io.StringIO()
+            res = launch([side, algo, a.env_id, str(seed), str(a.total_timesteps), extra, str(a.eval_episodes), "1"],
+                         buffer, core)
+        finally:
+            free_cores.put(core)
+        row = {"label": label, "seed": seed, "steps": res["steps"], "train_time": res["train_time"],
+               "sps": res["steps"] / res["train_time"], "eval_mean": float(np.mean(res["eval_returns"])),
+               "eval_std": float(np.std(res["eval_returns"]))}
+        with log_lock:
+            log.write(buffer.getvalue())
+            log.flush()
+            print(f"{a.tag} {label} seed {seed}: eval {row['eval_mean']:7.1f}  train {row['train_time']:6.1f}s", flush=True)
+        return {"row": row, "curve": [(label, seed, *p) for p in res["curve"]]}
+
+    with open(out / f"{a.tag}.log", "w") as log, ThreadPoolExecutor(max_workers=len(a.cores or [None])) as pool:
+        results = list(pool.map(lambda pair: run_one(*pair), order))  # map keeps the order of `order`
+    rows = [r["row"] for r in results]
+    curves = [point for r in results for point in r["curve"]]
 
     import pandas as pd
 
@@ -90,7 +121,9 @@ def main() -> None:
                 f"{a.env_id}: mean and min-max over seeds {a.seeds}")
 
     lines = [f"### {a.title or a.tag}", "", f"Command: `{command}`", "",
-             f"Machine: {os.cpu_count()} cores, one torch thread per run. Date: {time.strftime('%Y-%m-%d %H:%M')}.", "",
+             f"Machine: {os.cpu_count()} cores, one torch thread per run"
+             + (f", {len(a.cores)} runs at a time, each pinned to one of CPUs {a.cores}" if a.cores else ", one run at a time")
+             + f". Date: {time.strftime('%Y-%m-%d %H:%M')}.", "",
              "| run | algorithm, arguments | seeds | steps | final eval return (mean ± std over seeds) | per seed | train wall time (s) | SPS |",
              "|---|---|---|---|---|---|---|---|"]
     for label, side, algo, extra in jobs:
