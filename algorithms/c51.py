@@ -5,7 +5,9 @@ https://arxiv.org/abs/1707.06887 (Algorithm 1, "categorical algorithm").
 
 Run:
     python algorithms/c51.py --env-id CartPole-v1
-    python algorithms/c51.py --env-id LunarLander-v3 --total-timesteps 500000
+    python algorithms/c51.py --env-id LunarLander-v3 --total-timesteps 300000 --v-min -100 --v-max 200 \
+        --learning-rate 6.3e-4 --target-network-frequency 250 --learning-starts 5000 --train-frequency 2 \
+        --exploration-fraction 0.12 --end-e 0.05
     python algorithms/c51.py --help
 
 Instead of one number Q(s, a), the network predicts a distribution of the return over n_atoms fixed
@@ -46,6 +48,11 @@ machine shared with other jobs, defaults, CartPole-v1, greedy evaluation over 10
 500, 500, 500, 500, 389.7 (mean 477.9); about 255 s per run (245-265 s). Seed 5 had reached 500 in training
 by 50k steps and ended at 456 (training) and 389.7 +- 112.4 (greedy); with seeds 6-10 above, 9 of 10 runs
 ended at 500.
+LunarLander-v3 with the arguments in the second Run line above (run_all.sh's C51_LUNAR), 300k steps, seeds 1-3,
+two runs at a time on the 2 cores (`./run_all.sh value`): 240.1 / 271.5 / 208.0 (mean 239.9); 450-520 s per run.
+Those settings were chosen on test runs: seed 1 at 200k steps with a gradient step every 4 env steps gave
+172.4 (this fixed the budget and the support); seed 7 at 300k gave 207.8 with a step every 4 env steps and
+264.8 with one every 2.
 
 Time limits: only `terminated` is stored as the transition's end. An episode cut by a time limit
 (`truncated`) is stored with its real last observation (info["final_obs"], Gymnasium's same-step

@@ -8,6 +8,8 @@ https://arxiv.org/abs/1707.06887) and noisy networks (Fortunato et al., 2018, ht
 
 Run:
     python algorithms/rainbow.py --env-id CartPole-v1
+    python algorithms/rainbow.py --env-id LunarLander-v3 --total-timesteps 300000 --v-min -100 --v-max 200 \
+        --learning-rate 6.3e-4 --target-network-frequency 250 --learning-starts 5000 --train-frequency 2
     python algorithms/rainbow.py --no-noisy --no-prioritized --n-step 1      # ablations, any combination
     python algorithms/rainbow.py --help
 
@@ -50,6 +52,11 @@ values are alpha 0.5, beta 0.4 -> 1, n 3, 51 atoms, sigma_0 0.5, Adam eps 1.5e-4
 Measured here with `python algorithms/rainbow.py --seed S --total-timesteps 100000` (one torch thread, 2-core
 machine shared with other jobs, defaults, CartPole-v1, greedy evaluation over 10 episodes): seeds 1-5 ->
 500, 500, 500, 500, 500 (mean 500); about 205 s per run (185-235 s).
+LunarLander-v3 with the arguments in the second Run line above (run_all.sh's RAINBOW_LUNAR), 300k steps,
+seeds 1-3, two runs at a time on the 2 cores (`./run_all.sh value`): 143.1 / 241.5 / 199.1 (mean 194.5); 940-1025 s per run.
+Those settings were chosen on test runs: seed 1 at 200k steps with a gradient step every 4 env steps gave
+180.7 (this fixed the budget and the support); seed 7 at 300k gave 158.4 with a step every 4 env steps and
+254.5 with one every 2.
 """
 
 from __future__ import annotations
