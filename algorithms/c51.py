@@ -51,7 +51,7 @@ ended at 500.
 LunarLander-v3 with the arguments in the second Run line above (run_all.sh's C51_LUNAR), 300k steps, seeds 1-3,
 two runs at a time on the 2 cores (`./run_all.sh value`): 240.1 / 271.5 / 208.0 (mean 239.9); 450-520 s per run.
 Those settings were chosen on test runs: seed 1 at 200k steps with a gradient step every 4 env steps gave
-172.4 (this fixed the budget and the support); seed 7 at 300k gave 207.8 with a step every 4 env steps and
+172.4 (this fixed the budget; the support was not varied); seed 7 at 300k gave 207.8 with a step every 4 env steps and
 264.8 with one every 2.
 
 Time limits: only `terminated` is stored as the transition's end. An episode cut by a time limit

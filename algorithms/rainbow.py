@@ -55,7 +55,7 @@ machine shared with other jobs, defaults, CartPole-v1, greedy evaluation over 10
 LunarLander-v3 with the arguments in the second Run line above (run_all.sh's RAINBOW_LUNAR), 300k steps,
 seeds 1-3, two runs at a time on the 2 cores (`./run_all.sh value`): 143.1 / 241.5 / 199.1 (mean 194.5); 940-1025 s per run.
 Those settings were chosen on test runs: seed 1 at 200k steps with a gradient step every 4 env steps gave
-180.7 (this fixed the budget and the support); seed 7 at 300k gave 158.4 with a step every 4 env steps and
+180.7 (this fixed the budget; the support was not varied); seed 7 at 300k gave 158.4 with a step every 4 env steps and
 254.5 with one every 2.
 """
 
