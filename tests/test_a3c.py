@@ -86,9 +86,12 @@ def test_several_worker_processes_update_the_shared_model(tmp_path, monkeypatch)
     for w in range(2):
         assert applied[w].norm() > 0.05 * change.norm(), f"worker {w} hardly updated the model"
         assert (change - applied[w]).norm() > 0.05 * change.norm(), f"worker {w}'s updates alone explain the change"
-    # Hogwild may, rarely, lose an element of an update when two workers add to it at the same instant:
-    # allow a 1% discrepancy, far below one worker's share.
-    assert (change - applied.sum(0)).norm() <= 0.01 * change.norm()
+    # Hogwild loses part of an update when two workers' read-modify-write of the same elements overlap; how
+    # much depends on the load (a CI run with both cores busy measured 1.3% of the change). A worker whose
+    # updates never reached the shared parameters would leave a gap of its whole share, so the bound is set
+    # against the smaller share, not against an observed loss rate.
+    gap = (change - applied.sum(0)).norm()
+    assert gap <= 0.2 * min(applied[w].norm() for w in range(2)), (gap, [applied[w].norm() for w in range(2)])
 
 
 
