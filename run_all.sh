@@ -101,6 +101,9 @@ if [[ "$what" == all || "$what" == value ]]; then
      --run "no prioritised replay|rainbow|--no-prioritized" --run "1-step returns|rainbow|--n-step 1" \
      --run "no distributional|rainbow|--no-distributional" --run "no noisy nets|rainbow|--no-noisy" \
      --tag rainbow_ablation_CartPole-v1 --title "rainbow.py ablation on CartPole-v1"
+  # every variant reaches 500 or close by 100k steps; how fast each got there tells them apart
+  python tools/curve_stats.py benchmark_results/rainbow_ablation_CartPole-v1_curves.csv --threshold 475 \
+     --out benchmark_results/rainbow_ablation_CartPole-v1_speed.md
   # LunarLander-v3, 300k steps, 3 seeds, two runs at a time (one per core: every run shares the machine alike)
   python tools/compare.py --env-id LunarLander-v3 --seeds 1 2 3 --total-timesteps 300000 --cores 0 1 \
      --run "dqn.py|dqn|$DQN_LUNAR" --run "c51.py|c51|$C51_LUNAR" --run "rainbow.py|rainbow|$RAINBOW_LUNAR" \

@@ -57,6 +57,9 @@ seeds 1-3, two runs at a time on the 2 cores (`./run_all.sh value`): 143.1 / 241
 Those settings were chosen on test runs: seed 1 at 200k steps with a gradient step every 4 env steps gave
 180.7 (this fixed the budget; the support was not varied); seed 7 at 300k gave 158.4 with a step every 4 env steps and
 254.5 with one every 2.
+Ablation (`./run_all.sh value`, CartPole-v1, 100k steps, seeds 1-3, each component switched off in turn): mean
+training return over the run 440.4 with all six; without n-step returns 249.1, distributional 364.0, prioritised
+replay 376.0, dueling 392.4, double Q 426.2, noisy nets 436.5 (benchmark_results/rainbow_ablation_CartPole-v1*).
 """
 
 from __future__ import annotations

@@ -196,16 +196,36 @@ class Actor(nn.Module):
         self.log_std = nn.Linear(width, act_dim)
         self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
         self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
+        # constants of the squash and of its log-probability, derived from low and high (so not saved):
+        # a = center + scale * tanh(u), and everything in log pi(a|s) that does not depend on s (see sample)
+        scale = (self.high - self.low) / 2.0
+        self.register_buffer("center", (self.high + self.low) / 2.0, persistent=False)
+        self.register_buffer("scale", scale, persistent=False)
+        log_prob_const = torch.log(scale).sum() + act_dim * (0.5 * math.log(2 * math.pi) + 2.0 * math.log(2.0))
+        self.register_buffer("log_prob_const", log_prob_const, persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(x)
         return self.mean(h), self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def sample(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A reparameterised action in [low, high] and its log-probability."""
+        """A reparameterised action in [low, high] and its log-probability.
+
+        The log-probability is squashed_gaussian_log_prob(u, mean, log_std, low, high) (the tests check they
+        agree), regrouped to take fewer operations in this hot path: u - mean = sigma * eps, so
+        log N(u; mean, sigma) = -eps^2 / 2 - log sigma - log(2 pi) / 2, and
+        -log(1 - tanh(u)^2) = 2 * (u + softplus(-2u)) - 2 log 2; the terms without s are in log_prob_const.
+        """
         mean, log_std = self(x)
-        u = mean + log_std.exp() * torch.randn_like(mean)
-        return squash(u, self.low, self.high), squashed_gaussian_log_prob(u, mean, log_std, self.low, self.high)
+        eps = torch.randn_like(mean)
+        u = mean + log_std.exp() * eps
+        log_pi = (2.0 * (u + F.softplus(-2.0 * u)) - 0.5 * eps.square() - log_std).sum(-1) - self.log_prob_const
+        return torch.addcmul(self.center, self.scale, torch.tanh(u)), log_pi
+
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        """A sampled action, as sample() draws it, without its log-probability (for acting in the environment)."""
+        mean, log_std = self(x)
+        return torch.addcmul(self.center, self.scale, torch.tanh(mean + log_std.exp() * torch.randn_like(mean)))
 
     def deterministic(self, x: torch.Tensor) -> torch.Tensor:
         return squash(self(x)[0], self.low, self.high)
@@ -456,7 +476,7 @@ def main(args: Args) -> dict:
     # (same update; measured 0.19 ms vs 0.58 ms per step on the critics' 134k parameters)
     actor_optimizer = torch.optim.Adam([flat_actor], lr=args.policy_lr, fused=True)
     critic_optimizer = torch.optim.Adam([flat_critic], lr=args.q_lr, fused=True)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr) if args.autotune else None
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=True) if args.autotune else None
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, args.seed)
 
     global_step = 0
@@ -489,7 +509,7 @@ def main(args: Args) -> dict:
             actions = envs.action_space.sample()
         else:
             with torch.no_grad():
-                actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
+                actions = actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         global_step += args.num_envs
 
@@ -540,9 +560,10 @@ def main(args: Args) -> dict:
 
             alpha_loss = None
             if alpha_optimizer is not None:
-                alpha_loss = temperature_loss(log_alpha, log_pi, target_entropy)
-                alpha_optimizer.zero_grad(set_to_none=False)
-                alpha_loss.backward()
+                alpha_loss = temperature_loss(log_alpha.detach(), log_pi.detach(), target_entropy)
+                # d J_alpha / d log_alpha = -exp(log_alpha) * mean(log pi + target_entropy) = J_alpha itself (the
+                # derivative of exp is exp), so the gradient is the loss value and needs no backward pass
+                log_alpha.grad = alpha_loss.reshape(1)
                 alpha_optimizer.step()
 
             polyak_update(flat_target, flat_critic, args.tau)

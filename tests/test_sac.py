@@ -83,6 +83,25 @@ def test_actor_sample_log_prob_is_consistent_with_its_actions():
     torch.testing.assert_close(log_pi, sac.squashed_gaussian_log_prob(u, mean, log_std, actor.low, actor.high))
 
 
+def test_act_draws_the_action_that_sample_draws():
+    torch.manual_seed(0)
+    actor = sac.Actor(3, 2, (16,), np.array([-2.0, 0.0]), np.array([2.0, 1.0]))
+    obs = torch.randn(64, 3)
+    torch.manual_seed(5)
+    actions = actor.act(obs)
+    torch.manual_seed(5)
+    torch.testing.assert_close(actions, actor.sample(obs)[0])
+
+
+def test_temperature_gradient_is_the_loss_value():
+    """sac.py skips the backward pass of the temperature loss: its gradient in log_alpha is the loss itself."""
+    log_alpha = torch.tensor([0.3], requires_grad=True)
+    log_pi = torch.randn(32)
+    loss = sac.temperature_loss(log_alpha, log_pi, target_entropy=-2.0)
+    loss.backward()
+    torch.testing.assert_close(log_alpha.grad, loss.detach().reshape(1))
+
+
 def test_soft_target_by_hand():
     rewards = torch.tensor([1.0, -0.5, 2.0])
     terminated = torch.tensor([0.0, 0.0, 1.0])

@@ -172,3 +172,28 @@ def test_compare_tool_parallel(tmp_path: Path):
     assert f"each pinned to one of CPUs {cores}" in (tmp_path / "t.md").read_text()
     bad = subprocess.run(cmd[:-len(cores)] + ["99999"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode == 2 and "--cores" in bad.stderr.splitlines()[-1], bad.stderr  # argparse: usage, then the error
+
+
+def test_curve_stats_by_hand(tmp_path: Path):
+    """tools/curve_stats.py: the step-weighted mean return and the first step of a 20-episode mean >= threshold."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import curve_stats
+
+    # episodes end at steps 10, 30, 60 with returns 1, 2, 3 (given unsorted); run length 100:
+    # (1 * 20 + 2 * 30 + 3 * 40) / 90
+    assert curve_stats.mean_return_over_run(np.array([30, 10, 60]), np.array([2.0, 1.0, 3.0]), 100) == 200 / 90
+    steps = list(range(1, 41))  # 40 episodes, one step each: returns 0 for the first 25, then 10
+    rets = [0.0] * 25 + [10.0] * 15
+    # the window of 20 episodes ending at episode k (1-based) averages 10 * (k - 25) / 20: >= 5 first at k = 35
+    assert curve_stats.steps_to_threshold(np.array(steps), np.array(rets), 5.0) == 35
+    assert curve_stats.steps_to_threshold(np.array(steps), np.array(rets), 9.0) is None
+    (tmp_path / "x.csv").write_text("label,seed,steps,train_time,sps,eval_mean,eval_std\na,1,40,1,1,0,0\n")
+    (tmp_path / "x_curves.csv").write_text("label,seed,step,seconds,return\n" +
+                                           "".join(f"a,1,{s},0,{r}\n" for s, r in zip(steps, rets)))
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "curve_stats.py"), str(tmp_path / "x_curves.csv"),
+                           "--threshold", "5", "--out", str(tmp_path / "x_speed.md")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "| a | " in proc.stdout and "| 35 ± 0 |" in proc.stdout
+    assert (tmp_path / "x_speed.md").read_text().startswith("### x: learning speed")
