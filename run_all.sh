@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates benchmark_results/ from scratch: the deep-RL benchmarks against Stable-Baselines3, the
 # Sutton & Barto figures, and the slow learning tests. Several hours on 2 cores (measured: policy about
-# 90 minutes, offpolicy about 80; value: the CartPole table 42 minutes, LunarLander about 110 on both cores, the
-# ablation and Breakout estimated at 35 and 50 more, not yet run); run it on an
+# 90 minutes, offpolicy about 80; value: the CartPole table 42 minutes, then on both cores LunarLander about 110,
+# the ablation 36 and Breakout 60); run it on an
 # otherwise idle machine, since the tables compare wall-clock times measured in this same run.
 #
 #   ./run_all.sh            everything

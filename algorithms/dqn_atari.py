@@ -63,7 +63,12 @@ cannot be rebuilt and is not sampled, nor is the newest row (its action is not k
 Speed, measured on the 2-core test machine with one torch thread: 3,000 agent steps on Breakout with
 learning from step 1,000 (`--total-timesteps 3000 --learning-starts 1000`) trained in 37.7 s, about 80 agent
 steps/s; Stable-Baselines3's DQN with the same settings took 38.3 s (tools/benchmark.py, seed 1). Most of the
-time is the network's gradient step. No learning run of this file has been made yet.
+time is the network's gradient step.
+Learning, `./run_all.sh value` (tools/compare.py): Breakout, 200k agent steps (800k frames; published results
+use 10M agent steps), seed 1, `--buffer-size 100000 --learning-starts 20000 --eval-epsilon 0.01`, one core:
+final evaluation 17.8 over 10 games (SB3's DQN with rl-zoo3's settings and the same learning start and memory,
+run at the same time on the other core: 30.9); mean of the last 100 training games 23.7 (SB3 19.8); 3193 s of
+training (SB3 3541 s).
 """
 
 from __future__ import annotations
