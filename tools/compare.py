@@ -129,7 +129,11 @@ def main() -> None:
     for label, side, algo, extra in jobs:
         mine = [r for r in rows if r["label"] == label]
         s = summarise(mine)
-        what = f"SB3 {SB3_CLASS[algo]} ({extra})" if side == "sb3" else f"{algo}.py {extra}".strip()
+        if side == "sb3":
+            config, _, overrides = extra.partition("|")
+            what = f"SB3 {SB3_CLASS[algo]} ({config} settings" + (f", plus {overrides})" if overrides else ")")
+        else:
+            what = f"{algo}.py {extra}".strip()
         per_seed = " / ".join(f"{r['eval_mean']:.1f}" for r in mine)
         lines.append(f"| {label} | `{what}` | {s['n']} | {s['steps']:,} | {s['eval_mean']:.1f} ± {s['eval_std']:.1f} | "
                      f"{per_seed} | {s['time_mean']:.1f} ± {s['time_std']:.1f} | {s['sps_mean']:.0f} |")
