@@ -40,7 +40,10 @@ one batched matrix product per layer; actor and critic parameters each live in o
 dqn.py), so each optimiser step is one fused Adam call on one tensor; the critics' one-unit output layer
 is a multiply-and-sum, because a matrix product with an inner dimension of 1 (its backward pass) is slow
 on the CPU; the actor's loss evaluates the critics with detached weights, so its backward pass computes no
-critic weight gradients; losses are copied to the host only every --log-every steps.
+critic weight gradients; the sampled action's log-probability is computed from the noise eps with its
+constants summed once (Actor.sample), acting in the environment skips it (Actor.act), and the temperature's
+gradient is written out (it equals the temperature loss itself), so it needs no backward pass; losses are copied
+to the host only every --log-every steps.
 
 Checkpoints (--save-model) hold the networks, the optimisers, alpha, the step counter and the RNG states
 (torch, Python, the replay buffer's sampler, the action space's sampler); --save-buffer adds the replay
