@@ -116,6 +116,8 @@ if [[ "$what" == all || "$what" == value ]]; then
      --run "dqn_atari.py|dqn_atari|--buffer-size 100000 --learning-starts 20000 --eval-epsilon 0.01" \
      --run 'SB3 DQN (zoo)|sb3:dqn_atari|zoo|{"learning_starts": 20000}' \
      --tag value_BreakoutNoFrameskip-v4 --title "dqn_atari.py and SB3's DQN on Breakout"
+  python tools/curve_stats.py benchmark_results/value_BreakoutNoFrameskip-v4_curves.csv --threshold 20 \
+     --out benchmark_results/value_BreakoutNoFrameskip-v4_speed.md
   python tools/summary.py benchmark_results > benchmark_results/README.md
 fi
 

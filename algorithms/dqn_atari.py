@@ -67,8 +67,8 @@ time is the network's gradient step.
 Learning, `./run_all.sh value` (tools/compare.py): Breakout, 200k agent steps (800k frames; published results
 use 10M agent steps), seed 1, `--buffer-size 100000 --learning-starts 20000 --eval-epsilon 0.01`, one core:
 final evaluation 17.8 over 10 games (SB3's DQN with rl-zoo3's settings and the same learning start and memory,
-run at the same time on the other core: 30.9); mean of the last 100 training games 23.7 (SB3 19.8); 3193 s of
-training (SB3 3541 s).
+run at the same time on the other core: 30.9); mean training return over the run 11.7 (SB3 10.9,
+tools/curve_stats.py); 3193 s of training (SB3 3541 s).
 """
 
 from __future__ import annotations

@@ -197,3 +197,9 @@ def test_curve_stats_by_hand(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     assert "| a | " in proc.stdout and "| 35 ± 0 |" in proc.stdout
     assert (tmp_path / "x_speed.md").read_text().startswith("### x: learning speed")
+    (tmp_path / "y.csv").write_text("a,b\n1,2\n")  # a file pair without compare.py's columns
+    (tmp_path / "y_curves.csv").write_text("a,b\n1,2\n")
+    for path in (tmp_path / "y_curves.csv", tmp_path / "missing_curves.csv"):
+        bad = subprocess.run([sys.executable, str(ROOT / "tools" / "curve_stats.py"), str(path), "--threshold", "5"],
+                             capture_output=True, text=True)
+        check_one_line_error(bad, "error:")

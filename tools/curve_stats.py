@@ -88,7 +88,12 @@ def main() -> None:
     if not a.curves.name.endswith("_curves.csv") or not a.curves.is_file() or not runs_path.is_file():
         print(f"error: {a.curves} is not a {{tag}}_curves.csv with its {{tag}}.csv beside it", file=sys.stderr)
         sys.exit(2)
-    text = table(a.curves, a.threshold)
+    try:
+        text = table(a.curves, a.threshold)
+    except (KeyError, ValueError) as e:  # pandas' parse errors are ValueErrors; a missing column a KeyError
+        print(f"error: {a.curves} does not have the columns tools/compare.py writes ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        sys.exit(2)
     print(text)
     if a.out is not None:
         command = "python tools/curve_stats.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
