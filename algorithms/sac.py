@@ -43,8 +43,8 @@ on the CPU; the actor's loss evaluates the critics with detached weights, so its
 critic weight gradients; the sampled action's log-probability is computed from the noise eps with its
 constants summed once (Actor.sample), acting in the environment skips it (Actor.act), and the temperature's
 gradient is written out (it equals the temperature loss itself), so it needs no backward pass; losses are copied
-to the host only every --log-every steps. Not compiled: torch.compile of the losses measured slower here, with
-about 40 s of compiling and no faster update after it (README, footnote 9).
+to the host only every --log-every steps. Not compiled: torch.compile of the losses made runs slower here
+(compile time, and no faster update after it; README, footnote 9).
 
 Checkpoints (--save-model) hold the networks, the optimisers, alpha, the step counter and the RNG states
 (torch, Python, the replay buffer's sampler, the action space's sampler); --save-buffer adds the replay
