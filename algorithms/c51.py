@@ -49,7 +49,8 @@ machine shared with other jobs, defaults, CartPole-v1, greedy evaluation over 10
 by 50k steps and ended at 456 (training) and 389.7 +- 112.4 (greedy); with seeds 6-10 above, 9 of 10 runs
 ended at 500.
 LunarLander-v3 with the arguments in the second Run line above (run_all.sh's C51_LUNAR), 300k steps, seeds 1-3,
-two runs at a time on the 2 cores (`./run_all.sh value`): 240.1 / 271.5 / 208.0 (mean 239.9); 380-550 s per run (over two runs of the command).
+two runs at a time on the 2 cores (`./run_all.sh value`): 240.1 / 271.5 / 208.0 (mean 239.9); 380-550 s per run
+(over two runs of the command, which repeated these returns exactly).
 Those settings were chosen on test runs: seed 1 at 200k steps with a gradient step every 4 env steps gave
 172.4 (this fixed the budget; the support was not varied); seed 7 at 300k gave 207.8 with a step every 4 env steps and
 264.8 with one every 2.

@@ -58,9 +58,10 @@ seeds 1-3, two runs at a time on the 2 cores (`./run_all.sh value`): 252.6 / 236
 1264-1552 s per run.
 Those settings were chosen on test runs: seed 1 at 200k steps with a gradient step every 4 env steps gave
 180.7 (this fixed the budget; the support was not varied); seed 7 at 300k gave 158.4 with a step every 4 env steps and
-254.5 with one every 2. With the default 128-128 network seeds 1-3 gave 143.1 / 241.5 / 199.1 (mean 194.5; seed 1
-learned late); the 256-256 network was then tried on seeds 6, 8 and 9 (261.1 / 238.3 / 264.2, against 203.0 for
-128-128 on seed 6) before it was run on seeds 1-3.
+254.5 with one every 2. With the default 128-128 network (the second Run line without --hidden-sizes) seeds 1-3
+gave 143.1 / 241.5 / 199.1 (mean 194.5; seed 1 learned late); the second Run line with --seed 6, 8 and 9 then gave
+261.1 / 238.3 / 264.2 (256-256), against 203.0 on seed 6 without --hidden-sizes (128-128), two runs at a time,
+before the 256-256 network was run on seeds 1-3.
 Ablation (`./run_all.sh value`, CartPole-v1, 100k steps, seeds 1-3, each component switched off in turn): mean
 training return over the run 440.4 with all six; without n-step returns 249.1, distributional 364.0, prioritised
 replay 376.0, dueling 392.4, double Q 426.2, noisy nets 436.5 (benchmark_results/rainbow_ablation_CartPole-v1*).
