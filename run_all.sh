@@ -135,6 +135,10 @@ if [[ "$what" == all || "$what" == offpolicy ]]; then
   # speed: SB3's default SAC settings on both sides (ours are the same), learning from step 1,000
   $B --algo sac --env-id Pendulum-v1 --seeds 1 2 3 --total-timesteps 5000 --sb3-config default \
      --sb3-args '{"learning_starts": 1000}' --tag sac_Pendulum-v1_speed
+  # the same with two torch threads on each side (the machine to itself; both sides are faster so)
+  python tools/benchmark.py --compare-sb3 --sb3-threads 2 --algo sac --env-id Pendulum-v1 --seeds 1 2 3 \
+     --total-timesteps 5000 --sb3-config default --sb3-args '{"learning_starts": 1000}' \
+     --algo-args "--torch-threads 2" --tag sac_Pendulum-v1_speed_2threads
   for env in Hopper-v5 HalfCheetah-v5; do
     $B --algo ddpg --env-id $env --seeds 1 --total-timesteps $OFFPOLICY_STEPS --algo-args="$DDPG_MUJOCO" --tag ddpg_$env
     $B --algo td3 --env-id $env --seeds 1 --total-timesteps $OFFPOLICY_STEPS --algo-args="$TD3_MUJOCO" --tag td3_$env

@@ -7,6 +7,7 @@ temperature).
 
 Run:
     python algorithms/sac.py                                   # Pendulum-v1, 20k steps
+    python algorithms/sac.py --torch-threads 2                 # faster on a 2-core machine to itself
     python algorithms/sac.py --env-id HalfCheetah-v5 --total-timesteps 1000000 --learning-starts 5000
     python algorithms/sac.py --help
 
@@ -46,11 +47,15 @@ gradient is written out (it equals the temperature loss itself), so it needs no 
 to the host only every --log-every steps; glibc's allocator is told to keep freed memory for reuse
 (keep_freed_memory), which spares each update tens to hundreds of page faults. Not compiled: torch.compile of
 the losses made runs slower here (compile time, and no faster update after it; README, footnote 9).
+Measured against SB3's SAC on the same settings (README, footnote 9; run_all.sh offpolicy, its two speed
+commands, Pendulum-v1, 5k steps, seeds 1-3): 1.72x its steps per second with two torch threads on each side,
+1.48x with one.
 
 Checkpoints (--save-model) hold the networks, the optimisers, alpha, the step counter and the RNG states
 (torch, Python, the replay buffer's sampler, the action space's sampler); --save-buffer adds the replay
 buffer. --resume PATH continues such a run up to --total-timesteps (the total, counted from the first run's
-start); without a saved buffer, updates resume once batch_size new transitions are collected. The environments' internal states (physics, time-limit counters) are not saved: a resumed run
+start); without a saved buffer, updates resume once batch_size new transitions are collected. The
+environments' internal states (physics, time-limit counters) are not saved: a resumed run
 starts fresh episodes, reset with seed + global_step, so it does not replay the uninterrupted run exactly.
 """
 
@@ -84,7 +89,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    """torch CPU threads; 1 is robust when other jobs share the cores; 2 was 1.5x faster on an idle 2-core machine"""
     keep_freed_memory: bool = True
     """keep freed memory in glibc's allocator for reuse, so updates do not page-fault (see keep_freed_memory)"""
     track: bool = False
@@ -299,10 +304,11 @@ def keep_freed_memory() -> None:
     Why: every update creates and frees temporaries of about 0.5 MB (the critics' [2, 256, 256]
     activations and their gradients). By default glibc takes such blocks fresh from the OS and hands them
     back when they are freed (its M_MMAP_THRESHOLD and M_TRIM_THRESHOLD), so the next update page-faults on
-    them again: 130-240 page faults per critic update measured here (tests/test_sac.py counts them), and a
-    full SAC update about 10% slower (9.1 vs 10.2 ms, median of 5 runs each). Keeping blocks up to 32 MB in
-    the heap removes them; the process keeps the peak of those temporaries (a few MB). Nothing changes in
-    the arithmetic. Without glibc (macOS, musl) this does nothing.
+    them again: 130-240 page faults per critic update measured here (tests/test_sac.py counts them). A full
+    SAC update took 9.7 ms with this setting against 10.0 ms without (medians of six alternating processes on
+    an idle core; an earlier A/B with 16 MB / 256 MB thresholds gave 9.1 against 10.2 ms). Keeping blocks up
+    to 32 MB in the heap removes the faults; the process keeps the peak of those temporaries (a few MB).
+    Nothing changes in the arithmetic. Without glibc (macOS, musl) this does nothing.
     """
     if not sys.platform.startswith("linux"):
         return
