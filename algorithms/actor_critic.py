@@ -126,7 +126,7 @@ def fail(message: str) -> None:
 
 
 def check_args(args: Args) -> None:
-    for name in ("total_timesteps", "num_envs", "hidden_size", "eval_episodes", "log_every"):
+    for name in ("total_timesteps", "num_envs", "hidden_size", "eval_episodes", "log_every", "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.learning_rate <= 0 or args.critic_learning_rate <= 0:

@@ -172,7 +172,7 @@ def check_args(args: Args) -> None:
     """Validate everything before any directory is created. No Atari emulator is started here: ale-py
     prints a banner on stderr when one is, which would make the error message more than one line."""
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
-                 "target_network_frequency", "eval_episodes", "log_every"):
+                 "target_network_frequency", "eval_episodes", "log_every", "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.buffer_size < 8 * args.num_envs:

@@ -151,7 +151,8 @@ def fail(message: str) -> None:
 def check_args(args: Args) -> None:
     """Validate everything before any directory is created. No Atari emulator is started here: ale-py
     prints a banner on stderr when one is, which would make the error message more than one line."""
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes"):
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes",
+                 "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if (args.num_envs * args.num_steps) % args.num_minibatches:

@@ -183,7 +183,7 @@ def fail(message: str) -> None:
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
                  "gradient_steps", "target_network_frequency", "eval_episodes", "n_step", "learning_rate",
-                 "adam_eps", "prior_eps", "max_grad_norm", "log_every"):
+                 "adam_eps", "prior_eps", "max_grad_norm", "log_every", "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:

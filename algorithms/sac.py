@@ -156,7 +156,7 @@ def fail(message: str) -> None:
 
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
-                 "gradient_steps", "eval_episodes", "log_every"):
+                 "gradient_steps", "eval_episodes", "log_every", "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.learning_starts < 0 or not 0 < args.tau <= 1 or not 0 < args.gamma <= 1:

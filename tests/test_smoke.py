@@ -97,6 +97,7 @@ def bad_cases():
             cases.append((f, ["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"))
             cases.append((f, ["--total-timesteps", "0"], "total-timesteps"))
             cases.append((f, ["--total-timesteps", "-100"], "total-timesteps"))
+            cases.append((f, ["--torch-threads", "0"], "torch-threads"))
             if cfg.wrong_space_env:
                 cases.append((f, ["--env-id", cfg.wrong_space_env], cfg.wrong_space_env))
         if cfg is not None and cfg.kind == "classic":  # a figure path that cannot be written, before any work
