@@ -161,7 +161,7 @@ def fail(message: str) -> None:
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
                  "gradient_steps", "target_network_frequency", "eval_episodes", "learning_rate", "max_grad_norm",
-                 "torch_threads"):
+                 "adam_eps", "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if any(h <= 0 for h in args.hidden_sizes):

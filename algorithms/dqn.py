@@ -127,9 +127,12 @@ def fail(message: str) -> None:
 
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
-                 "gradient_steps", "target_network_frequency", "eval_episodes", "torch_threads"):
+                 "gradient_steps", "target_network_frequency", "eval_episodes", "learning_rate",
+                 "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if any(h <= 0 for h in args.hidden_sizes):
+        fail(f"--hidden-sizes must be positive widths, got {' '.join(map(str, args.hidden_sizes))}")
     if args.learning_starts < 0 or not 0 < args.tau <= 1 or not 0 < args.gamma <= 1:
         fail("need --learning-starts >= 0, 0 < --tau <= 1 and 0 < --gamma <= 1")
     if not (0 <= args.end_e <= 1 and 0 <= args.start_e <= 1 and 0 < args.exploration_fraction <= 1):

@@ -121,7 +121,7 @@ def fail(message: str) -> None:
 
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes",
-                 "torch_threads"):
+                 "hidden_size", "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if (args.num_envs * args.num_steps) % args.num_minibatches:

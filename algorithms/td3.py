@@ -136,7 +136,7 @@ def fail(message: str) -> None:
 def check_args(args: Args) -> dict | None:
     """Validate the arguments before anything is written; return the checkpoint to resume from, if any."""
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "policy_frequency", "eval_episodes",
-                 "log_every", "torch_threads"):
+                 "log_every", "learning_rate", "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.learning_starts < 0 or not 0 < args.tau <= 1 or not 0 < args.gamma <= 1:

@@ -168,7 +168,7 @@ def test_compare_tool_parallel(tmp_path: Path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = pd.read_csv(tmp_path / "t.csv")
-    assert list(zip(rows["seed"], rows["label"])) == [(1, "dqn"), (1, "reinforce"), (2, "dqn"), (2, "reinforce")]
+    assert list(zip(rows["seed"], rows["label"], strict=True)) == [(1, "dqn"), (1, "reinforce"), (2, "dqn"), (2, "reinforce")]
     assert (rows["steps"] >= 600).all()
     assert f"each pinned to one of CPUs {cores}" in (tmp_path / "t.md").read_text()
     bad = subprocess.run(cmd[:-len(cores)] + ["99999"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -192,7 +192,7 @@ def test_curve_stats_by_hand(tmp_path: Path):
     assert curve_stats.steps_to_threshold(np.array(steps), np.array(rets), 9.0) is None
     (tmp_path / "x.csv").write_text("label,seed,steps,train_time,sps,eval_mean,eval_std\na,1,40,1,1,0,0\n")
     (tmp_path / "x_curves.csv").write_text("label,seed,step,seconds,return\n" +
-                                           "".join(f"a,1,{s},0,{r}\n" for s, r in zip(steps, rets)))
+                                           "".join(f"a,1,{s},0,{r}\n" for s, r in zip(steps, rets, strict=True)))
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "curve_stats.py"), str(tmp_path / "x_curves.csv"),
                            "--threshold", "5", "--out", str(tmp_path / "x_speed.md")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
