@@ -44,9 +44,8 @@ on the CPU; the actor's loss evaluates the critics with detached weights, so its
 critic weight gradients; the sampled action's log-probability is computed from the noise eps with its
 constants summed once (Actor.sample), acting in the environment skips it (Actor.act), and the temperature's
 gradient is written out (it equals the temperature loss itself), so it needs no backward pass; losses are copied
-to the host only every --log-every steps; glibc's allocator is told to keep freed memory for reuse
-(keep_freed_memory), which spares each update tens to hundreds of page faults. Not compiled: torch.compile of
-the losses made runs slower here (compile time, and no faster update after it; README, footnote 9).
+to the host only every --log-every steps. Not compiled: torch.compile of the losses made runs slower here
+(compile time, and no faster update after it; README, footnote 9).
 Measured against SB3's SAC on the same settings (README, footnote 9; run_all.sh offpolicy, its two speed
 commands, Pendulum-v1, 5k steps, seeds 1-3): 1.72x its steps per second with two torch threads on each side,
 1.48x with one.
@@ -61,7 +60,6 @@ starts fresh episodes, reset with seed + global_step, so it does not replay the 
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import random
@@ -90,8 +88,6 @@ class Args:
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
     """torch CPU threads; 1 is robust when other jobs share the cores; 2 was 1.5x faster on an idle 2-core machine"""
-    keep_freed_memory: bool = True
-    """keep freed memory in glibc's allocator for reuse, so updates do not page-fault (see keep_freed_memory)"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -298,29 +294,6 @@ def flatten_parameters(module: nn.Module) -> nn.Parameter:
     return flat
 
 
-def keep_freed_memory() -> None:
-    """Ask glibc's allocator to keep freed memory for reuse instead of returning it to the OS at once.
-
-    Why: every update creates and frees temporaries of about 0.5 MB (the critics' [2, 256, 256]
-    activations and their gradients). By default glibc takes such blocks fresh from the OS and hands them
-    back when they are freed (its M_MMAP_THRESHOLD and M_TRIM_THRESHOLD), so the next update page-faults on
-    them again: 130-240 page faults per critic update measured here (tests/test_sac.py counts them). A full
-    SAC update took 9.7 ms with this setting against 10.0 ms without (medians of six alternating processes on
-    an idle core; an earlier A/B with 16 MB / 256 MB thresholds gave 9.1 against 10.2 ms). Keeping blocks up
-    to 32 MB in the heap removes the faults; the process keeps the peak of those temporaries (a few MB).
-    Nothing changes in the arithmetic. Without glibc (macOS, musl) this does nothing.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # the parameter numbers in glibc's <malloc.h>
-    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
-    libc.mallopt(m_trim_threshold, 1024 * 1024 * 1024)
-
-
 class ReplayBuffer:
     """A ring buffer of transitions in preallocated numpy arrays; uniform sampling."""
 
@@ -478,8 +451,6 @@ def main(args: Args) -> dict:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.torch_threads)
-    if args.keep_freed_memory:
-        keep_freed_memory()
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # Same-step autoreset: when an episode ends, step() already returns the next episode's first

@@ -106,7 +106,6 @@ SMOKE: dict[str, Smoke] = {
               "losses/alpha_loss", "losses/entropy", "eval/episodic_return"],
         wrong_space_env="CartPole-v1",
         variants=[["--no-autotune", "--alpha", "0.1", "--num-envs", "2", "--train-frequency", "2", "--gradient-steps", "2",
-                   "--no-keep-freed-memory",
                    "--hidden-sizes", "32", "--env-id", "MountainCarContinuous-v0"]],
     ),
     "a2c.py": Smoke(

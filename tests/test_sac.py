@@ -6,11 +6,7 @@ learning regression."""
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,47 +165,6 @@ def test_polyak_update_is_exact():
     flat_o, flat_t = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 4.0, -0.25])
     sac.polyak_update(flat_t, flat_o, 0.25)
     assert torch.equal(flat_t, 0.25 * torch.tensor([1.0, -2.0, 0.5]) + 0.75 * torch.tensor([3.0, 4.0, -0.25]))
-
-
-# Counts the page faults of 100 critic updates at SAC's sizes (batch 256, 256-256 twin critics) in a fresh
-# process, after keep_freed_memory() if argv[1] == "1"; prints the count per update.
-FAULTS_PER_UPDATE = """
-import resource, sys
-import torch
-sys.path.insert(0, sys.argv[2])
-import sac
-if sys.argv[1] == "1":
-    sac.keep_freed_memory()
-torch.manual_seed(0)
-critic = sac.TwinQ(3, 1, (256, 256))
-flat = sac.flatten_parameters(critic)
-obs, act, y = torch.randn(256, 3), torch.randn(256, 1), torch.randn(256)
-def update():
-    loss = ((critic(obs, act) - y) ** 2).mean()
-    flat.grad.zero_()
-    loss.backward()
-for _ in range(50):  # the heap grows to the updates' peak
-    update()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(100):
-    update()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 100)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="keep_freed_memory sets glibc's allocator")
-def test_keep_freed_memory_stops_the_page_faults_of_updates():
-    """Without it each critic update takes fresh pages from the OS (glibc gives large freed blocks back);
-    with it, freed blocks are reused and the updates run without page faults."""
-    algorithms = str(Path(sac.__file__).parent)
-    per_update = {}
-    for keep in ("0", "1"):
-        out = subprocess.run([sys.executable, "-c", FAULTS_PER_UPDATE, keep, algorithms], capture_output=True,
-                             text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        per_update[keep] = float(out.stdout.strip())
-    # measured here (8 runs each): 130-240 per update without, 0-4 with; one 0.5 MB tensor is 128 pages
-    assert per_update["0"] > 40, per_update
-    assert per_update["1"] < 20, per_update
 
 
 def tiny(**kw) -> sac.Args:
