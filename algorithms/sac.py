@@ -47,8 +47,8 @@ gradient is written out (it equals the temperature loss itself), so it needs no 
 to the host only every --log-every steps. Not compiled: torch.compile of the losses made runs slower here
 (compile time, and no faster update after it; README, footnote 9).
 Measured against SB3's SAC on the same settings (README, footnote 9; run_all.sh offpolicy, its two speed
-commands, Pendulum-v1, 5k steps, seeds 1-3): 1.72x its steps per second with two torch threads on each side,
-1.48x with one.
+commands, Pendulum-v1, 5k steps, seeds 1-3): 1.63x its steps per second with two torch threads on each side,
+1.33x with one.
 
 Checkpoints (--save-model) hold the networks, the optimisers, alpha, the step counter and the RNG states
 (torch, Python, the replay buffer's sampler, the action space's sampler); --save-buffer adds the replay
@@ -87,7 +87,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is robust when other jobs share the cores; 2 was 1.5x faster on an idle 2-core machine"""
+    """torch CPU threads; 1 is robust when other jobs share the cores; 2 was 1.4x faster on an idle 2-core machine"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
