@@ -1,0 +1,56 @@
+"""No copy drift: a top-level function or class defined in two or more files of algorithms/ under the same
+name has the same source in each (as ast.unparse writes it: comments and layout aside, docstring included).
+
+Where a file's version differs by design, ALLOWED names the name and the file with the reason in one line.
+The version shared by most files is the reference; each file outside it needs an entry. Names in PER_FILE
+are each file's own by the anatomy of a file (CONTRIBUTING.md) and are not compared.
+"""
+
+from __future__ import annotations
+
+from code_shape import ALGORITHMS, definition_groups
+
+PER_FILE = {
+    "Args": "each file's own hyperparameters",
+    "main": "each file's own training loop",
+    "check_args": "validates each file's own Args",
+    "load_model": "builds each file's own network from its checkpoint",
+}
+
+# (name, file): why this file's version differs from the version most files share
+ALLOWED: dict[tuple[str, str], str] = {
+}
+
+
+def drift(files) -> list[str]:
+    problems = []
+    for name, groups in sorted(definition_groups(files).items()):
+        if name in PER_FILE:
+            continue
+        for group in groups[1:]:
+            for f in group:
+                if (name, f) not in ALLOWED:
+                    problems.append(f"{name} in {f} differs from {', '.join(groups[0])}")
+    return problems
+
+
+def test_no_drift():
+    problems = drift(sorted(ALGORITHMS.glob("*.py")))
+    assert not problems, "same name, different code (make them one, or give the reason in ALLOWED):\n" + "\n".join(problems)
+
+
+def test_allowed_entries_are_live():
+    """An entry for a file that no longer differs (or no longer exists) is stale: remove it."""
+    groups = definition_groups(sorted(ALGORITHMS.glob("*.py")))
+    stale = [key for key in ALLOWED if not any(key[1] in g for g in groups.get(key[0], [])[1:])]
+    assert not stale, f"ALLOWED entries that no longer apply: {stale}"
+
+
+def test_drift_is_caught(tmp_path):
+    a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
+    helper = "def soft_update(t, o, tau):\n    return t + tau * (o - t)\n"
+    a.write_text(helper)
+    b.write_text("# the same, laid out differently\ndef soft_update(t, o, tau):\n    return t + tau*(o - t)\n")
+    assert drift([a, b]) == []
+    c.write_text(helper.replace("tau * (o - t)", "(1 - tau) * (o - t)"))
+    assert drift([a, b, c]) == ["soft_update in c.py differs from a.py, b.py"]

@@ -1,0 +1,81 @@
+"""The interface each kind of file declares, and the only parts of a file that tests/ and tools/ may rely on.
+
+Kinds today: "deep" (a Gymnasium training run) and "classic" (a tabular method reproducing a book figure).
+The multi-agent, offline and language-model families add their kinds here as they land. A file's kind is
+its entry's `kind` in tests/smoke_configs.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+from conftest import ALGORITHMS, load_algo
+from smoke_configs import SMOKE
+
+# What every file of a kind defines, and what tools may read.
+KINDS = {
+    "deep": {
+        "fields": ["exp_name", "seed", "torch_deterministic", "cuda", "track", "wandb_project_name", "wandb_entity",
+                   "capture_video", "save_model", "env_id", "total_timesteps", "eval_episodes"],
+        # name -> the leading parameters, in order
+        "functions": {"check_args": ["args"], "main": ["args"], "load_model": ["path"],
+                      "evaluate": ["agent_or_path", "env_id", "eval_episodes", "seed"]},
+        # keys of the dict main(args) returns (test_smoke checks them on every smoke run)
+        "main_keys": ["eval_return_mean", "eval_returns", "sps", "train_time", "global_step", "run_dir", "model_path"],
+    },
+    "classic": {
+        "fields": ["seed", "plot"],
+        "functions": {"check_args": ["args"], "main": ["args"]},
+        "main_keys": [],
+    },
+}
+
+FILES = sorted(p.name for p in ALGORITHMS.glob("*.py"))
+
+
+def interface_problems(module, kind: str) -> list[str]:
+    spec = KINDS[kind]
+    problems = []
+    args_cls = getattr(module, "Args", None)
+    if args_cls is None or not dataclasses.is_dataclass(args_cls):
+        return ["no Args dataclass"]
+    names = {f.name for f in dataclasses.fields(args_cls)}
+    problems += [f"Args lacks the field {f}" for f in spec["fields"] if f not in names]
+    for fn, params in spec["functions"].items():
+        obj = getattr(module, fn, None)
+        if not callable(obj):
+            problems.append(f"no function {fn}")
+            continue
+        got = list(inspect.signature(obj).parameters)[: len(params)]
+        if got != params:
+            problems.append(f"{fn}({', '.join(got)}) should take ({', '.join(params)}, ...)")
+    source = inspect.getsource(module)
+    if 'if __name__ == "__main__":\n    main(tyro.cli(Args))' not in source:
+        problems.append('no `if __name__ == "__main__": main(tyro.cli(Args))` guard')
+    return problems
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_interface(name: str):
+    assert name in SMOKE, f"{name} has no entry (and so no kind) in tests/smoke_configs.py"
+    kind = SMOKE[name].kind
+    assert kind in KINDS, f"{name}: unknown kind {kind!r}; add it to KINDS"
+    problems = interface_problems(load_algo(name), kind)
+    assert not problems, f"{name} ({kind}): " + "; ".join(problems)
+
+
+def test_interface_check_fails_on_a_broken_file():
+    class Broken:
+        @dataclasses.dataclass
+        class Args:
+            seed: int = 1
+
+        @staticmethod
+        def main(config):
+            return {}
+
+    problems = interface_problems(Broken, "classic")
+    assert "Args lacks the field plot" in problems and "no function check_args" in problems
+    assert "main(config) should take (args, ...)" in problems

@@ -1,0 +1,39 @@
+"""A variant is its base plus the smallest diff its algorithm or environment needs.
+
+Changed code lines between a file and its base: for each differing hunk of a line diff, the larger of lines
+removed and lines added, after leaving out blank lines, comments and standalone string literals (docstrings,
+the one-line docstrings under each Args field); see tests/code_shape.py. CleanRL's ppo.py -> ppo_atari.py is
+41 by the same count. Each new family adds its pairs here as it lands.
+"""
+
+from __future__ import annotations
+
+import pytest
+from code_shape import ALGORITHMS, changed_lines
+
+# (base, variant): budget of changed code lines, and what the variant changes
+BUDGETS = {
+    ("ppo.py", "ppo_atari.py"): (80, "Atari preprocessing, a Nature CNN with a shared trunk, frames as uint8"),
+    ("ppo.py", "ppo_continuous_action.py"): (120, "a Gaussian policy and observation / reward normalisation"),
+    ("dqn.py", "c51.py"): (100, "a categorical return distribution and its projection"),
+    ("dqn.py", "dqn_atari.py"): (130, "Atari preprocessing, a Nature CNN, a replay memory that stores each frame once"),
+    ("ddpg.py", "td3.py"): (100, "twin critics, target policy smoothing, delayed actor updates"),
+}
+
+
+@pytest.mark.parametrize("pair", sorted(BUDGETS), ids=lambda p: f"{p[0]}->{p[1]}")
+def test_variant_within_budget(pair: tuple[str, str]):
+    base, variant = pair
+    budget, why = BUDGETS[pair]
+    n = changed_lines((ALGORITHMS / base).read_text(), (ALGORITHMS / variant).read_text())
+    assert n <= budget, (f"{variant} changes {n} code lines of {base}, over its budget of {budget} ({why}); "
+                         f"see `python tests/code_shape.py changed algorithms/{base} algorithms/{variant}`")
+
+
+def test_changed_lines_counts_code_only():
+    base = '"""Doc."""\nimport os\n\n\ndef f(x):\n    """One."""\n    return x + 1  # note\n'
+    same_code = '"""Another doc,\nlonger."""\nimport os\n# a comment\n\ndef f(x):\n    return x + 1\n'
+    assert changed_lines(base, same_code) == 0
+    # one line replaced by two: a hunk of 1 removed, 2 added counts 2; one added line elsewhere counts 1
+    variant = 'import os\nimport sys\n\ndef f(x):\n    y = x * 2\n    return y + 1\n'
+    assert changed_lines(base, variant) == 3
