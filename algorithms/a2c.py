@@ -12,11 +12,9 @@ Run:
 
 Defaults are Stable-Baselines3's A2C defaults (n_steps 5, lr 7e-4, RMSprop with alpha 0.99 and eps 1e-5,
 entropy coefficient 0, value coefficient 0.5, gradient norm 0.5, no advantage normalisation, 64-64 tanh MLPs
-for actor and critic) with 8 environments (rl-zoo3's CartPole setting), and two changes, tuned for
+for actor and critic) with 8 environments (rl-zoo3's CartPole setting), and two changes chosen for
 CartPole-v1 at 200k steps: gamma 0.98 (rl-zoo3's CartPole value for PPO) and a learning rate that decays
-linearly to 0 (--anneal-lr, as in the paper). Measured here, deterministic evaluation after 200k steps, seeds
-1-8: these defaults 500 on all eight; SB3's defaults (--gamma 0.99 --no-anneal-lr) 500 on seven and 290.8 on
-seed 7; --gamma 0.99 alone (annealed) 393.7 / 500 / 435.0 on seeds 1-3. SB3's generic defaults:
+linearly to 0 (--anneal-lr, as in the paper). SB3's generic defaults:
     --gamma 0.99 --no-anneal-lr --num-envs 1
 
 The math, as written in the code below (t indexes the rollout, per environment):
@@ -41,6 +39,9 @@ Time limits: truncation is not termination. The vector environment runs in Gymna
 mode: when an episode ends, step() returns the next episode's first observation and puts the last one in
 info["final_obs"]; a truncated episode bootstraps from V(final observation), a terminated one from 0, and
 the n-step sum never runs across an episode boundary.
+
+Tested: a deterministic evaluation of >= 475 on CartPole-v1 in 200k steps (tests/test_a2c.py).
+Results: benchmark_results/a2c.md
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    """torch CPU threads; small networks run fastest on one"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -135,7 +136,7 @@ def check_args(args: Args) -> None:
                  "losses_every", "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.learning_rate <= 0 or args.max_grad_norm <= 0 or args.optimizer_eps <= 0:
+    if not (args.learning_rate > 0 and args.max_grad_norm > 0 and args.optimizer_eps > 0):
         fail("need --learning-rate > 0, --max-grad-norm > 0 and --optimizer-eps > 0")
     if not 0 < args.gamma <= 1:
         fail(f"--gamma must be in (0, 1], got {args.gamma}")
@@ -143,7 +144,7 @@ def check_args(args: Args) -> None:
         fail(f"--gae-lambda must be in [0, 1] (or None for n-step returns), got {args.gae_lambda}")
     if not 0 <= args.rmsprop_alpha < 1:
         fail(f"--rmsprop-alpha must be in [0, 1), got {args.rmsprop_alpha}")
-    if args.ent_coef < 0 or args.vf_coef < 0:
+    if not (args.ent_coef >= 0 and args.vf_coef >= 0):
         fail("need --ent-coef >= 0 and --vf-coef >= 0")
     try:
         gym.spec(args.env_id)
@@ -175,30 +176,35 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
     return thunk
 
 
-def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
-    """Orthogonal weights, zero bias: the initialisation of SB3's actor-critic policies."""
+def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
+    """Orthogonal weights, constant bias: the initialisation of the PPO implementations (and SB3)."""
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
 
 
-def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """log N(action; mean, diag(exp(log_std)^2)), summed over the last (action) dimension."""
-    z = (action - mean) * torch.exp(-log_std)
-    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(a; mu, diag(sigma^2)) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi) / 2 ].
+
+    Written out instead of torch.distributions.Normal: the same numbers, without its per-call checks.
+    """
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    """Entropy of a diagonal Gaussian, summed over the last dimension: sum_i log sigma_i + (1 + log 2 pi) / 2."""
+    """Entropy of a diagonal Gaussian: sum_i [ log sigma_i + (1 + log(2 pi)) / 2 ] (independent of the mean)."""
     return (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
 
 
 class Agent(nn.Module):
     """Separate actor and critic MLPs (SB3's default for A2C). The actor outputs logits of a categorical
     distribution (Discrete actions) or the mean of a Gaussian whose log sigma is one learned vector that does
-    not depend on the state (Box actions; initialised at 0, i.e. sigma = 1, as SB3)."""
+    not depend on the state (Box actions; initialised at 0, i.e. sigma = 1, as SB3). The Box space's bounds
+    are buffers, so they move with .to(device) and travel in the state_dict."""
 
-    def __init__(self, obs_dim: int, act_dim: int, continuous: bool, hidden_size: int = 64):
+    def __init__(self, obs_dim: int, act_dim: int, continuous: bool, hidden_size: int = 64,
+                 action_low: list[float] | None = None, action_high: list[float] | None = None):
         super().__init__()
         self.continuous = continuous
         self.critic = nn.Sequential(
@@ -214,13 +220,15 @@ class Agent(nn.Module):
         )
         if continuous:
             self.log_std = nn.Parameter(torch.zeros(act_dim))
+            self.register_buffer("action_low", torch.tensor(action_low, dtype=torch.float32))
+            self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32))
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(x).squeeze(-1)
 
     @torch.no_grad()
     def sample_action(self, x: torch.Tensor) -> torch.Tensor:
-        """a ~ pi(.|x); only the actor runs (values come from one batched pass after the rollout)."""
+        """a ~ pi(.|x), unclipped; only the actor runs (the values come from one batched pass after the rollout)."""
         out = self.actor(x)
         if self.continuous:
             return out + self.log_std.exp() * torch.randn_like(out)
@@ -231,7 +239,7 @@ class Agent(nn.Module):
         out = self.actor(x)
         if self.continuous:
             log_std = self.log_std.expand_as(out)
-            return gaussian_log_prob(out, log_std, action), gaussian_entropy(log_std), self.get_value(x)
+            return gaussian_log_prob(action, out, log_std), gaussian_entropy(log_std), self.get_value(x)
         # the categorical distribution written out with log_softmax (torch.distributions gives the same numbers)
         logp_all = torch.log_softmax(out, dim=-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -239,30 +247,9 @@ class Agent(nn.Module):
 
     @torch.no_grad()
     def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
-        """The deterministic action for evaluation: the argmax, or the Gaussian's mean."""
+        """The deterministic action: the argmax, or the Gaussian's mean clipped to the action bounds."""
         out = self.actor(x)
-        return out if self.continuous else out.argmax(-1)
-
-
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
-
-    Why: an A2C update is small (8 x 5 samples), so the optimiser and the gradient clipping, which would
-    loop over a dozen small tensors, cost more than the forward and backward passes. Each parameter becomes
-    a view into one flat tensor (and each .grad a view into one flat gradient): RMSprop and clip_grad_norm_
-    run once on one tensor, with the same arithmetic (both are elementwise or use the global norm).
-    Zero the gradient with `flat.grad.zero_()`, never by setting it to None.
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
-        p.grad = flat.grad[offset : offset + n].view_as(p)
-        offset += n
-    return flat
+        return torch.clamp(out, self.action_low, self.action_high) if self.continuous else out.argmax(-1)
 
 
 def compute_nstep_returns(
@@ -303,8 +290,9 @@ def compute_gae(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over a [T, N] rollout; returns (advantages, returns).
 
-    Same next_values convention as compute_nstep_returns; the recursion stops at every episode end.
-    With gae_lambda = 1 the returns equal the n-step returns.
+    next_values[t] is the value of the observation that followed step t: V(s_{t+1}) inside an episode,
+    V(final observation) where the episode was truncated at t (anything where it terminated: it is
+    multiplied by 0). The recursion stops at every episode end, terminated or truncated.
     """
     T = rewards.shape[0]
     advantages = torch.zeros_like(rewards)
@@ -334,36 +322,47 @@ def a2c_loss(
     return pg_loss - ent_coef * entropy_mean + vf_coef * v_loss, pg_loss, v_loss, entropy_mean
 
 
-def save_checkpoint(agent: Agent, path: str, meta: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
-    state = {k: v.detach().clone() for k, v in agent.state_dict().items()}  # clone: detach from the flat buffer
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save({"model": state, **meta}, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_agent(path: str) -> tuple[Agent, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    agent = Agent(ckpt["obs_dim"], ckpt["act_dim"], ckpt["continuous"], ckpt["hidden_size"])
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
+
+
+def load_model(path: str) -> tuple[nn.Module, dict]:
+    ckpt = load_checkpoint(path, "a2c")
+    agent = Agent(**ckpt["model_args"])
     agent.load_state_dict(ckpt["model"])
     return agent, ckpt
 
 
-def evaluate(agent_or_path: Agent | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
-    """Deterministic evaluation (argmax, or the mean clipped to the bounds) on a fresh environment."""
-    agent = load_agent(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment; returns one return per episode."""
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = gym.make(env_id)
     returns = []
     for ep in range(eval_episodes):
         obs, _ = env.reset(seed=seed + ep)
         done, total = False, 0.0
         while not done:
-            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0]
-            if agent.continuous:
-                action = np.clip(action.cpu().numpy(), env.action_space.low, env.action_space.high)
-            else:
-                action = int(action.item())
-            obs, reward, terminated, truncated, _ = env.step(action)
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -407,14 +406,15 @@ def main(args: Args) -> dict:
     act_dim = int(envs.single_action_space.shape[0]) if continuous else int(envs.single_action_space.n)
     if continuous:
         low, high = envs.single_action_space.low, envs.single_action_space.high
+    model_args = {"obs_dim": obs_dim, "act_dim": act_dim, "continuous": continuous, "hidden_size": args.hidden_size,
+                  "action_low": low.tolist() if continuous else None, "action_high": high.tolist() if continuous else None}
 
-    agent = Agent(obs_dim, act_dim, continuous, args.hidden_size).to(device)
-    flat_params = flatten_parameters(agent)
+    agent = Agent(**model_args).to(device)
     if args.optimizer == "rmsprop":
-        optimizer = torch.optim.RMSprop([flat_params], lr=args.learning_rate, alpha=args.rmsprop_alpha,
-                                        eps=args.optimizer_eps)
+        optimizer = torch.optim.RMSprop(agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha,
+                                        eps=args.optimizer_eps, foreach=True)
     else:
-        optimizer = torch.optim.Adam([flat_params], lr=args.learning_rate, eps=args.optimizer_eps)
+        optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.optimizer_eps, fused=True)
 
     # Rollout storage, [num_steps, num_envs, ...], in numpy (the environments speak numpy), moved to
     # torch once per update.
@@ -476,9 +476,9 @@ def main(args: Args) -> dict:
 
         loss, pg_loss, v_loss, entropy_mean = a2c_loss(logprob, entropy, value, returns, advantages,
                                                        args.ent_coef, args.vf_coef)
-        flat_params.grad.zero_()
+        optimizer.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_([flat_params], args.max_grad_norm)
+        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
         optimizer.step()
 
         if update % args.losses_every == 0 or update == num_updates:
@@ -515,8 +515,8 @@ def main(args: Args) -> dict:
     model_path = None
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(agent, model_path, {"obs_dim": obs_dim, "act_dim": act_dim, "continuous": continuous,
-                                            "hidden_size": args.hidden_size, "env_id": args.env_id})
+        save_checkpoint(model_path, {"algo": "a2c", "env_id": args.env_id, "model_args": model_args,
+                                     "model": agent.state_dict()})
         print(f"model saved to {model_path}")
     writer.close()
     if args.track:

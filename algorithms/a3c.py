@@ -8,8 +8,8 @@ Run:
     python algorithms/a3c.py --env-id CartPole-v1 --num-workers 2
     python algorithms/a3c.py --help            # every hyperparameter, with its meaning
 
-How it runs: the global model's parameters live in ONE flat tensor in shared memory (share_memory_()), and
-so do the optimiser's statistics and a global step counter. --num-workers real processes (torch.multiprocessing,
+How it runs: the global model's parameters live in shared memory (agent.share_memory()), and so do the
+optimiser's statistics and a global step counter. --num-workers real processes (torch.multiprocessing,
 "fork" start method) each own an environment and a local copy of the model, and repeat Algorithm S3:
     1. copy the shared parameters into the local model                       theta' <- theta
     2. act for up to num_steps steps, or until the episode ends              (t_max in the paper)
@@ -44,14 +44,15 @@ truncation from V(last observation) and a termination from 0, then resets the en
 Defaults: the paper's choices (shared RMSprop with alpha 0.99, t_max 5, gamma 0.99, entropy coefficient 0.01,
 learning rate annealed linearly to 0, the loss summed over the rollout) with lr 2e-4, eps 1e-5, value
 coefficient 0.5, 64-64 tanh MLPs, 2 workers for a 2-core machine, and a loose gradient clipping (norm 40,
-as common A3C implementations). Why the sum and the loose clipping: with a per-step MEAN and a2c.py's
-clipping at 0.5, the policy hardly learned on CartPole-v1 (entropy stayed near log 2; deterministic
-evaluation after 200k steps 179.9 and 164.0): a rollout cut short by a termination is one or two steps
-whose value error (R - V of about -50) then dominates the gradient's norm, and the clipping shrinks the
-policy gradient exactly on the updates that carry CartPole's learning signal. Measured with the sum and
-norm 40 (seed 1, 200k steps, deterministic evaluation): lr 7e-4 368.8, lr 3e-4 with gamma 0.98 401.4,
-lr 2e-4 401.9. Bookkeeping for the tests: each worker counts its updates and sums the update vectors it
-wrote into the shared parameters (main() returns both).
+as common A3C implementations). Why the sum and the loose clipping: a rollout cut short by a termination is
+one or two steps whose value error then dominates the gradient's norm; with a per-step mean and a2c.py's
+clipping at 0.5 the clipping shrinks the policy gradient exactly on the updates that carry CartPole's
+learning signal, and the policy hardly learns. Bookkeeping for the tests: each worker counts its updates and
+sums the update vectors it wrote into the shared parameters (main() returns both).
+
+Tested: on CartPole-v1 in 200k steps, the training return averaged over 20 episodes passes 150 and the
+deterministic evaluation beats a random policy (> 60) (tests/test_a3c.py).
+Results: benchmark_results/a3c.md
 """
 
 from __future__ import annotations
@@ -144,13 +145,13 @@ def check_args(args: Args) -> None:
                  "losses_every", "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.learning_rate <= 0 or args.max_grad_norm <= 0 or args.optimizer_eps <= 0:
+    if not (args.learning_rate > 0 and args.max_grad_norm > 0 and args.optimizer_eps > 0):
         fail("need --learning-rate > 0, --max-grad-norm > 0 and --optimizer-eps > 0")
     if not 0 < args.gamma <= 1:
         fail(f"--gamma must be in (0, 1], got {args.gamma}")
     if not 0 <= args.rmsprop_alpha < 1:
         fail(f"--rmsprop-alpha must be in [0, 1), got {args.rmsprop_alpha}")
-    if args.ent_coef < 0 or args.vf_coef < 0:
+    if not (args.ent_coef >= 0 and args.vf_coef >= 0):
         fail("need --ent-coef >= 0 and --vf-coef >= 0")
     if "fork" not in mp.get_all_start_methods():
         fail("a3c.py starts its workers with the 'fork' method, which this platform lacks (use Linux or macOS)")
@@ -172,38 +173,47 @@ def check_args(args: Args) -> None:
         fail(f"a3c.py needs a Discrete or one-dimensional Box action space, {args.env_id} has {action_space}")
 
 
-def make_env(env_id: str, idx: int, capture_video: bool, run_name: str) -> gym.Env:
-    if capture_video and idx == 0:
-        env = gym.make(env_id, render_mode="rgb_array")
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
-    else:
-        env = gym.make(env_id)
-    return gym.wrappers.RecordEpisodeStatistics(env)
+def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        return env
+
+    return thunk
 
 
-def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
-    """Orthogonal weights, zero bias: the initialisation of SB3's actor-critic policies."""
+def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
+    """Orthogonal weights, constant bias: the initialisation of the PPO implementations (and SB3)."""
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
 
 
-def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """log N(action; mean, diag(exp(log_std)^2)), summed over the last (action) dimension."""
-    z = (action - mean) * torch.exp(-log_std)
-    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(a; mu, diag(sigma^2)) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi) / 2 ].
+
+    Written out instead of torch.distributions.Normal: the same numbers, without its per-call checks.
+    """
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    """Entropy of a diagonal Gaussian, summed over the last dimension: sum_i log sigma_i + (1 + log 2 pi) / 2."""
+    """Entropy of a diagonal Gaussian: sum_i [ log sigma_i + (1 + log(2 pi)) / 2 ] (independent of the mean)."""
     return (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
 
 
 class Agent(nn.Module):
-    """Separate actor and critic MLPs. The actor outputs logits of a categorical distribution (Discrete
-    actions) or the mean of a Gaussian with a learned, state-independent log sigma (Box actions)."""
+    """Separate actor and critic MLPs (SB3's default for A2C). The actor outputs logits of a categorical
+    distribution (Discrete actions) or the mean of a Gaussian whose log sigma is one learned vector that does
+    not depend on the state (Box actions; initialised at 0, i.e. sigma = 1, as SB3). The Box space's bounds
+    are buffers, so they move with .to(device) and travel in the state_dict."""
 
-    def __init__(self, obs_dim: int, act_dim: int, continuous: bool, hidden_size: int = 64):
+    def __init__(self, obs_dim: int, act_dim: int, continuous: bool, hidden_size: int = 64,
+                 action_low: list[float] | None = None, action_high: list[float] | None = None):
         super().__init__()
         self.continuous = continuous
         self.critic = nn.Sequential(
@@ -214,16 +224,20 @@ class Agent(nn.Module):
         self.actor = nn.Sequential(
             layer_init(nn.Linear(obs_dim, hidden_size)), nn.Tanh(),
             layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
+            # a small last layer starts the policy near uniform (discrete) or near a zero mean (continuous)
             layer_init(nn.Linear(hidden_size, act_dim), std=0.01),
         )
         if continuous:
             self.log_std = nn.Parameter(torch.zeros(act_dim))
+            self.register_buffer("action_low", torch.tensor(action_low, dtype=torch.float32))
+            self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32))
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(x).squeeze(-1)
 
     @torch.no_grad()
     def sample_action(self, x: torch.Tensor) -> torch.Tensor:
+        """a ~ pi(.|x), unclipped; only the actor runs (the values come from one batched pass after the rollout)."""
         out = self.actor(x)
         if self.continuous:
             return out + self.log_std.exp() * torch.randn_like(out)
@@ -234,79 +248,68 @@ class Agent(nn.Module):
         out = self.actor(x)
         if self.continuous:
             log_std = self.log_std.expand_as(out)
-            return gaussian_log_prob(out, log_std, action), gaussian_entropy(log_std), self.get_value(x)
+            return gaussian_log_prob(action, out, log_std), gaussian_entropy(log_std), self.get_value(x)
+        # the categorical distribution written out with log_softmax (torch.distributions gives the same numbers)
         logp_all = torch.log_softmax(out, dim=-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         return logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), entropy, self.get_value(x)
 
     @torch.no_grad()
     def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
+        """The deterministic action: the argmax, or the Gaussian's mean clipped to the action bounds."""
         out = self.actor(x)
-        return out if self.continuous else out.argmax(-1)
-
-
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
-
-    Here it does two jobs. Speed, as in a2c.py: the optimiser and the clipping run once on one tensor.
-    And sharing: the global model is in shared memory as soon as this one tensor is (share_memory_()),
-    a worker synchronises its local copy with one copy_(), and the shared optimiser's statistics are
-    one tensor each. Zero the gradient with `flat.grad.zero_()`, never by setting it to None.
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
-        p.grad = flat.grad[offset : offset + n].view_as(p)
-        offset += n
-    return flat
+        return torch.clamp(out, self.action_low, self.action_high) if self.continuous else out.argmax(-1)
 
 
 class SharedRMSprop:
-    """RMSprop on a flat shared parameter tensor, its squared-gradient average in shared memory.
+    """RMSprop on the shared model's parameters, its squared-gradient averages in shared memory.
 
-    step() is called by every worker with its own gradient and no lock (Hogwild). It returns the update
-    it added to the parameters. The arithmetic is torch.optim.RMSprop's (no momentum, not centred).
+    step() is called by every worker with the gradients of its local copy and no lock (Hogwild). It returns
+    the updates it added to the parameters. The arithmetic is torch.optim.RMSprop's (no momentum, not
+    centred). torch.optim.RMSprop itself keeps its state per process, which is why this class exists.
     """
 
-    def __init__(self, params: torch.Tensor, alpha: float, eps: float):
+    def __init__(self, params: list[torch.Tensor], alpha: float, eps: float):
         self.params, self.alpha, self.eps = params, alpha, eps
-        self.square_avg = torch.zeros_like(params).share_memory_()
+        self.square_avg = [torch.zeros_like(p).share_memory_() for p in params]
 
     @torch.no_grad()
-    def step(self, grad: torch.Tensor, lr: float) -> torch.Tensor:
-        self.square_avg.mul_(self.alpha).addcmul_(grad, grad, value=1 - self.alpha)
-        update = grad.div(self.square_avg.sqrt().add_(self.eps)).mul_(-lr)
-        self.params.add_(update)
-        return update
+    def step(self, grads: list[torch.Tensor], lr: float) -> list[torch.Tensor]:
+        updates = []
+        for p, g, v in zip(self.params, grads, self.square_avg, strict=True):
+            v.mul_(self.alpha).addcmul_(g, g, value=1 - self.alpha)
+            update = g.div(v.sqrt().add_(self.eps)).mul_(-lr)
+            p.add_(update)
+            updates.append(update)
+        return updates
 
 
 class SharedAdam:
-    """Adam on a flat shared parameter tensor; both moments and the step count in shared memory.
+    """Adam on the shared model's parameters; both moments and the step count in shared memory.
 
     Same contract as SharedRMSprop; the arithmetic is torch.optim.Adam's (no weight decay, not AMSGrad).
     The step count is shared, so the bias correction follows the total number of updates of all workers.
     """
 
-    def __init__(self, params: torch.Tensor, eps: float, betas: tuple[float, float] = (0.9, 0.999)):
+    def __init__(self, params: list[torch.Tensor], eps: float, betas: tuple[float, float] = (0.9, 0.999)):
         self.params, self.eps, self.betas = params, eps, betas
-        self.exp_avg = torch.zeros_like(params).share_memory_()
-        self.exp_avg_sq = torch.zeros_like(params).share_memory_()
+        self.exp_avg = [torch.zeros_like(p).share_memory_() for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p).share_memory_() for p in params]
         self.step_count = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     @torch.no_grad()
-    def step(self, grad: torch.Tensor, lr: float) -> torch.Tensor:
+    def step(self, grads: list[torch.Tensor], lr: float) -> list[torch.Tensor]:
         b1, b2 = self.betas
-        self.exp_avg.mul_(b1).add_(grad, alpha=1 - b1)
-        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         k = int(self.step_count.add_(1).item())
-        denom = (self.exp_avg_sq / (1 - b2**k)).sqrt_().add_(self.eps)
-        update = (self.exp_avg / (1 - b1**k)).div_(denom).mul_(-lr)
-        self.params.add_(update)
-        return update
+        updates = []
+        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq, strict=True):
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v / (1 - b2**k)).sqrt_().add_(self.eps)
+            update = (m / (1 - b1**k)).div_(denom).mul_(-lr)
+            p.add_(update)
+            updates.append(update)
+        return updates
 
 
 def compute_nstep_returns(
@@ -316,17 +319,19 @@ def compute_nstep_returns(
     truncations: torch.Tensor,
     gamma: float,
 ) -> torch.Tensor:
-    """The paper's bootstrapped n-step returns over a [T, N] rollout, cut at every episode end.
+    """The paper's bootstrapped n-step returns over a [T, N] rollout (Algorithm S3, generalised to episode
+    ends inside the rollout).
 
-    next_values[t] is the value of the observation that followed step t (the final observation where
-    an episode ended; multiplied by 0 where it terminated). A worker's rollout stops at an episode's end,
-    so here N = 1 and only the last step can be an end, but the function does not rely on it.
+    next_values[t] is the value of the observation that followed step t: V(s_{t+1}) inside an episode,
+    V(final observation) where the episode was truncated at t (anything where it terminated: it is
+    multiplied by 0). Each return sums rewards up to the end of its episode or of the rollout, whichever
+    comes first, and bootstraps from the value there, or from 0 after a termination.
     """
     T = rewards.shape[0]
     returns = torch.zeros_like(rewards)
     not_term = 1.0 - terminations.to(rewards.dtype)
     done = torch.maximum(terminations, truncations) > 0
-    following = next_values[T - 1]
+    following = next_values[T - 1]  # B_t: what step t bootstraps from
     for t in reversed(range(T)):
         following = torch.where(done[t], next_values[t], following)
         returns[t] = rewards[t] + gamma * not_term[t] * following
@@ -356,7 +361,7 @@ def a3c_loss(
     return total, pg.mean(), v.mean(), entropy.mean()
 
 
-def worker(rank: int, args: Args, run_name: str, shared_params: torch.Tensor, optimizer: SharedRMSprop | SharedAdam,
+def worker(rank: int, args: Args, run_name: str, agent: Agent, model_args: dict, optimizer: SharedRMSprop | SharedAdam,
            global_step, worker_updates, worker_pids, applied: torch.Tensor, messages) -> None:
     """One A3C learner (Algorithm S3), running in its own process until the shared step count is spent."""
     worker_pids[rank] = os.getpid()
@@ -366,21 +371,17 @@ def worker(rank: int, args: Args, run_name: str, shared_params: torch.Tensor, op
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    env = make_env(args.env_id, rank, args.capture_video, run_name)
+    env = gym.wrappers.RecordEpisodeStatistics(make_env(args.env_id, rank, args.capture_video, run_name)())
     env.action_space.seed(seed)
-    obs_dim = int(np.prod(env.observation_space.shape))
-    continuous = isinstance(env.action_space, gym.spaces.Box)
-    act_dim = int(env.action_space.shape[0]) if continuous else int(env.action_space.n)
-    local = Agent(obs_dim, act_dim, continuous, args.hidden_size)
-    local_params = flatten_parameters(local)
+    continuous = model_args["continuous"]
+    local = Agent(**model_args)
     next_obs, _ = env.reset(seed=seed)
     stats, n_updates = None, 0
 
     parent = os.getppid()
     while global_step.value < args.total_timesteps and os.getppid() == parent:  # stop if the main process died
         lr_now = args.learning_rate * (1.0 - global_step.value / args.total_timesteps) if args.anneal_lr else args.learning_rate
-        with torch.no_grad():
-            local_params.copy_(shared_params)  # theta' <- theta: a snapshot, other workers keep writing
+        local.load_state_dict(agent.state_dict())  # theta' <- theta: a snapshot, other workers keep writing
 
         obs, actions, rewards = [], [], []
         terminated = truncated = False
@@ -418,13 +419,14 @@ def worker(rank: int, args: Args, run_name: str, shared_params: torch.Tensor, op
             returns = compute_nstep_returns(torch.tensor(rewards).unsqueeze(1), next_values, term, trunc,
                                             args.gamma).squeeze(1)
         loss, pg_loss, v_loss, entropy_mean = a3c_loss(logprob, entropy, value, returns, args.ent_coef, args.vf_coef)
-        local_params.grad.zero_()
+        local.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_([local_params], args.max_grad_norm)
-        update = optimizer.step(local_params.grad, lr_now)  # writes into the shared parameters, no lock
+        nn.utils.clip_grad_norm_(local.parameters(), args.max_grad_norm, foreach=True)
+        # the local gradients update the SHARED parameters, no lock
+        updates = optimizer.step([p.grad for p in local.parameters()], lr_now)
 
         # bookkeeping (each worker writes only its own row / slot, so these need no lock either)
-        applied[rank].add_(update)
+        applied[rank].add_(nn.utils.parameters_to_vector(updates))
         n_updates += 1
         worker_updates[rank] = n_updates
         stats = (step_now, {"charts/learning_rate": lr_now, "losses/value_loss": v_loss.item(),
@@ -437,36 +439,47 @@ def worker(rank: int, args: Args, run_name: str, shared_params: torch.Tensor, op
     env.close()
 
 
-def save_checkpoint(agent: Agent, path: str, meta: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
-    state = {k: v.detach().clone() for k, v in agent.state_dict().items()}  # clone: out of shared memory
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save({"model": state, **meta}, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_agent(path: str) -> tuple[Agent, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    agent = Agent(ckpt["obs_dim"], ckpt["act_dim"], ckpt["continuous"], ckpt["hidden_size"])
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
+
+
+def load_model(path: str) -> tuple[nn.Module, dict]:
+    ckpt = load_checkpoint(path, "a3c")
+    agent = Agent(**ckpt["model_args"])
     agent.load_state_dict(ckpt["model"])
     return agent, ckpt
 
 
-def evaluate(agent_or_path: Agent | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
-    """Deterministic evaluation (argmax, or the mean clipped to the bounds) on a fresh environment."""
-    agent = load_agent(agent_or_path)[0] if isinstance(agent_or_path, str) else agent_or_path
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment; returns one return per episode."""
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = gym.make(env_id)
     returns = []
     for ep in range(eval_episodes):
         obs, _ = env.reset(seed=seed + ep)
         done, total = False, 0.0
         while not done:
-            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0]
-            if agent.continuous:
-                action = np.clip(action.numpy(), env.action_space.low, env.action_space.high)
-            else:
-                action = int(action.item())
-            obs, reward, terminated, truncated, _ = env.step(action)
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -487,30 +500,31 @@ def main(args: Args) -> dict:
     obs_dim = int(np.prod(probe.observation_space.shape))
     continuous = isinstance(probe.action_space, gym.spaces.Box)
     act_dim = int(probe.action_space.shape[0]) if continuous else int(probe.action_space.n)
+    model_args = {"obs_dim": obs_dim, "act_dim": act_dim, "continuous": continuous, "hidden_size": args.hidden_size,
+                  "action_low": probe.action_space.low.tolist() if continuous else None,
+                  "action_high": probe.action_space.high.tolist() if continuous else None}
     probe.close()
 
     # The global model and everything the workers share, in shared memory before the workers are forked.
-    agent = Agent(obs_dim, act_dim, continuous, args.hidden_size)
-    shared_params = flatten_parameters(agent)
-    shared_params.data.share_memory_()  # one storage: every parameter of `agent` is a view into it
-    initial_params = shared_params.detach().clone()
+    agent = Agent(**model_args).share_memory()
+    initial_params = nn.utils.parameters_to_vector(agent.parameters()).detach().clone()
     if args.optimizer == "rmsprop":
-        optimizer = SharedRMSprop(shared_params.data, args.rmsprop_alpha, args.optimizer_eps)
+        optimizer = SharedRMSprop(list(agent.parameters()), args.rmsprop_alpha, args.optimizer_eps)
     else:
-        optimizer = SharedAdam(shared_params.data, args.optimizer_eps)
+        optimizer = SharedAdam(list(agent.parameters()), args.optimizer_eps)
     # "fork": the children inherit the shared tensors and this module without re-importing it (which
     # "spawn" would need, and which fails when the file is imported by path, as the tests do).
     ctx = mp.get_context("fork")
     global_step = ctx.Value("q", 0)
     worker_updates = ctx.Array("q", args.num_workers)
     worker_pids = ctx.Array("q", args.num_workers)
-    applied = torch.zeros(args.num_workers, shared_params.numel()).share_memory_()
+    applied = torch.zeros(args.num_workers, initial_params.numel()).share_memory_()
     messages = ctx.Queue()
 
     # Start the workers before TensorBoard and W&B start their threads: forking a process with threads
     # running is unsafe, and the children need neither.
     start_time = time.time()
-    workers = [ctx.Process(target=worker, args=(rank, args, run_name, shared_params.data, optimizer, global_step,
+    workers = [ctx.Process(target=worker, args=(rank, args, run_name, agent, model_args, optimizer, global_step,
                                                 worker_updates, worker_pids, applied, messages), daemon=True)
                for rank in range(args.num_workers)]
     for p in workers:
@@ -582,8 +596,8 @@ def main(args: Args) -> dict:
     model_path = None
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(agent, model_path, {"obs_dim": obs_dim, "act_dim": act_dim, "continuous": continuous,
-                                            "hidden_size": args.hidden_size, "env_id": args.env_id})
+        save_checkpoint(model_path, {"algo": "a3c", "env_id": args.env_id, "model_args": model_args,
+                                     "model": agent.state_dict()})
         print(f"model saved to {model_path}")
     writer.close()
     if args.track:
@@ -603,7 +617,7 @@ def main(args: Args) -> dict:
         "worker_pids": list(worker_pids),
         "worker_updates": list(worker_updates),
         "initial_params": initial_params,
-        "final_params": shared_params.detach().clone(),
+        "final_params": nn.utils.parameters_to_vector(agent.parameters()).detach().clone(),
         "applied_updates": applied.clone(),
     }
 

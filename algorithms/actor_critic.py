@@ -24,21 +24,12 @@ The critic bootstraps only through non-terminal transitions: after `terminated` 
 S&B's factor I = gamma^t (the gradient of the start state's discounted value) is left out, as in most
 implementations: every step's actor update has the same scale.
 
-Defaults, and what they reach on CartPole-v1 (50k steps; final deterministic evaluation, mean of 10
-episodes; measured here on a loaded 2-core machine, 2-8 minutes per run at 120-500 steps/s):
-    actor lr 3e-4, critic lr 1e-3, both annealed to 0 (defaults)    seeds 1-5: 500 / 500 / 500 / 500 / 500
-        (the training return, mean of the last 20 episodes, first passed 475 at 30k-40k steps)
-    lr 1e-3 / 1e-3, constant                                          seeds 1-3: 500 / 10.0 / 500
-    actor lr 3e-4 / critic 1e-3, constant                             seeds 1-3: 500 / 111.9 / 500
-    lr 1e-3 / 1e-3, constant, --ent-coef 0.01                         seeds 1-3: 500 / 10.0 / 387.3
-    lr 1e-3 / 1e-3, annealed                                          seeds 1-3: 203.0 / 500 / 500
-Three of the five failed runs had learned (training return 470-500 at 20k-40k steps) and then collapsed,
-two ended in a deterministic policy that falls after 9 steps, and one (lr 1e-3 annealed, seed 1) never
-passed a training return of 150 in 50k steps. Every update here moves the policy on one sample,
-and the TD error is biased while the critic lags behind an improving policy; a positive bias reinforces
-whatever the policy already does, and a saturated softmax has almost no gradient to come back with.
-A slower actor than critic and a step size that decays are what worked on these seeds; it is not a
-guarantee for other seeds or budgets (that is the weakness A2C's batches and PPO's clipping address).
+Defaults: the actor's step size (3e-4) is smaller than the critic's (1e-3), and both decay linearly to 0.
+Every update moves the policy on one sample, and the TD error is biased while the critic lags behind an
+improving policy; a positive bias reinforces whatever the policy already does, and a saturated softmax has
+almost no gradient to come back with, so a run can learn and then collapse. A slower actor than critic and
+a step size that decays are what held up in the runs on the results page; it is not a guarantee for other
+seeds or budgets (that is the weakness A2C's batches and PPO's clipping address).
 
 --num-envs N steps N environments in lock step and averages the N one-step losses in each update: the
 same algorithm with a batch of N transitions per update (N = 1, the default, is the book's).
@@ -53,6 +44,9 @@ sample. The deterministic evaluation takes argmax (discrete) or clip(mu(s)) (Box
 The vector environment runs in Gymnasium's same-step autoreset mode: when an episode ends, step()
 returns the next episode's first observation and puts the real last one in info["final_obs"], which is
 the s' of that transition.
+
+Tested: a deterministic evaluation of >= 400 on CartPole-v1 in 50k steps (tests/test_actor_critic.py).
+Results: benchmark_results/actor_critic.md
 """
 
 from __future__ import annotations
@@ -83,7 +77,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    """torch CPU threads; small networks run fastest on one"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -102,7 +96,7 @@ class Args:
     num_envs: int = 1
     """the number of parallel environments (each update averages their one-step losses)"""
     learning_rate: float = 3e-4
-    """the actor's Adam learning rate (alpha_theta); slower than the critic's (see the module docstring)"""
+    """the actor's Adam learning rate (alpha_theta); smaller than the critic's (see the module docstring)"""
     critic_learning_rate: float = 1e-3
     """the critic's Adam learning rate (alpha_w)"""
     anneal_lr: bool = True
@@ -129,12 +123,12 @@ def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_envs", "hidden_size", "eval_episodes", "log_every", "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.learning_rate <= 0 or args.critic_learning_rate <= 0:
+    if not (args.learning_rate > 0 and args.critic_learning_rate > 0):
         fail(f"need --learning-rate > 0 and --critic-learning-rate > 0, got {args.learning_rate} and "
              f"{args.critic_learning_rate}")
     if not 0 < args.gamma <= 1:
         fail(f"need 0 < --gamma <= 1, got {args.gamma}")
-    if args.ent_coef < 0:
+    if not args.ent_coef >= 0:
         fail(f"--ent-coef must be >= 0, got {args.ent_coef}")
     try:
         gym.spec(args.env_id)
@@ -164,14 +158,15 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
     return thunk
 
 
-def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
-    """Orthogonal weights, zero bias (as ppo.py)."""
+def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
+    """Orthogonal weights, constant bias: the initialisation of the PPO implementations (and SB3)."""
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
 
 
-def mlp(in_dim: int, out_dim: int, hidden_size: int, last_std: float) -> nn.Sequential:
+def tanh_mlp(in_dim: int, out_dim: int, hidden_size: int, last_std: float) -> nn.Sequential:
+    """Two tanh hidden layers of hidden_size units; orthogonal initialisation, the last layer's scaled by last_std."""
     return nn.Sequential(
         layer_init(nn.Linear(in_dim, hidden_size)), nn.Tanh(),
         layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
@@ -187,79 +182,66 @@ def categorical_log_prob_entropy(logits: torch.Tensor, actions: torch.Tensor) ->
 
 
 def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """log N(a; mu, diag(sigma^2)), summed over the last (action) dimension."""
-    return (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    """log N(a; mu, diag(sigma^2)) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi) / 2 ].
+
+    Written out instead of torch.distributions.Normal: the same numbers, without its per-call checks.
+    """
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    """H[N(mu, diag(sigma^2))] = sum_i (log sigma_i + log(2 pi e) / 2), which does not depend on mu."""
-    return (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+    """Entropy of a diagonal Gaussian: sum_i [ log sigma_i + (1 + log(2 pi)) / 2 ] (independent of the mean)."""
+    return (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
 
 
 class Policy(nn.Module):
     """pi(a|s): logits of a Categorical (Discrete actions), or the mean of a Gaussian with a
-    state-independent log standard deviation (Box actions)."""
+    state-independent, learned log standard deviation (Box actions; the space's bounds are buffers, so
+    they move with .to(device) and travel in the state_dict)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, hidden_size: int = 64):
+    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, hidden_size: int = 64,
+                 action_low: list[float] | None = None, action_high: list[float] | None = None):
         super().__init__()
         self.discrete = discrete
         # a small last layer starts the policy near uniform (discrete) or near mean 0 (Box)
-        self.net = mlp(obs_dim, act_dim, hidden_size, last_std=0.01)
+        self.net = tanh_mlp(obs_dim, act_dim, hidden_size, last_std=0.01)
         if not discrete:
             self.log_std = nn.Parameter(torch.zeros(act_dim))
+            self.register_buffer("action_low", torch.tensor(action_low, dtype=torch.float32))
+            self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32))
 
-    def act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample a ~ pi(.|x); return (a, log pi(a|x), H[pi(.|x)]), the last two differentiable.
-
-        One forward pass serves both the sampling and the update, which follows the same step.
-        """
+    def log_prob_entropy(self, x: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(a|x) and H[pi(.|x)], differentiable, for the update."""
         out = self.net(x)
-        with torch.no_grad():
-            if self.discrete:
-                action = torch.multinomial(torch.softmax(out, dim=-1), 1).squeeze(-1)
-            else:
-                action = out + self.log_std.exp() * torch.randn_like(out)  # unclipped
         if self.discrete:
-            return action, *categorical_log_prob_entropy(out, action)
-        return action, gaussian_log_prob(action, out, self.log_std), gaussian_entropy(self.log_std).expand(out.shape[0])
+            return categorical_log_prob_entropy(out, actions)
+        return gaussian_log_prob(actions, out, self.log_std), gaussian_entropy(self.log_std).expand(out.shape[0])
 
     @torch.no_grad()
-    def greedy(self, x: torch.Tensor) -> torch.Tensor:
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        """a ~ pi(.|x); a Gaussian sample is unclipped: its log-probability is the one trained on."""
         out = self.net(x)
-        return out.argmax(-1) if self.discrete else out
+        if self.discrete:
+            return torch.multinomial(torch.softmax(out, dim=-1), 1).squeeze(-1)
+        return out + self.log_std.exp() * torch.randn_like(out)
+
+    @torch.no_grad()
+    def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
+        """The deterministic action: the argmax, or the Gaussian's mean clipped to the action bounds."""
+        out = self.net(x)
+        return out.argmax(-1) if self.discrete else torch.clamp(out, self.action_low, self.action_high)
 
 
-class Critic(nn.Module):
-    """V(s)."""
+class ValueNetwork(nn.Module):
+    """V(s), the state-value critic."""
 
     def __init__(self, obs_dim: int, hidden_size: int = 64):
         super().__init__()
-        self.net = mlp(obs_dim, 1, hidden_size, last_std=1.0)
+        self.net = tanh_mlp(obs_dim, 1, hidden_size, last_std=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
-
-
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
-
-    Why: this file takes an optimiser step after every environment step, and with 64-unit networks on
-    a CPU Adam's loop over a handful of small tensors costs about as much as the forward and backward
-    passes. Each parameter becomes a view into one flat tensor (and each .grad a view into one flat
-    gradient), so Adam runs once on one tensor; Adam is elementwise, so the arithmetic is unchanged.
-    Autograd accumulates into an existing .grad in place, so gradients land in the flat buffer; zero
-    them with `flat.grad.zero_()`, never by setting them to None.
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
-        p.grad = flat.grad[offset : offset + n].view_as(p)
-        offset += n
-    return flat
 
 
 def td_error(
@@ -284,32 +266,47 @@ def actor_critic_losses(
     return policy_loss, value_loss
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save(state, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_policy(path: str) -> tuple[Policy, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    policy = Policy(ckpt["obs_dim"], ckpt["act_dim"], ckpt["discrete"], ckpt["hidden_size"])
-    policy.load_state_dict(ckpt["policy"])
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
+
+
+def load_model(path: str) -> tuple[nn.Module, dict]:
+    ckpt = load_checkpoint(path, "actor_critic")
+    policy = Policy(**ckpt["model_args"])
+    policy.load_state_dict(ckpt["model"])
     return policy, ckpt
 
 
-def evaluate(policy_or_path: Policy | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
-    """Deterministic evaluation (argmax, or the mean clipped to the bounds) on a fresh environment."""
-    policy = load_policy(policy_or_path)[0].to(device) if isinstance(policy_or_path, str) else policy_or_path
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment; returns one return per episode."""
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = gym.make(env_id)
     returns = []
     for ep in range(eval_episodes):
         obs, _ = env.reset(seed=seed + ep)
         done, total = False, 0.0
         while not done:
-            out = policy.greedy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
-            action = int(out) if policy.discrete else np.clip(out, env.action_space.low, env.action_space.high)
-            obs, reward, terminated, truncated, _ = env.step(action)
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -349,13 +346,14 @@ def main(args: Args) -> dict:
     act_dim = int(envs.single_action_space.n) if discrete else int(envs.single_action_space.shape[0])
     if not discrete:
         low, high = envs.single_action_space.low, envs.single_action_space.high
+    model_args = {"obs_dim": obs_dim, "act_dim": act_dim, "discrete": discrete, "hidden_size": args.hidden_size,
+                  "action_low": None if discrete else low.tolist(), "action_high": None if discrete else high.tolist()}
 
-    policy = Policy(obs_dim, act_dim, discrete, args.hidden_size).to(device)
-    critic = Critic(obs_dim, args.hidden_size).to(device)
-    flat_policy, flat_critic = flatten_parameters(policy), flatten_parameters(critic)
+    policy = Policy(**model_args).to(device)
+    critic = ValueNetwork(obs_dim, args.hidden_size).to(device)
     # one Adam, two parameter groups: each network keeps its own step size, and the per-step update is one call
-    optimizer = torch.optim.Adam([{"params": [flat_policy], "lr": args.learning_rate},
-                                  {"params": [flat_critic], "lr": args.critic_learning_rate}])
+    optimizer = torch.optim.Adam([{"params": policy.parameters(), "lr": args.learning_rate},
+                                  {"params": critic.parameters(), "lr": args.critic_learning_rate}], fused=True)
 
     global_step = 0
     start_time = time.time()
@@ -372,7 +370,8 @@ def main(args: Args) -> dict:
             optimizer.param_groups[0]["lr"] = frac * args.learning_rate
             optimizer.param_groups[1]["lr"] = frac * args.critic_learning_rate
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        action, logp, entropy = policy.act(obs_t)
+        action = policy.sample(obs_t)
+        logp, entropy = policy.log_prob_entropy(obs_t, action)
         action = action.cpu().numpy()
         env_action = action if discrete else np.clip(action, low, high)
         next_obs, rewards, terminations, truncations, infos = envs.step(env_action)
@@ -392,8 +391,7 @@ def main(args: Args) -> dict:
         policy_loss, value_loss = actor_critic_losses(delta, logp, entropy, args.ent_coef)
 
         # the two networks share no parameters, so one backward pass gives each its own gradient
-        flat_policy.grad.zero_()
-        flat_critic.grad.zero_()
+        optimizer.zero_grad()
         (policy_loss + value_loss).backward()
         optimizer.step()
         loss_sums += torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach().mean(), loss_sums.new_ones(())])
@@ -430,12 +428,9 @@ def main(args: Args) -> dict:
     model_path = None
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        # clone: detach the saved tensors from the flat buffers
-        state = {"policy": {k: v.detach().clone() for k, v in policy.state_dict().items()},
-                 "critic": {k: v.detach().clone() for k, v in critic.state_dict().items()},
-                 "obs_dim": obs_dim, "act_dim": act_dim, "discrete": discrete,
-                 "hidden_size": args.hidden_size, "env_id": args.env_id}
-        save_checkpoint(model_path, state)
+        checkpoint = {"algo": "actor_critic", "env_id": args.env_id, "model_args": model_args,
+                      "model": policy.state_dict(), "critic": critic.state_dict()}
+        save_checkpoint(model_path, checkpoint)
         print(f"model saved to {model_path}")
     writer.close()
     if args.track:

@@ -1,5 +1,8 @@
 """Multi-armed bandits on the 10-armed testbed: Sutton & Barto, Reinforcement Learning (2nd ed., 2018), Chapter 2.
 
+Book: Sutton and Barto (2018), "Reinforcement Learning: An Introduction", 2nd ed., Chapter 2,
+http://incompleteideas.net/book/the-book-2nd.html
+
 Methods (all written below, all vectorised over the independent runs):
 - epsilon-greedy with sample averages (S&B §2.2-2.4) and with a constant step size alpha (§2.5);
 - optimistic initial values (§2.6): greedy with Q1 = 5, alpha = 0.1;
@@ -32,6 +35,9 @@ Update rules, as they appear in the code (Q, N, H, mean, precision are (runs, k)
                                         theta[a] ~ N(mean[a], 1/precision[a]);  A = argmax_a theta[a]
                                         precision[A] <- precision[A] + 1
                                         mean[A] <- (old_precision * mean[A] + R) / precision[A]
+
+Tested: reproduces Figures 2.2 and 2.4's average reward over the last 100 steps (tests/test_bandits.py).
+Results: benchmark_results/bandits.md
 """
 
 from __future__ import annotations
@@ -362,37 +368,41 @@ def summarize(rewards: np.ndarray, optimal: np.ndarray, window: int) -> dict:
     }
 
 
-def validate(args: Args) -> str | None:
-    """The first problem with the arguments, as one line, or None."""
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def figure_path(args: Args) -> str:
+    """--plot with {figure} replaced by the figure's name ('.' as '_')."""
+    return args.plot.replace("{figure}", args.figure.replace(".", "_"))
+
+
+def check_args(args: Args) -> None:
+    """Reject bad input with one line on stderr and exit status 2, before any work."""
     if args.figure not in FIGURES:
-        return f"--figure {args.figure} is unknown; use one of: {', '.join(FIGURES)}"
+        fail(f"--figure {args.figure} is unknown; use one of: {', '.join(FIGURES)}")
     for name in ("num_runs", "num_steps"):
         if getattr(args, name) <= 0:
-            return f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}"
+            fail(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.num_arms < 2:
-        return f"--num-arms must be at least 2 (a bandit needs a choice), got {args.num_arms}"
+        fail(f"--num-arms must be at least 2 (a bandit needs a choice), got {args.num_arms}")
     if args.summary_window <= 0:
-        return f"--summary-window must be a positive integer, got {args.summary_window}"
-    return None
+        fail(f"--summary-window must be a positive integer, got {args.summary_window}")
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment (checked last,
+    # so that no other bad input leaves a directory behind).
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(figure_path(args))), exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory")
 
 
 def main(args: Args) -> dict:
-    problem = validate(args)
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
-    except OSError as exc:
-        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
-
+    check_args(args)
     start = time.time()
     rng = np.random.default_rng(args.seed)
-    plot_path = Path(args.plot.replace("{figure}", args.figure.replace(".", "_")))
-    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    plot_path = Path(figure_path(args))
     steps = np.arange(1, args.num_steps + 1)
     window = min(args.summary_window, args.num_steps)
     results: dict[str, dict] = {}

@@ -26,34 +26,18 @@ The math, as written in the code below, for a sampled batch of transitions (s, a
     exploration   epsilon decays linearly from start_e to end_e over exploration_fraction * total_timesteps
     learning rate lr_t = learning_rate * (1 - t / total_timesteps)     (--no-anneal-lr: constant)
 
-Defaults: the house DQN's schedule (dqn.py: 128-128 MLP, lr 1e-3, batch 128, target copied every 500
-steps, epsilon 1 -> 0.02 over the first 10%, learning from step 1,000, gradient norm clipped at 10) with 51
-atoms and the paper's Adam epsilon 0.01 / batch size, and three changes for CartPole in 100k steps:
-    support [0, 100]       CartPole's discounted return lies in [0, 1 / (1 - 0.99)] = [0, 100]; on
-                           [-100, 100] half of the 51 atoms were never used
+Defaults: dqn.py's schedule (128-128 MLP, lr 1e-3, batch 128, target copied every 500 steps, epsilon
+1 -> 0.02 over the first 10%, learning from step 1,000, gradient norm clipped at 10) with 51 atoms and the
+paper's Adam epsilon 0.01 / batch size, and three changes for CartPole in 100k steps:
+    support [0, 100]       CartPole's discounted return lies in [0, 1 / (1 - 0.99)] = [0, 100]: a support
+                           reaching below 0 would leave atoms that no return ever uses
     train_frequency 2      a gradient step every 2 environment steps (dqn.py: 4), twice dqn.py's compute
     anneal_lr              the learning rate decays linearly to 0, so the network the final evaluation
                            takes is not still being moved at full speed
-Why, measured (final greedy return, seeds as listed): dqn.py's schedule unchanged (support [-100, 100],
-every 4 steps, constant lr) gave 500, 495.3, 357.0, 500, 500 on seeds 1-5 (mean 470.5; seed 3 returned 495
-in training at the end but 357 greedily: the last network had lost the balance). Support [0, 100] alone:
-193.4, 500, 500, 347.1, 500 on seeds 1-5, a collapse late in two runs. Adding the annealing: 500, 458.5,
-446.0, 500, 500 on seeds 6-10, no collapse but two runs still learning at 100k. Adding a gradient step
-every 2 steps: 500 on all of seeds 6-10. The changes were chosen on seeds 6-10; seeds 1-5 were then run
-once with the final defaults (below). CleanRL's c51 CartPole settings (lr 2.5e-4, buffer 10k,
-learning_starts 10k, train every 10 steps, epsilon over half the run) are made for 500k steps.
-
-Measured here with `python algorithms/c51.py --seed S --total-timesteps 100000` (one torch thread, 2-core
-machine shared with other jobs, defaults, CartPole-v1, greedy evaluation over 10 episodes): seeds 1-5 ->
-500, 500, 500, 500, 389.7 (mean 477.9); about 255 s per run (245-265 s). Seed 5 had reached 500 in training
-by 50k steps and ended at 456 (training) and 389.7 +- 112.4 (greedy); with seeds 6-10 above, 9 of 10 runs
-ended at 500.
-LunarLander-v3 with the arguments in the second Run line above (run_all.sh's C51_LUNAR), 300k steps, seeds 1-3,
-two runs at a time on the 2 cores (`./run_all.sh value`): 240.1 / 271.5 / 208.0 (mean 239.9); 380-550 s per run
-(over two runs of the command, which repeated these returns exactly).
-Those settings were chosen on test runs: seed 1 at 200k steps with a gradient step every 4 env steps gave
-172.4 (this fixed the budget; the support was not varied); seed 7 at 300k gave 207.8 with a step every 4 env steps and
-264.8 with one every 2.
+CleanRL's c51 CartPole settings (lr 2.5e-4, buffer 10k, learning_starts 10k, train every 10 steps, epsilon
+over half the run) are made for 500k steps.
+Tested: seed 1 reaches a greedy return of 475 on CartPole-v1 in 100k steps (tests/test_c51.py).
+Results: benchmark_results/c51.md
 
 Time limits: only `terminated` is stored as the transition's end. An episode cut by a time limit
 (`truncated`) is stored with its real last observation (info["final_obs"], Gymnasium's same-step
@@ -90,7 +74,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    """torch CPU threads; small networks run fastest on one"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -108,18 +92,8 @@ class Args:
     """total environment steps, summed over the parallel environments"""
     num_envs: int = 1
     """the number of parallel environments"""
-    n_atoms: int = 51
-    """the number of atoms of the support (the paper's C51: 51)"""
-    v_min: float = 0.0
-    """the smallest return the support represents (CartPole's returns are >= 0; -100 left half the atoms unused)"""
-    v_max: float = 100.0
-    """the largest return the support represents (CartPole's discounted return is at most 100)"""
     learning_rate: float = 1e-3
     """the Adam learning rate"""
-    anneal_lr: bool = True
-    """if toggled, the learning rate decays linearly from learning_rate to 0 over the run"""
-    adam_eps: float = 0.01 / 128
-    """Adam's epsilon (the paper: 0.01 / batch size 32; here 0.01 / 128, the default batch)"""
     buffer_size: int = 100_000
     """the replay memory's capacity in transitions"""
     gamma: float = 0.99
@@ -142,10 +116,20 @@ class Args:
     """environment steps between training phases (dqn.py: 4; see the module docstring)"""
     gradient_steps: int = 1
     """gradient steps in each training phase"""
+    n_atoms: int = 51
+    """the number of atoms of the support (the paper's C51: 51)"""
+    v_min: float = 0.0
+    """the smallest return the support represents (CartPole's returns are >= 0)"""
+    v_max: float = 100.0
+    """the largest return the support represents (CartPole's discounted return is at most 100)"""
+    anneal_lr: bool = True
+    """if toggled, the learning rate decays linearly from learning_rate to 0 over the run"""
+    adam_eps: float = 0.01 / 128
+    """Adam's epsilon (the paper: 0.01 / batch size 32; here 0.01 / 128, the default batch)"""
     hidden_sizes: tuple[int, ...] = (128, 128)
     """widths of the ReLU hidden layers"""
     max_grad_norm: float = 10.0
-    """the maximum norm of the gradient (global clipping)"""
+    """the maximum norm of the gradient (global clipping, as SB3's DQN)"""
     eval_episodes: int = 10
     """episodes of the final greedy evaluation"""
     log_every: int = 10_000
@@ -159,21 +143,23 @@ def fail(message: str) -> None:
 
 
 def check_args(args: Args) -> None:
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
-                 "gradient_steps", "target_network_frequency", "eval_episodes", "learning_rate", "max_grad_norm",
-                 "adam_eps", "torch_threads"):
-        if getattr(args, name) <= 0:
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency", "gradient_steps",
+                 "target_network_frequency", "learning_rate", "max_grad_norm", "adam_eps", "eval_episodes",
+                 "log_every", "torch_threads"):
+        if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if any(h <= 0 for h in args.hidden_sizes):
+    if args.buffer_size < args.num_envs:
+        fail(f"--buffer-size {args.buffer_size} is too small: each of the {args.num_envs} environments needs a row")
+    if not all(h > 0 for h in args.hidden_sizes):
         fail(f"--hidden-sizes must be positive widths, got {' '.join(map(str, args.hidden_sizes))}")
+    if not (args.learning_starts >= 0 and 0 < args.tau <= 1 and 0 < args.gamma <= 1):
+        fail("need --learning-starts >= 0, 0 < --tau <= 1 and 0 < --gamma <= 1")
+    if not (0 <= args.start_e <= 1 and 0 <= args.end_e <= 1 and 0 < args.exploration_fraction <= 1):
+        fail("need --start-e and --end-e in [0, 1] and 0 < --exploration-fraction <= 1")
     if args.n_atoms < 2:
         fail(f"--n-atoms must be at least 2 (the support needs two ends), got {args.n_atoms}")
     if not args.v_min < args.v_max:
         fail(f"need --v-min < --v-max, got {args.v_min} and {args.v_max}")
-    if args.learning_starts < 0 or not 0 < args.tau <= 1 or not 0 < args.gamma <= 1:
-        fail("need --learning-starts >= 0, 0 < --tau <= 1 and 0 < --gamma <= 1")
-    if not (0 <= args.end_e <= 1 and 0 <= args.start_e <= 1 and 0 < args.exploration_fraction <= 1):
-        fail("need epsilons in [0, 1] and 0 < --exploration-fraction <= 1")
     try:
         gym.spec(args.env_id)
     except gym.error.Error:
@@ -181,12 +167,10 @@ def check_args(args: Args) -> None:
     probe = gym.make(args.env_id)
     action_space, obs_space = probe.action_space, probe.observation_space
     probe.close()
-    if not isinstance(action_space, gym.spaces.Discrete):
-        fail(f"c51.py needs a Discrete action space, {args.env_id} has {action_space}; "
-             "use a discrete environment such as CartPole-v1 (continuous actions: ddpg.py, td3.py, sac.py)")
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        fail(f"c51.py needs a flat Box observation, {args.env_id} has {obs_space}; "
-             "use an environment such as CartPole-v1")
+    flat_box = isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1
+    if not (isinstance(action_space, gym.spaces.Discrete) and flat_box):
+        fail(f"c51.py needs Discrete actions and flat Box observations, {args.env_id} has {action_space} and "
+             f"{obs_space}; use e.g. CartPole-v1 (Box actions: ddpg.py, td3.py, sac.py)")
 
 
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
@@ -208,79 +192,66 @@ class QNetwork(nn.Module):
     checkpoint knows the values its atoms stand for.
     """
 
-    def __init__(self, obs_dim: int, n_actions: int, n_atoms: int = 51, v_min: float = 0.0, v_max: float = 100.0,
-                 hidden_sizes: tuple[int, ...] = (128, 128)):
+    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: tuple[int, ...] = (128, 128), n_atoms: int = 51,
+                 v_min: float = 0.0, v_max: float = 100.0):
         super().__init__()
         layers, width = [], obs_dim
         for h in hidden_sizes:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
         self.trunk = nn.Sequential(*layers)
-        self.head = nn.Linear(width, n_actions * n_atoms)
         self.n_actions, self.n_atoms = n_actions, n_atoms
+        self.q_head = nn.Linear(width, n_actions * n_atoms)
         self.register_buffer("support", torch.linspace(v_min, v_max, n_atoms))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, n_actions, n_atoms]."""
-        return self.head(self.trunk(x)).view(-1, self.n_actions, self.n_atoms)
+        h = self.trunk(x)
+        return self.q_head(h).view(-1, self.n_actions, self.n_atoms)
 
     def q_values(self, x: torch.Tensor) -> torch.Tensor:
         """Q [B, n_actions]: the mean of each action's return distribution."""
         return q_from_distribution(F.softmax(self(x), dim=-1), self.support)
 
-
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
-
-    Why: with small networks on a CPU the optimiser step and gradient clipping, which loop over many
-    small tensors, cost a large share of each update. Each parameter becomes a view into one flat
-    tensor (and each .grad a view into one flat gradient), so Adam and clip_grad_norm_ run once on one
-    tensor. The arithmetic is unchanged: Adam is elementwise and the clipping norm is global. Autograd
-    accumulates into an existing .grad in place, so gradients land in the flat buffer; zero them with
-    `flat.grad.zero_()`, never by setting them to None. (The support buffer is not a parameter: untouched.)
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
-        p.grad = flat.grad[offset : offset + n].view_as(p)
-        offset += n
-    return flat
+    @torch.no_grad()
+    def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
+        """argmax_a Q(s, a): x [B, obs_dim] -> actions [B]."""
+        return self.q_values(x).argmax(dim=1)
 
 
 class ReplayBuffer:
-    """A ring buffer of transitions in preallocated numpy arrays; uniform sampling."""
+    """A ring of transitions in preallocated numpy arrays, a row per vector step and a column per environment
+    (each environment's transitions in its own column); uniform sampling."""
 
-    def __init__(self, capacity: int, obs_dim: int, seed: int):
-        self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.actions = np.zeros(capacity, dtype=np.int64)
-        self.rewards = np.zeros(capacity, dtype=np.float32)
-        self.terminations = np.zeros(capacity, dtype=np.float32)
-        self.capacity, self.pos, self.size = capacity, 0, 0
+    def __init__(self, capacity: int, num_envs: int, obs_dim: int, seed: int):
+        self.rows, self.num_envs = capacity // num_envs, num_envs  # rows per environment, columns
+        self.obs = np.zeros((self.rows, num_envs, obs_dim), dtype=np.float32)
+        self.actions = np.zeros((self.rows, num_envs), dtype=np.int64)
+        self.rewards = np.zeros((self.rows, num_envs), dtype=np.float32)
+        self.next_obs = np.zeros((self.rows, num_envs, obs_dim), dtype=np.float32)
+        self.terminations = np.zeros((self.rows, num_envs), dtype=np.float32)
+        self.pos, self.filled = 0, 0  # the next row to write, the rows written so far
         self.rng = np.random.default_rng(seed)
 
-    def add(self, obs, next_obs, actions, rewards, terminations) -> None:
-        """Add one vector step: a transition per environment."""
-        for i in range(len(actions)):
-            j = self.pos
-            self.obs[j], self.next_obs[j], self.actions[j] = obs[i], next_obs[i], actions[i]
-            self.rewards[j], self.terminations[j] = rewards[i], terminations[i]
-            self.pos = (self.pos + 1) % self.capacity
-            self.size = min(self.size + 1, self.capacity)
+    def add(self, obs, actions, rewards, next_obs, terminations) -> None:
+        """Add one vector step: arrays with a leading num_envs dimension, one transition per environment."""
+        j = self.pos
+        self.obs[j], self.actions[j], self.rewards[j] = obs, actions, rewards
+        self.next_obs[j], self.terminations[j] = next_obs, terminations
+        self.pos = (j + 1) % self.rows
+        self.filled = min(self.filled + 1, self.rows)
 
-    def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
-        idx = self.rng.integers(0, self.size, size=batch_size)
-        return tuple(torch.from_numpy(a[idx]) for a in
+    def sample(self, batch_size: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        """(obs, actions, rewards, next_obs, terminations) of batch_size transitions drawn uniformly."""
+        envs = self.rng.integers(0, self.num_envs, size=batch_size)
+        rows = self.rng.integers(0, self.filled, size=batch_size)
+        return tuple(torch.from_numpy(a[rows, envs]).to(device) for a in
                      (self.obs, self.actions, self.rewards, self.next_obs, self.terminations))
 
 
-def linear_schedule(start_e: float, end_e: float, duration: float, t: int) -> float:
-    slope = (end_e - start_e) / duration
-    return max(slope * t + start_e, end_e)
+def linear_schedule(start: float, end: float, duration: float, t: int) -> float:
+    """start -> end linearly over `duration` steps, then end (it decays or grows)."""
+    return start + min(t / duration, 1.0) * (end - start)
 
 
 def q_from_distribution(probs: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
@@ -292,20 +263,24 @@ def project_distribution(
     next_probs: torch.Tensor,
     rewards: torch.Tensor,
     dones: torch.Tensor,
-    gamma: float,
+    gamma: float | torch.Tensor,
     support: torch.Tensor,
 ) -> torch.Tensor:
     """Project the shifted distribution r + gamma * (1 - done) * Z(s', a*) back onto the support.
 
     next_probs [B, n_atoms] is p'(s', a*); rewards and dones [B] (done = 1.0 for a terminated transition:
-    no bootstrap, all mass at r); support [n_atoms] evenly spaced from v_min to v_max. Returns the target
-    distribution m [B, n_atoms] (Algorithm 1 of the paper). Each shifted atom Tz_j splits its probability
-    between its two neighbouring atoms in proportion to closeness, which keeps the mean wherever Tz lies
-    inside [v_min, v_max].
+    no bootstrap, all mass at r); gamma a float or one discount per sample [B] (gamma^m for an m-step
+    return); support [n_atoms] evenly spaced from v_min to v_max. Returns the target distribution m
+    [B, n_atoms] (Algorithm 1 of the paper):
+        Tz_j = clamp(r + gamma * (1 - done) * z_j, v_min, v_max),   b_j = (Tz_j - v_min) / delta_z
+        m_l += p'_j * (u - b_j),   m_u += p'_j * (b_j - l),   l = floor(b_j),  u = ceil(b_j)
+    Each shifted atom splits its probability between its two neighbouring atoms in proportion to closeness,
+    which keeps the mean wherever Tz lies inside [v_min, v_max].
     """
     n_atoms = support.shape[0]
     v_min, v_max = support[0], support[-1]
     delta_z = (v_max - v_min) / (n_atoms - 1)
+    gamma = torch.as_tensor(gamma, dtype=support.dtype, device=support.device).reshape(-1, 1)
     tz = (rewards.unsqueeze(1) + gamma * (1.0 - dones).unsqueeze(1) * support.unsqueeze(0)).clamp(v_min, v_max)
     # clamp b too: rounding in (Tz - v_min) / delta_z could put it a hair past the last atom's index
     b = ((tz - v_min) / delta_z).clamp(0, n_atoms - 1)
@@ -328,35 +303,54 @@ def categorical_loss(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.
     return -(target_probs * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
 
 
-def save_checkpoint(q_network: QNetwork, path: str, meta: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
-    state = {k: v.detach().clone() for k, v in q_network.state_dict().items()}  # clone: detach from the flat buffer
+@torch.no_grad()
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """Polyak averaging, target <- tau * online + (1 - tau) * target (tau = 1: a copy)."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.lerp_(o, tau)
+
+
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save({"model": state, **meta}, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_q_network(path: str) -> tuple[QNetwork, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    q = QNetwork(ckpt["obs_dim"], ckpt["n_actions"], ckpt["n_atoms"], ckpt["v_min"], ckpt["v_max"],
-                 tuple(ckpt["hidden_sizes"]))
-    q.load_state_dict(ckpt["model"])
-    return q, ckpt
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
 
 
-def evaluate(q_or_path: QNetwork | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
-    """Greedy evaluation (argmax of the distribution's mean) on a fresh environment; one return per episode."""
-    q_network = load_q_network(q_or_path)[0] if isinstance(q_or_path, str) else q_or_path
+def load_model(path: str) -> tuple[QNetwork, dict]:
+    ckpt = load_checkpoint(path, "c51")
+    q_network = QNetwork(**ckpt["model_args"])
+    q_network.load_state_dict(ckpt["model"])
+    return q_network, ckpt
+
+
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment; returns one return per episode."""
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = gym.make(env_id)
     returns = []
     for ep in range(eval_episodes):
         obs, _ = env.reset(seed=seed + ep)
         done, total = False, 0.0
         while not done:
-            with torch.no_grad():
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
-                action = q_network.q_values(obs_t).argmax(-1)
-            obs, reward, terminated, truncated, _ = env.step(int(action.item()))
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -366,7 +360,7 @@ def evaluate(q_or_path: QNetwork | str, env_id: str, eval_episodes: int, seed: i
 
 def main(args: Args) -> dict:
     check_args(args)
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     if args.track:
         import wandb
@@ -397,14 +391,14 @@ def main(args: Args) -> dict:
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     n_actions = int(envs.single_action_space.n)
 
-    net_args = (obs_dim, n_actions, args.n_atoms, args.v_min, args.v_max, args.hidden_sizes)
-    q_network = QNetwork(*net_args).to(device)
-    target_network = QNetwork(*net_args).to(device)
+    model_args = dict(obs_dim=obs_dim, n_actions=n_actions, hidden_sizes=list(args.hidden_sizes), n_atoms=args.n_atoms,
+                      v_min=args.v_min, v_max=args.v_max)
+    q_network = QNetwork(**model_args).to(device)
+    target_network = QNetwork(**model_args).to(device)
     target_network.load_state_dict(q_network.state_dict())
-    flat_params = flatten_parameters(q_network)
-    flat_target = flatten_parameters(target_network)  # so the Polyak update is one operation too
-    optimizer = torch.optim.Adam([flat_params], lr=args.learning_rate, eps=args.adam_eps)
-    rb = ReplayBuffer(args.buffer_size, obs_dim, args.seed)
+    # fused: one kernel updates every parameter (a loop over the tensors without it; the same arithmetic)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps, fused=True)
+    rb = ReplayBuffer(args.buffer_size, args.num_envs, obs_dim, args.seed)
     support = q_network.support
     batch_index = torch.arange(args.batch_size, device=device)
 
@@ -422,9 +416,7 @@ def main(args: Args) -> dict:
         if global_step < args.learning_starts:
             actions = envs.action_space.sample()
         else:
-            with torch.no_grad():
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-                actions = q_network.q_values(obs_t).argmax(-1).cpu().numpy()
+            actions = q_network.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
             explore = rng.random(args.num_envs) < epsilon  # epsilon-greedy, decided per environment
             if explore.any():
                 actions = np.where(explore, envs.action_space.sample(), actions)
@@ -436,7 +428,7 @@ def main(args: Args) -> dict:
         if "final_obs" in infos:
             for i in np.flatnonzero(infos["_final_obs"]):
                 real_next_obs[i] = infos["final_obs"][i]
-        rb.add(obs, real_next_obs, actions, rewards, terminations)  # terminations only: truncation bootstraps
+        rb.add(obs, actions, rewards, real_next_obs, terminations)  # terminations only: truncation bootstraps
         obs = next_obs
 
         if "episode" in infos:
@@ -453,24 +445,23 @@ def main(args: Args) -> dict:
             if args.anneal_lr:  # lr_t = learning_rate * (1 - t / total_timesteps)
                 optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - global_step / args.total_timesteps)
             for _ in range(args.gradient_steps):
-                b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size)
+                b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size, device)
                 with torch.no_grad():
                     next_probs_all = F.softmax(target_network(b_next_obs), dim=-1)  # [B, n_actions, n_atoms]
                     next_actions = q_from_distribution(next_probs_all, support).argmax(dim=1)
                     next_probs = next_probs_all[batch_index, next_actions]
-                    target_probs = project_distribution(next_probs, b_rewards, b_terminations, args.gamma, support)
+                    target = project_distribution(next_probs, b_rewards, b_terminations, args.gamma, support)
                 logits_taken = q_network(b_obs)[batch_index, b_actions]  # [B, n_atoms]
-                loss = categorical_loss(logits_taken, target_probs)
-                flat_params.grad.zero_()
+                loss = categorical_loss(logits_taken, target)
+                optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_([flat_params], args.max_grad_norm)
+                nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm, foreach=True)
                 optimizer.step()
             q_values = q_from_distribution(F.softmax(logits_taken.detach(), dim=-1), support).mean()
 
         if global_step >= next_target:
             next_target += args.target_network_frequency
-            with torch.no_grad():  # theta' <- tau * theta + (1 - tau) * theta'
-                flat_target.data.lerp_(flat_params.data, args.tau)
+            soft_update(target_network, q_network, args.tau)
 
         if global_step >= next_log:
             next_log += args.log_every
@@ -502,9 +493,8 @@ def main(args: Args) -> dict:
     model_path = None
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(q_network, model_path, {"obs_dim": obs_dim, "n_actions": n_actions, "n_atoms": args.n_atoms,
-                                                "v_min": args.v_min, "v_max": args.v_max,
-                                                "hidden_sizes": list(args.hidden_sizes), "env_id": args.env_id})
+        save_checkpoint(model_path, {"algo": "c51", "env_id": args.env_id, "model_args": model_args,
+                                     "model": q_network.state_dict()})
         print(f"model saved to {model_path}")
     writer.close()
     if args.track:

@@ -7,8 +7,8 @@ Silver et al. (2014), "Deterministic Policy Gradient Algorithms".
 Run:
     python algorithms/ddpg.py                                   # Pendulum-v1, 20k steps
     python algorithms/ddpg.py --env-id HalfCheetah-v5 --total-timesteps 1000000 --learning-starts 5000
-    python algorithms/ddpg.py --save-model --save-buffer        # a checkpoint that can resume exactly
-    python algorithms/ddpg.py --resume runs/.../ddpg.pt --total-timesteps 40000
+    python algorithms/ddpg.py --save-model --save-buffer        # a checkpoint that can resume
+    python algorithms/ddpg.py --resume runs/<run>/ddpg.pt --total-timesteps 40000
     python algorithms/ddpg.py --help
 
 Defaults are CleanRL's / Stable-Baselines3's MuJoCo settings (256-256 MLPs, Adam lr 3e-4, buffer 1e6,
@@ -17,15 +17,13 @@ range, the actor and the targets updated every second critic step as in CleanRL'
 except two chosen for the default environment, Pendulum-v1: learning_starts 1000 (MuJoCo: 5000) and
 total_timesteps 20000 (MuJoCo: 1e6). The paper itself used Ornstein-Uhlenbeck noise, 400-300 networks,
 lr 1e-4 / 1e-3, batch 64 and an L2 penalty on the critic; Fujimoto et al. (2018) found uncorrelated
-Gaussian noise works as well, and the later reimplementations dropped the rest. With them the mean final evaluation return (10 deterministic episodes)
-on Pendulum-v1 was, seeds 1-5: -195.0, -194.7, -184.2, -181.2, -160.8 (mean -183.2), about 2.5-3 min
-each on a loaded 2-core machine. The margin over -200 is thin: one evaluation's spread is about 120,
-as the 10 start states differ (lr 1e-3 gave -193.0 on seed 1, no better).
+Gaussian noise works as well, and the later reimplementations dropped the rest.
+Tested: seed 1 reaches a mean evaluation return >= -200 on Pendulum-v1 in 20k steps (tests/test_ddpg.py, slow).
+Results: benchmark_results/ddpg.md
 
-Actions: the actor ends in tanh, so mu(s) is in [-1, 1]^d; the environment receives
-    action = low + (a + 1) * (high - low) / 2        (scale_action; unscale_action is its inverse)
-The replay buffer and the critic work with the unscaled a in [-1, 1]; exploration adds N(0, sigma^2)
-to a and clips to [-1, 1], i.e. a noise std of sigma * (high - low) / 2 in the environment's units.
+Actions are in the environment's units everywhere (the replay buffer, the critic, exploration): the actor
+ends in tanh, scaled into the bounds, mu(s) = scale * tanh(f(s)) + bias with scale = (high - low) / 2 and
+bias = (high + low) / 2; exploration adds scale * N(0, sigma^2) and clips to [low, high].
 
 The math, as written in the code below, for a sampled batch of transitions (s, a, r, s', terminated):
     critic target   y = r + gamma * (1 - terminated) * Q'(s', mu'(s'))            (paper eq. 5, Alg. 1)
@@ -41,20 +39,19 @@ More than one environment may run in parallel (--num-envs); every count (learnin
 train_frequency, log_every, total_timesteps) is in environment steps summed over the environments,
 so the number of gradient steps per environment step does not depend on --num-envs.
 
-Checkpoints and resuming: --save-model writes the actor (what `evaluate` needs) and everything needed to
-continue training: the critic, both target networks, both Adam states, the step and update counters and
-the random number generators (Python's, torch's, the exploration noise's, the replay sampler's and each
-environment's). The replay buffer is included only with --save-buffer (it can be large: 1e6 transitions).
---resume PATH continues from the checkpoint's step up to --total-timesteps (the total, not the extra
-steps); the resumed run starts new episodes. Without the buffer, training resumes on an empty buffer
-and waits until it holds batch_size transitions. When the checkpoint was taken at an episode boundary of
-every environment (e.g. Pendulum, one environment, a multiple of 200 steps) and the buffer was saved,
-the resumed run is bit-for-bit the run that never stopped (tests/test_ddpg.py checks this); elsewhere an
-episode in progress cannot be saved generically (the simulator's state), so it is dropped.
+Checkpoints and resuming: --save-model writes the actor (what `evaluate` needs, under "model") and the
+training state: the critic, both target networks, both Adam states, the step and update counters and the
+random generators (Python's, torch's, the replay sampler's, the action space's). The replay buffer is
+included only with --save-buffer (it can be large: 1e6 MuJoCo transitions are about 100 MB). --resume PATH
+continues from the checkpoint's step up to --total-timesteps (the total, not the extra steps); without
+the buffer, updates wait until the empty buffer holds batch_size transitions. The environments' internal
+states (physics, time-limit counters) cannot be saved generically: a resumed run starts fresh episodes,
+reset with seed + global_step.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import sys
@@ -81,7 +78,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    """torch CPU threads; 1 suits small networks on a shared machine"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -91,14 +88,14 @@ class Args:
     capture_video: bool = False
     """if toggled, record videos of the first environment into videos/{run_name}"""
     save_model: bool = False
-    """if toggled, save a resumable checkpoint to runs/{run_name}/{exp_name}.pt"""
+    """if toggled, save the model and training state to runs/{run_name}/{exp_name}.pt"""
     save_buffer: bool = False
-    """if toggled (with --save-model), the checkpoint also holds the replay buffer, for an exact resume"""
+    """if toggled (with --save-model), the checkpoint also holds the replay buffer"""
     resume: str | None = None
-    """a checkpoint written by --save-model: continue that run up to --total-timesteps"""
+    """a checkpoint written by --save-model: continue its training up to --total-timesteps"""
 
     env_id: str = "Pendulum-v1"
-    """the Gymnasium id of the environment (bounded Box actions, flat observations)"""
+    """the Gymnasium id of the environment (bounded Box actions, flat Box observations)"""
     total_timesteps: int = 20_000
     """total environment steps, summed over the parallel environments (MuJoCo: 1e6)"""
     num_envs: int = 1
@@ -113,12 +110,12 @@ class Args:
     """target smoothing coefficient: theta' <- tau * theta + (1 - tau) * theta'"""
     batch_size: int = 256
     """transitions per gradient step"""
-    exploration_noise: float = 0.1
-    """std of the Gaussian exploration noise, as a fraction of half the action range"""
     learning_starts: int = 1000
     """environment steps of uniformly random actions before learning starts (MuJoCo: 5000)"""
     train_frequency: int = 1
     """environment steps per critic gradient step"""
+    exploration_noise: float = 0.1
+    """std of the Gaussian exploration noise, in units of half the action range"""
     policy_frequency: int = 2
     """critic gradient steps per actor step and target update (CleanRL: 2; the paper: 1)"""
     hidden_sizes: tuple[int, ...] = (256, 256)
@@ -126,7 +123,7 @@ class Args:
     eval_episodes: int = 10
     """episodes of the final deterministic evaluation"""
     log_every: int = 5_000
-    """print a progress line every this many environment steps"""
+    """write the losses and SPS, and print a progress line, every this many environment steps"""
 
 
 def fail(message: str) -> None:
@@ -135,49 +132,58 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def check_args(args: Args) -> dict | None:
-    """Validate the arguments before anything is written; returns the loaded checkpoint when resuming."""
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
-                 "policy_frequency", "eval_episodes", "log_every", "torch_threads"):
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency", "policy_frequency",
+                 "eval_episodes", "log_every", "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.learning_starts < 0 or not 0 < args.tau <= 1 or not 0 < args.gamma <= 1:
         fail("need --learning-starts >= 0, 0 < --tau <= 1 and 0 < --gamma <= 1")
-    if args.learning_rate <= 0 or args.exploration_noise < 0:
+    if not args.learning_rate > 0 or not args.exploration_noise >= 0:
         fail("need --learning-rate > 0 and --exploration-noise >= 0")
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         fail(f"--hidden-sizes must be positive widths, got {args.hidden_sizes}")
+    if args.save_buffer and not args.save_model:
+        fail("--save-buffer needs --save-model")
+    check_env(args.env_id)
+    if args.resume is not None:
+        check_resume(load_checkpoint(args.resume, "ddpg"), args)
+
+
+def check_env(env_id: str) -> None:
+    """The environment exists and has bounded Box actions and flat Box observations."""
     try:
-        gym.spec(args.env_id)
+        gym.spec(env_id)
     except gym.error.Error:
-        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; try Pendulum-v1 or HalfCheetah-v5")
-    probe = gym.make(args.env_id)
+        fail(f"--env-id {env_id} is not a registered Gymnasium environment; try Pendulum-v1 or HalfCheetah-v5")
+    try:
+        probe = gym.make(env_id)
+    except Exception as error:  # noqa: BLE001 - e.g. a missing optional dependency (mujoco, box2d)
+        fail(f"--env-id {env_id} cannot be created: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     action_space, obs_space = probe.action_space, probe.observation_space
     probe.close()
-    if not isinstance(action_space, gym.spaces.Box):
-        fail(f"ddpg.py needs a Box (continuous) action space, {args.env_id} has {action_space}; "
-             "use an environment such as Pendulum-v1 (discrete actions: dqn.py, ppo.py)")
-    if len(action_space.shape) != 1 or not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-        fail(f"ddpg.py needs a flat action space with finite bounds, {args.env_id} has {action_space}")
+    if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
+        fail(f"--env-id {env_id} has {action_space} actions; this algorithm needs a flat Box (continuous) action "
+             "space, e.g. Pendulum-v1 (discrete actions: dqn.py, ppo.py)")
+    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+        fail(f"--env-id {env_id} has unbounded actions {action_space}; tanh needs finite bounds to scale to")
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        fail(f"ddpg.py needs a flat Box observation, {args.env_id} has {obs_space}; use an environment such as Pendulum-v1")
-    if args.resume is None:
-        return None
-    if not os.path.isfile(args.resume):
-        fail(f"--resume {args.resume}: no such file")
-    try:
-        ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable file is bad input here
-        fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__})")
+        fail(f"--env-id {env_id} has {obs_space} observations; this algorithm needs a flat Box observation, "
+             "e.g. Pendulum-v1")
+
+
+def check_resume(ckpt: dict, args: Args) -> None:
+    """A checkpoint to resume holds the training state and fits the arguments."""
     if "critic" not in ckpt or "global_step" not in ckpt:
-        fail(f"--resume {args.resume} is not a ddpg.py training checkpoint")
-    if ckpt["env_id"] != args.env_id or tuple(ckpt["hidden_sizes"]) != tuple(args.hidden_sizes):
-        fail(f"--resume {args.resume} was trained on {ckpt['env_id']} with --hidden-sizes {ckpt['hidden_sizes']}; "
-             "pass the same --env-id and --hidden-sizes")
+        fail(f"--resume {args.resume} holds no training state; write one with --save-model")
+    if ckpt["env_id"] != args.env_id or tuple(ckpt["model_args"]["hidden_sizes"]) != tuple(args.hidden_sizes):
+        fail(f"--resume {args.resume} was trained on {ckpt['env_id']} with --hidden-sizes "
+             f"{tuple(ckpt['model_args']['hidden_sizes'])}; pass the same --env-id and --hidden-sizes")
     if ckpt["global_step"] >= args.total_timesteps:
         fail(f"--total-timesteps {args.total_timesteps} is the total budget and the checkpoint is already at step "
              f"{ckpt['global_step']}; pass a larger --total-timesteps")
-    return ckpt
+    if ckpt.get("buffer", {}).get("size", 0) > args.buffer_size:
+        fail(f"--resume {args.resume} holds {ckpt['buffer']['size']} transitions, more than --buffer-size {args.buffer_size}")
 
 
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
@@ -193,6 +199,7 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
 
 
 def mlp(in_dim: int, out_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
+    """ReLU hidden layers of the given widths, then a linear output layer (PyTorch's default initialisation)."""
     layers, width = [], in_dim
     for h in hidden_sizes:
         layers += [nn.Linear(width, h), nn.ReLU()]
@@ -201,57 +208,46 @@ def mlp(in_dim: int, out_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequenti
 
 
 class Actor(nn.Module):
-    """mu(s) in [-1, 1]^act_dim (tanh); scale_action maps it to the environment's bounds."""
+    """The deterministic policy mu(s) = action_scale * tanh(f(s)) + action_bias: always inside [low, high]."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...] = (256, 256)):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...], action_low, action_high):
         super().__init__()
         self.net = mlp(obs_dim, act_dim, hidden_sizes)
+        # buffers, not parameters: saved in the state_dict (evaluation needs them), never trained
+        low = torch.as_tensor(action_low, dtype=torch.float32)
+        high = torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2.0)
+        self.register_buffer("action_bias", (high + low) / 2.0)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(obs))
+        return self.action_scale * torch.tanh(self.net(obs)) + self.action_bias
+
+    @torch.no_grad()
+    def greedy_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """mu(s) in the environment's units, without exploration noise (what evaluation plays)."""
+        return self(obs)
 
 
-class Critic(nn.Module):
-    """Q(s, a) with a in [-1, 1]^act_dim; the action enters with the observation (as CleanRL and SB3)."""
+class QCritic(nn.Module):
+    """Q(s, a): the action enters with the observation (as CleanRL and SB3)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...] = (256, 256)):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...]):
         super().__init__()
         self.net = mlp(obs_dim + act_dim, 1, hidden_sizes)
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)
-
-
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
-
-    Why: with small networks on a CPU the optimiser step, which loops over many small tensors, costs a
-    large share of each update. Each parameter becomes a view into one flat tensor (and each .grad a view
-    into one flat gradient), so Adam, and the Polyak update of the targets, run once on one tensor. The
-    arithmetic is unchanged: Adam and Polyak averaging are elementwise. Autograd accumulates into an
-    existing .grad in place, so gradients land in the flat buffer; zero them with `flat.grad.zero_()`.
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
-        p.grad = flat.grad[offset : offset + n].view_as(p)
-        offset += n
-    return flat
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, actions], dim=1)).squeeze(1)
 
 
 class ReplayBuffer:
     """A ring buffer of transitions in preallocated numpy arrays; uniform sampling."""
 
-    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminations")
+    FIELDS = ("obs", "actions", "rewards", "next_obs", "terminations")
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, seed: int):
         self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
         self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.actions = np.zeros((capacity, act_dim), dtype=np.float32)  # unscaled, in [-1, 1]
+        self.actions = np.zeros((capacity, act_dim), dtype=np.float32)  # in the environment's units
         self.rewards = np.zeros(capacity, dtype=np.float32)
         self.terminations = np.zeros(capacity, dtype=np.float32)
         self.capacity, self.pos, self.size = capacity, 0, 0
@@ -267,94 +263,88 @@ class ReplayBuffer:
             self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """A batch (obs, actions, rewards, next_obs, terminations), drawn uniformly with replacement."""
         idx = self.rng.integers(0, self.size, size=batch_size)
         return tuple(torch.from_numpy(getattr(self, f)[idx]) for f in self.FIELDS)
 
-    def state_dict(self, with_data: bool) -> dict:
-        state = {"pos": self.pos, "size": self.size, "rng": self.rng.bit_generator.state}
-        if with_data:  # only the filled part
-            state.update({f: torch.from_numpy(getattr(self, f)[: self.size].copy()) for f in self.FIELDS})
-        return state
+    def state_dict(self) -> dict:
+        """The stored part only (the first `size` rows), as tensors so torch.load(weights_only=True) reads it."""
+        return {"pos": self.pos, "size": self.size,
+                **{f: torch.from_numpy(getattr(self, f)[: self.size].copy()) for f in self.FIELDS}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
-        if "obs" in state:
-            if state["size"] > self.capacity:
-                raise ValueError("the saved buffer is larger than --buffer-size")
-            for f in self.FIELDS:
-                getattr(self, f)[: state["size"]] = state[f].numpy()
-            self.pos, self.size = state["pos"] % self.capacity, state["size"]
+        for f in self.FIELDS:
+            getattr(self, f)[: state["size"]] = state[f].numpy()
+        self.size, self.pos = state["size"], state["pos"] % self.capacity
 
 
-def scale_action(action: np.ndarray | torch.Tensor, low, high):
-    """[-1, 1] -> [low, high]: low + (a + 1) * (high - low) / 2."""
-    return low + (action + 1.0) * (high - low) / 2.0
-
-
-def unscale_action(action: np.ndarray | torch.Tensor, low, high):
-    """[low, high] -> [-1, 1]: the inverse of scale_action."""
-    return 2.0 * (action - low) / (high - low) - 1.0
-
-
-def critic_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q_target: torch.Tensor, gamma: float) -> torch.Tensor:
-    """y = r + gamma * (1 - terminated) * Q'(s', mu'(s')); next_q_target is Q'(s', mu'(s'))."""
-    return rewards + gamma * (1.0 - terminations) * next_q_target
-
-
-def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L_Q = mean((Q(s, a) - y)^2)."""
-    return F.mse_loss(q, target)
-
-
-def actor_loss(q_of_mu: torch.Tensor) -> torch.Tensor:
-    """L_mu = -mean(Q(s, mu(s))): descending it ascends Q along dQ/da * dmu/dtheta (the DPG theorem)."""
-    return -q_of_mu.mean()
+def td_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """y = r + gamma * (1 - terminated) * next_q, where next_q is the target networks' value of s'."""
+    return rewards + gamma * (1.0 - terminations) * next_q
 
 
 @torch.no_grad()
-def polyak_update(target: torch.Tensor, online: torch.Tensor, tau: float) -> None:
-    """theta' <- tau * theta + (1 - tau) * theta', in place, written exactly as the formula."""
-    target.copy_(tau * online + (1.0 - tau) * target)
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """Polyak averaging, target <- tau * online + (1 - tau) * target (tau = 1: a copy)."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.lerp_(o, tau)
 
 
-def save_checkpoint(path: str, ckpt: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
+def rng_state(generators: dict[str, np.random.Generator]) -> dict:
+    """Python's, torch's and the named numpy generators' states, in types torch.load(weights_only=True) reads."""
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            **{name: g.bit_generator.state for name, g in generators.items()}}
+
+
+def set_rng_state(state: dict, generators: dict[str, np.random.Generator]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    for name, g in generators.items():
+        g.bit_generator.state = state[name]
+
+
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save(ckpt, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def cloned_state(module_or_optimizer) -> dict:
-    """A state dict detached from the flat buffers (their views would otherwise be saved with them)."""
-    def clone(x):
-        if isinstance(x, torch.Tensor):
-            return x.detach().clone()
-        if isinstance(x, dict):
-            return {k: clone(v) for k, v in x.items()}
-        return x
-    return clone(module_or_optimizer.state_dict())
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
 
 
-def load_actor(path: str) -> tuple[Actor, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    actor = Actor(ckpt["obs_dim"], ckpt["act_dim"], tuple(ckpt["hidden_sizes"]))
+def load_model(path: str) -> tuple[Actor, dict]:
+    ckpt = load_checkpoint(path, "ddpg")
+    actor = Actor(**ckpt["model_args"])
     actor.load_state_dict(ckpt["model"])
     return actor, ckpt
 
 
-def evaluate(actor_or_path: Actor | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
-    """Deterministic evaluation (the action mu(s), no noise) on a fresh environment; one return per episode."""
-    actor = load_actor(actor_or_path)[0] if isinstance(actor_or_path, str) else actor_or_path
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment; returns one return per episode."""
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = gym.make(env_id)
-    low, high = env.action_space.low, env.action_space.high
     returns = []
     for ep in range(eval_episodes):
         obs, _ = env.reset(seed=seed + ep)
         done, total = False, 0.0
         while not done:
-            with torch.no_grad():
-                a = actor(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
-            obs, reward, terminated, truncated, _ = env.step(scale_action(a, low, high).astype(env.action_space.dtype))
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -362,12 +352,8 @@ def evaluate(actor_or_path: Actor | str, env_id: str, eval_episodes: int, seed: 
     return returns
 
 
-def env_rng_states(envs) -> list:
-    return [e.unwrapped.np_random.bit_generator.state for e in envs.unwrapped.envs]
-
-
 def main(args: Args) -> dict:
-    resume_ckpt = check_args(args)
+    check_args(args)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     if args.track:
@@ -386,7 +372,6 @@ def main(args: Args) -> dict:
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    rng = np.random.default_rng(args.seed)  # exploration noise and the uniform warm-up actions
 
     # Same-step autoreset: when an episode ends, step() already returns the next episode's first
     # observation and puts the last one in info["final_obs"], which is what the transition needs.
@@ -395,65 +380,53 @@ def main(args: Args) -> dict:
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    envs.action_space.seed(args.seed)
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     act_dim = int(np.prod(envs.single_action_space.shape))
     low, high = envs.single_action_space.low, envs.single_action_space.high
-    act_dtype = envs.single_action_space.dtype
+    model_args = {"obs_dim": obs_dim, "act_dim": act_dim, "hidden_sizes": list(args.hidden_sizes),
+                  "action_low": low.tolist(), "action_high": high.tolist()}
 
-    actor = Actor(obs_dim, act_dim, args.hidden_sizes).to(device)
-    critic = Critic(obs_dim, act_dim, args.hidden_sizes).to(device)
-    actor_target = Actor(obs_dim, act_dim, args.hidden_sizes).to(device)
-    critic_target_net = Critic(obs_dim, act_dim, args.hidden_sizes).to(device)
-    actor_target.load_state_dict(actor.state_dict())
-    critic_target_net.load_state_dict(critic.state_dict())
-    if resume_ckpt is not None:  # before flattening: load_state_dict then copies into the ordinary tensors
-        for net, key in ((actor, "model"), (critic, "critic"), (actor_target, "actor_target"), (critic_target_net, "critic_target")):
-            net.load_state_dict(resume_ckpt[key])
-    flat_actor, flat_critic = flatten_parameters(actor), flatten_parameters(critic)
-    flat_actor_target, flat_critic_target = flatten_parameters(actor_target), flatten_parameters(critic_target_net)
-    actor_optimizer = torch.optim.Adam([flat_actor], lr=args.learning_rate)
-    critic_optimizer = torch.optim.Adam([flat_critic], lr=args.learning_rate)
+    actor = Actor(**model_args).to(device)
+    critic = QCritic(obs_dim, act_dim, args.hidden_sizes).to(device)
+    actor_target, critic_target = copy.deepcopy(actor), copy.deepcopy(critic)
+    # fused=True: Adam's arithmetic for all parameters in one kernel, instead of a dozen elementwise passes each
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, fused=True)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, args.seed)
+    generators = {"buffer": rb.rng, "action_space": envs.action_space.np_random}
 
-    global_step = 0
-    n_updates = 0  # critic gradient steps so far (the policy_frequency clock)
-    obs, _ = envs.reset(seed=args.seed)
-    if resume_ckpt is not None:
-        actor_optimizer.load_state_dict(resume_ckpt["actor_optimizer"])
-        critic_optimizer.load_state_dict(resume_ckpt["critic_optimizer"])
-        global_step, n_updates = resume_ckpt["global_step"], resume_ckpt["n_updates"]
-        r = resume_ckpt["rng"]
-        random.setstate((r["python"][0], tuple(r["python"][1]), r["python"][2]))
-        torch.set_rng_state(r["torch"])
-        rng.bit_generator.state = r["noise"]
-        rb.load_state_dict(resume_ckpt["buffer"])
-        # The environments' generators as they were before the checkpoint's last step: reset() now draws
-        # the same initial states that step's autoreset drew (identical when every episode had just ended).
-        for e, state in zip(envs.unwrapped.envs, r["envs_before_last_step"], strict=False):
-            e.unwrapped.np_random.bit_generator.state = state
-        obs, _ = envs.reset()
-        print(f"resumed from {args.resume} at step {global_step:,} (replay buffer: {rb.size:,} transitions)")
+    global_step, n_updates = 0, 0  # n_updates: critic gradient steps so far (the policy_frequency clock)
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume, "ddpg")
+        for name, obj in (("model", actor), ("critic", critic), ("actor_target", actor_target),
+                          ("critic_target", critic_target), ("actor_optimizer", actor_optimizer),
+                          ("critic_optimizer", critic_optimizer)):
+            obj.load_state_dict(ckpt[name])
+        set_rng_state(ckpt["rng"], generators)
+        global_step, n_updates = ckpt["global_step"], ckpt["n_updates"]
+        if "buffer" in ckpt:
+            rb.load_state_dict(ckpt["buffer"])
+        print(f"resumed from {args.resume} at step {global_step:,} (replay buffer: {rb.size:,} transitions)", flush=True)
 
-    start_step = global_step
-    start_time = time.time()
+    # one critic step per train_frequency environment steps after learning_starts (or the resumed step)
+    next_train = max(args.learning_starts, global_step) + args.train_frequency
+    start_step, start_time = global_step, time.time()
     recent_returns: deque[float] = deque(maxlen=20)
     next_log = (global_step // args.log_every + 1) * args.log_every
-    # one critic step per train_frequency environment steps after learning_starts, counted in global steps
-    next_train = args.learning_starts + args.train_frequency if resume_ckpt is None else resume_ckpt["next_train"]
-    qf_loss = pi_loss = q_values = None
-    envs_before_last_step = env_rng_states(envs)
+    losses: dict[str, torch.Tensor] = {}  # the latest losses, detached; copied to the host only when logged
+    # the first run resets with the seed; a resumed one starts fresh episodes with seed + global_step
+    obs, _ = envs.reset(seed=args.seed + global_step)
 
     while global_step < args.total_timesteps:
         if global_step < args.learning_starts:
-            actions = rng.uniform(-1.0, 1.0, size=(args.num_envs, act_dim)).astype(np.float32)
+            actions = envs.action_space.sample()
         else:
             with torch.no_grad():
-                actions = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-            noise = rng.normal(0.0, args.exploration_noise, size=actions.shape)
-            actions = np.clip(actions + noise, -1.0, 1.0).astype(np.float32)
-        if global_step + args.num_envs >= args.total_timesteps:
-            envs_before_last_step = env_rng_states(envs)  # for an exact resume (see the docstring)
-        next_obs, rewards, terminations, truncations, infos = envs.step(scale_action(actions, low, high).astype(act_dtype))
+                actions = actor(torch.as_tensor(obs, dtype=torch.float32, device=device))
+                actions += actor.action_scale * args.exploration_noise * torch.randn_like(actions)
+            actions = np.clip(actions.cpu().numpy(), low, high)
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         global_step += args.num_envs
 
         # the transition's next observation is the real last one at an episode end, not the reset one
@@ -475,66 +448,58 @@ def main(args: Args) -> dict:
             next_train += args.train_frequency
             if rb.size < args.batch_size:  # only after resuming without the buffer
                 continue
-            b_obs, b_next_obs, b_actions, b_rewards, b_terminations = (t.to(device) for t in rb.sample(args.batch_size))
+            b_obs, b_actions, b_rewards, b_next_obs, b_terminations = (t.to(device) for t in rb.sample(args.batch_size))
             with torch.no_grad():
-                next_q = critic_target_net(b_next_obs, actor_target(b_next_obs))
-                y = critic_target(b_rewards, b_terminations, next_q, args.gamma)
+                next_q = critic_target(b_next_obs, actor_target(b_next_obs))
+                y = td_target(b_rewards, b_terminations, next_q, args.gamma)
             q = critic(b_obs, b_actions)
-            qf_loss = critic_loss(q, y)
-            flat_critic.grad.zero_()
+            qf_loss = F.mse_loss(q, y)
+            critic_optimizer.zero_grad()
             qf_loss.backward()
             critic_optimizer.step()
             n_updates += 1
+            losses.update(qf_loss=qf_loss.detach(), q_values=q.detach().mean())
 
-            if n_updates % args.policy_frequency == 0:
-                pi_loss = actor_loss(critic(b_obs, actor(b_obs)))
-                flat_actor.grad.zero_()
-                pi_loss.backward()  # also fills the critic's gradient, which the next critic step zeroes first
+            if n_updates % args.policy_frequency == 0:  # the deterministic policy gradient through Q
+                actor_loss = -critic(b_obs, actor(b_obs)).mean()
+                actor_optimizer.zero_grad()
+                actor_loss.backward()  # also fills the critic's gradients; critic_optimizer.zero_grad() clears them
                 actor_optimizer.step()
-                polyak_update(flat_actor_target, flat_actor, args.tau)
-                polyak_update(flat_critic_target, flat_critic, args.tau)
-            q_values = q.detach().mean()
+                soft_update(actor_target, actor, args.tau)
+                soft_update(critic_target, critic, args.tau)
+                losses.update(actor_loss=actor_loss.detach())
 
-        if global_step >= next_log:
-            next_log += args.log_every
+        if global_step >= next_log or global_step >= args.total_timesteps:
+            next_log = (global_step // args.log_every + 1) * args.log_every
             sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
-            if pi_loss is not None:
-                writer.add_scalar("losses/qf_loss", qf_loss.item(), global_step)
-                writer.add_scalar("losses/actor_loss", pi_loss.item(), global_step)
-                writer.add_scalar("losses/q_values", q_values.item(), global_step)
+            for key, value in losses.items():
+                writer.add_scalar(f"losses/{key}", value.item(), global_step)
             recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
-            print(f"step {global_step:>9,}  SPS {sps:>6,}  return(last 20 episodes) {recent}", flush=True)
+            print(f"step {global_step:>9,}  SPS {sps:>6,}  updates {n_updates:>9,}  return(last 20 episodes) {recent}",
+                  flush=True)
 
     train_time = time.time() - start_time
     envs.close()
-    sps = int((global_step - start_step) / train_time)
-    writer.add_scalar("charts/SPS", sps, global_step)
-    if pi_loss is not None:
-        writer.add_scalar("losses/qf_loss", qf_loss.item(), global_step)
-        writer.add_scalar("losses/actor_loss", pi_loss.item(), global_step)
-        writer.add_scalar("losses/q_values", q_values.item(), global_step)
 
-    # the generators are recorded before evaluating, which uses none of them but should not matter anyway
-    rng_state = {"python": random.getstate(), "torch": torch.get_rng_state(), "noise": rng.bit_generator.state,
-                 "envs_before_last_step": envs_before_last_step}
+    model_path = None
+    if args.save_model:  # the training state is taken here, before evaluation
+        model_path = f"runs/{run_name}/{args.exp_name}.pt"
+        checkpoint = {"algo": "ddpg", "env_id": args.env_id, "model_args": model_args, "model": actor.state_dict(),
+                      "critic": critic.state_dict(), "actor_target": actor_target.state_dict(),
+                      "critic_target": critic_target.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),
+                      "critic_optimizer": critic_optimizer.state_dict(), "global_step": global_step,
+                      "n_updates": n_updates, "rng": rng_state(generators)}
+        if args.save_buffer:
+            checkpoint["buffer"] = rb.state_dict()
+        save_checkpoint(model_path, checkpoint)
+
     eval_returns = evaluate(actor, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
     for i, r in enumerate(eval_returns):
         writer.add_scalar("eval/episodic_return", r, i)
     print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
-          f"(deterministic); trained {global_step:,} steps in {train_time:.1f}s")
-
-    model_path = None
-    if args.save_model:
-        model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(model_path, {
-            "model": cloned_state(actor), "critic": cloned_state(critic),
-            "actor_target": cloned_state(actor_target), "critic_target": cloned_state(critic_target_net),
-            "actor_optimizer": cloned_state(actor_optimizer), "critic_optimizer": cloned_state(critic_optimizer),
-            "global_step": global_step, "n_updates": n_updates, "next_train": next_train, "rng": rng_state,
-            "buffer": rb.state_dict(with_data=args.save_buffer),
-            "obs_dim": obs_dim, "act_dim": act_dim, "hidden_sizes": list(args.hidden_sizes), "env_id": args.env_id,
-        })
+          f"(deterministic); trained {global_step - start_step:,} steps in {train_time:.1f}s")
+    if model_path:
         print(f"model saved to {model_path}" + (" (with the replay buffer)" if args.save_buffer else ""))
     writer.close()
     if args.track:
@@ -545,9 +510,10 @@ def main(args: Args) -> dict:
         "eval_return_mean": float(np.mean(eval_returns)),
         "eval_return_std": float(np.std(eval_returns)),
         "eval_returns": eval_returns,
-        "sps": sps,
+        "sps": int((global_step - start_step) / train_time),
         "train_time": train_time,
         "global_step": global_step,
+        "n_updates": n_updates,
         "run_dir": f"runs/{run_name}",
         "model_path": model_path,
     }

@@ -10,11 +10,11 @@ Run:
     python algorithms/dqn.py --env-id CartPole-v1 --double-q --dueling --num-envs 4
     python algorithms/dqn.py --help
 
-The defaults are tuned here for CartPole-v1 in 100k steps: a 128-128 MLP, lr 1e-3, batch 128, one
-gradient step every 4 environment steps, the target network copied every 500 steps, epsilon 1 -> 0.02
-over the first 10% of training. With --double-q they reached the maximum greedy return, 500, on seeds
-1-4 (rl-zoo3's CartPole settings, 128 gradient steps every 256 steps on a 256-256 MLP, cost four times
-as much compute and collapsed on one seed of two by 100k steps).
+The defaults are chosen for CartPole-v1 in 100k steps: a 128-128 MLP, lr 1e-3, batch 128, one gradient step
+every 4 environment steps, the target network copied every 500 steps, epsilon 1 -> 0.02 over the first 10%
+of training.
+Tested: with --double-q, seed 1 reaches a greedy return of 475 on CartPole-v1 in 100k steps (tests/test_dqn.py).
+Results: benchmark_results/dqn.md
 
 The math, as written in the code below, for a sampled batch of transitions (s, a, r, s', terminated):
     target        y = r + gamma * (1 - terminated) * Q_target(s', a*)
@@ -31,6 +31,7 @@ autoreset mode) and terminated=0, so its target bootstraps as the Markov propert
 More than one environment may run in parallel (--num-envs); every count (train_frequency,
 target_network_frequency, learning_starts, the epsilon schedule) is in environment steps summed over
 the environments, so --num-envs changes the data's decorrelation, not the schedule.
+
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    """torch CPU threads; small networks run fastest on one"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -126,17 +127,19 @@ def fail(message: str) -> None:
 
 
 def check_args(args: Args) -> None:
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
-                 "gradient_steps", "target_network_frequency", "eval_episodes", "learning_rate",
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency", "gradient_steps",
+                 "target_network_frequency", "learning_rate", "max_grad_norm", "eval_episodes", "log_every",
                  "torch_threads"):
-        if getattr(args, name) <= 0:
+        if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if any(h <= 0 for h in args.hidden_sizes):
+    if args.buffer_size < args.num_envs:
+        fail(f"--buffer-size {args.buffer_size} is too small: each of the {args.num_envs} environments needs a row")
+    if not all(h > 0 for h in args.hidden_sizes):
         fail(f"--hidden-sizes must be positive widths, got {' '.join(map(str, args.hidden_sizes))}")
-    if args.learning_starts < 0 or not 0 < args.tau <= 1 or not 0 < args.gamma <= 1:
+    if not (args.learning_starts >= 0 and 0 < args.tau <= 1 and 0 < args.gamma <= 1):
         fail("need --learning-starts >= 0, 0 < --tau <= 1 and 0 < --gamma <= 1")
-    if not (0 <= args.end_e <= 1 and 0 <= args.start_e <= 1 and 0 < args.exploration_fraction <= 1):
-        fail("need epsilons in [0, 1] and 0 < --exploration-fraction <= 1")
+    if not (0 <= args.start_e <= 1 and 0 <= args.end_e <= 1 and 0 < args.exploration_fraction <= 1):
+        fail("need --start-e and --end-e in [0, 1] and 0 < --exploration-fraction <= 1")
     if args.loss not in ("huber", "mse"):
         fail(f"--loss must be huber or mse, got {args.loss}")
     try:
@@ -146,12 +149,10 @@ def check_args(args: Args) -> None:
     probe = gym.make(args.env_id)
     action_space, obs_space = probe.action_space, probe.observation_space
     probe.close()
-    if not isinstance(action_space, gym.spaces.Discrete):
-        fail(f"dqn.py needs a Discrete action space, {args.env_id} has {action_space}; "
-             "use a discrete environment such as CartPole-v1 (continuous actions: ddpg.py, td3.py, sac.py)")
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        fail(f"dqn.py needs a flat Box observation, {args.env_id} has {obs_space}; "
-             "use an environment such as CartPole-v1 (images: dqn_atari.py)")
+    flat_box = isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1
+    if not (isinstance(action_space, gym.spaces.Discrete) and flat_box):
+        fail(f"dqn.py needs Discrete actions and flat Box observations, {args.env_id} has {action_space} and "
+             f"{obs_space}; use e.g. CartPole-v1 (Box actions: ddpg.py, td3.py, sac.py; images: dqn_atari.py)")
 
 
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
@@ -167,15 +168,19 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
 
 
 def dueling_aggregate(value: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
-    """Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a'); value [B, 1], advantages [B, n_actions].
+    """Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a'), the mean over the action dimension (dim 1).
 
-    Subtracting the mean makes V and A identifiable (Wang et al., 2016, eq. 9).
+    value [B, 1], advantages [B, n_actions]; with a trailing atom dimension ([B, 1, n_atoms] and
+    [B, n_actions, n_atoms]) the mean is taken per atom. Subtracting the mean makes V and A identifiable
+    (Wang et al., 2016, eq. 9).
     """
-    return value + advantages - advantages.mean(dim=-1, keepdim=True)
+    return value + advantages - advantages.mean(dim=1, keepdim=True)
 
 
 class QNetwork(nn.Module):
-    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: tuple[int, ...] = (256, 256), dueling: bool = False):
+    """An MLP with one Q-value per action; with dueling, a value head and an advantage head."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: tuple[int, ...] = (128, 128), dueling: bool = False):
         super().__init__()
         layers, width = [], obs_dim
         for h in hidden_sizes:
@@ -190,64 +195,51 @@ class QNetwork(nn.Module):
             self.q_head = nn.Linear(width, n_actions)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Q [B, n_actions]."""
         h = self.trunk(x)
         if self.dueling:
             return dueling_aggregate(self.value_head(h), self.advantage_head(h))
         return self.q_head(h)
 
-
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
-
-    Why: with small networks on a CPU the optimiser step and gradient clipping, which loop over many
-    small tensors, cost a large share of each update. Each parameter becomes a view into one flat
-    tensor (and each .grad a view into one flat gradient), so Adam and clip_grad_norm_ run once on one
-    tensor. The arithmetic is unchanged: Adam is elementwise and the clipping norm is global. Autograd
-    accumulates into an existing .grad in place, so gradients land in the flat buffer; zero them with
-    `flat.grad.zero_()`, never by setting them to None.
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
-        p.grad = flat.grad[offset : offset + n].view_as(p)
-        offset += n
-    return flat
+    @torch.no_grad()
+    def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
+        """argmax_a Q(s, a): x [B, obs_dim] -> actions [B]."""
+        return self(x).argmax(dim=1)
 
 
 class ReplayBuffer:
-    """A ring buffer of transitions in preallocated numpy arrays; uniform sampling."""
+    """A ring of transitions in preallocated numpy arrays, a row per vector step and a column per environment
+    (each environment's transitions in its own column); uniform sampling."""
 
-    def __init__(self, capacity: int, obs_dim: int, seed: int):
-        self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.actions = np.zeros(capacity, dtype=np.int64)
-        self.rewards = np.zeros(capacity, dtype=np.float32)
-        self.terminations = np.zeros(capacity, dtype=np.float32)
-        self.capacity, self.pos, self.size = capacity, 0, 0
+    def __init__(self, capacity: int, num_envs: int, obs_dim: int, seed: int):
+        self.rows, self.num_envs = capacity // num_envs, num_envs  # rows per environment, columns
+        self.obs = np.zeros((self.rows, num_envs, obs_dim), dtype=np.float32)
+        self.actions = np.zeros((self.rows, num_envs), dtype=np.int64)
+        self.rewards = np.zeros((self.rows, num_envs), dtype=np.float32)
+        self.next_obs = np.zeros((self.rows, num_envs, obs_dim), dtype=np.float32)
+        self.terminations = np.zeros((self.rows, num_envs), dtype=np.float32)
+        self.pos, self.filled = 0, 0  # the next row to write, the rows written so far
         self.rng = np.random.default_rng(seed)
 
-    def add(self, obs, next_obs, actions, rewards, terminations) -> None:
-        """Add one vector step: a transition per environment."""
-        for i in range(len(actions)):
-            j = self.pos
-            self.obs[j], self.next_obs[j], self.actions[j] = obs[i], next_obs[i], actions[i]
-            self.rewards[j], self.terminations[j] = rewards[i], terminations[i]
-            self.pos = (self.pos + 1) % self.capacity
-            self.size = min(self.size + 1, self.capacity)
+    def add(self, obs, actions, rewards, next_obs, terminations) -> None:
+        """Add one vector step: arrays with a leading num_envs dimension, one transition per environment."""
+        j = self.pos
+        self.obs[j], self.actions[j], self.rewards[j] = obs, actions, rewards
+        self.next_obs[j], self.terminations[j] = next_obs, terminations
+        self.pos = (j + 1) % self.rows
+        self.filled = min(self.filled + 1, self.rows)
 
-    def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
-        idx = self.rng.integers(0, self.size, size=batch_size)
-        return tuple(torch.from_numpy(a[idx]) for a in
+    def sample(self, batch_size: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        """(obs, actions, rewards, next_obs, terminations) of batch_size transitions drawn uniformly."""
+        envs = self.rng.integers(0, self.num_envs, size=batch_size)
+        rows = self.rng.integers(0, self.filled, size=batch_size)
+        return tuple(torch.from_numpy(a[rows, envs]).to(device) for a in
                      (self.obs, self.actions, self.rewards, self.next_obs, self.terminations))
 
 
-def linear_schedule(start_e: float, end_e: float, duration: float, t: int) -> float:
-    slope = (end_e - start_e) / duration
-    return max(slope * t + start_e, end_e)
+def linear_schedule(start: float, end: float, duration: float, t: int) -> float:
+    """start -> end linearly over `duration` steps, then end (it decays or grows)."""
+    return start + min(t / duration, 1.0) * (end - start)
 
 
 def dqn_target(
@@ -255,12 +247,13 @@ def dqn_target(
     terminations: torch.Tensor,
     next_q_target: torch.Tensor,
     next_q_online: torch.Tensor | None,
-    gamma: float,
+    gamma: float | torch.Tensor,
 ) -> torch.Tensor:
     """TD target y = r + gamma * (1 - terminated) * Q_target(s', a*).
 
     a* is the target network's argmax (DQN), or the online network's argmax when next_q_online is
     given (double DQN: the online network selects the action, the target network evaluates it).
+    gamma is a float or one discount per sample [B] (gamma^m for an m-step return).
     """
     if next_q_online is None:
         next_value = next_q_target.max(dim=1).values
@@ -269,33 +262,54 @@ def dqn_target(
     return rewards + gamma * (1.0 - terminations) * next_value
 
 
-def save_checkpoint(q_network: QNetwork, path: str, meta: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
-    state = {k: v.detach().clone() for k, v in q_network.state_dict().items()}  # clone: detach from the flat buffer
+@torch.no_grad()
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """Polyak averaging, target <- tau * online + (1 - tau) * target (tau = 1: a copy)."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.lerp_(o, tau)
+
+
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save({"model": state, **meta}, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_q_network(path: str) -> tuple[QNetwork, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    q = QNetwork(ckpt["obs_dim"], ckpt["n_actions"], tuple(ckpt["hidden_sizes"]), ckpt["dueling"])
-    q.load_state_dict(ckpt["model"])
-    return q, ckpt
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
 
 
-def evaluate(q_or_path: QNetwork | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
-    """Greedy evaluation on a fresh environment; returns one return per episode."""
-    q_network = load_q_network(q_or_path)[0] if isinstance(q_or_path, str) else q_or_path
+def load_model(path: str) -> tuple[QNetwork, dict]:
+    ckpt = load_checkpoint(path, "dqn")
+    q_network = QNetwork(**ckpt["model_args"])
+    q_network.load_state_dict(ckpt["model"])
+    return q_network, ckpt
+
+
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment; returns one return per episode."""
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = gym.make(env_id)
     returns = []
     for ep in range(eval_episodes):
         obs, _ = env.reset(seed=seed + ep)
         done, total = False, 0.0
         while not done:
-            with torch.no_grad():
-                action = q_network(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)).argmax(-1)
-            obs, reward, terminated, truncated, _ = env.step(int(action.item()))
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -305,7 +319,7 @@ def evaluate(q_or_path: QNetwork | str, env_id: str, eval_episodes: int, seed: i
 
 def main(args: Args) -> dict:
     check_args(args)
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     if args.track:
         import wandb
@@ -336,13 +350,13 @@ def main(args: Args) -> dict:
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     n_actions = int(envs.single_action_space.n)
 
-    q_network = QNetwork(obs_dim, n_actions, args.hidden_sizes, args.dueling).to(device)
-    target_network = QNetwork(obs_dim, n_actions, args.hidden_sizes, args.dueling).to(device)
+    model_args = dict(obs_dim=obs_dim, n_actions=n_actions, hidden_sizes=list(args.hidden_sizes), dueling=args.dueling)
+    q_network = QNetwork(**model_args).to(device)
+    target_network = QNetwork(**model_args).to(device)
     target_network.load_state_dict(q_network.state_dict())
-    flat_params = flatten_parameters(q_network)
-    flat_target = flatten_parameters(target_network)  # so the Polyak update is one operation too
-    optimizer = torch.optim.Adam([flat_params], lr=args.learning_rate)
-    rb = ReplayBuffer(args.buffer_size, obs_dim, args.seed)
+    # fused: one kernel updates every parameter (a loop over the tensors without it; the same arithmetic)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
+    rb = ReplayBuffer(args.buffer_size, args.num_envs, obs_dim, args.seed)
 
     global_step = 0
     start_time = time.time()
@@ -350,7 +364,7 @@ def main(args: Args) -> dict:
     next_log = args.log_every
     next_train = args.train_frequency  # training phases at multiples of train_frequency, after learning_starts
     next_target = args.target_network_frequency
-    td_loss = q_values = None
+    loss = q_values = None
     obs, _ = envs.reset(seed=args.seed)
 
     while global_step < args.total_timesteps:
@@ -358,8 +372,7 @@ def main(args: Args) -> dict:
         if global_step < args.learning_starts:
             actions = envs.action_space.sample()
         else:
-            with torch.no_grad():
-                actions = q_network(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax(-1).cpu().numpy()
+            actions = q_network.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
             explore = rng.random(args.num_envs) < epsilon  # epsilon-greedy, decided per environment
             if explore.any():
                 actions = np.where(explore, envs.action_space.sample(), actions)
@@ -371,7 +384,7 @@ def main(args: Args) -> dict:
         if "final_obs" in infos:
             for i in np.flatnonzero(infos["_final_obs"]):
                 real_next_obs[i] = infos["final_obs"][i]
-        rb.add(obs, real_next_obs, actions, rewards, terminations)  # terminations only: truncation bootstraps
+        rb.add(obs, actions, rewards, real_next_obs, terminations)  # terminations only: truncation bootstraps
         obs = next_obs
 
         if "episode" in infos:
@@ -386,31 +399,30 @@ def main(args: Args) -> dict:
             next_train += args.train_frequency
         if train_now and global_step > args.learning_starts:
             for _ in range(args.gradient_steps):
-                b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size)
+                b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size, device)
                 with torch.no_grad():
-                    next_q_target = target_network(b_next_obs)
                     next_q_online = q_network(b_next_obs) if args.double_q else None
-                    target = dqn_target(b_rewards, b_terminations, next_q_target, next_q_online, args.gamma)
+                    target = dqn_target(b_rewards, b_terminations, target_network(b_next_obs), next_q_online, args.gamma)
                 q_taken = q_network(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)
-                td_loss = F.smooth_l1_loss(q_taken, target) if args.loss == "huber" else F.mse_loss(q_taken, target)
-                flat_params.grad.zero_()
-                td_loss.backward()
-                nn.utils.clip_grad_norm_([flat_params], args.max_grad_norm)
+                loss = F.smooth_l1_loss(q_taken, target) if args.loss == "huber" else F.mse_loss(q_taken, target)
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm, foreach=True)
                 optimizer.step()
             q_values = q_taken.detach().mean()
 
         if global_step >= next_target:
             next_target += args.target_network_frequency
-            with torch.no_grad():  # theta' <- tau * theta + (1 - tau) * theta'
-                flat_target.data.lerp_(flat_params.data, args.tau)
+            soft_update(target_network, q_network, args.tau)
 
         if global_step >= next_log:
             next_log += args.log_every
             sps = int(global_step / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
             writer.add_scalar("charts/epsilon", epsilon, global_step)
-            if td_loss is not None:
-                writer.add_scalar("losses/td_loss", td_loss.item(), global_step)
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            if loss is not None:
+                writer.add_scalar("losses/td_loss", loss.item(), global_step)
                 writer.add_scalar("losses/q_values", q_values.item(), global_step)
             recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
             print(f"step {global_step:>9,}  SPS {sps:>6,}  epsilon {epsilon:.3f}  return(last 20 episodes) {recent}",
@@ -419,8 +431,9 @@ def main(args: Args) -> dict:
     train_time = time.time() - start_time
     envs.close()
     writer.add_scalar("charts/SPS", int(global_step / train_time), global_step)
-    if td_loss is not None:
-        writer.add_scalar("losses/td_loss", td_loss.item(), global_step)
+    writer.add_scalar("charts/epsilon", epsilon, global_step)
+    if loss is not None:
+        writer.add_scalar("losses/td_loss", loss.item(), global_step)
         writer.add_scalar("losses/q_values", q_values.item(), global_step)
 
     eval_returns = evaluate(q_network, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
@@ -432,9 +445,8 @@ def main(args: Args) -> dict:
     model_path = None
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(q_network, model_path, {"obs_dim": obs_dim, "n_actions": n_actions,
-                                                "hidden_sizes": list(args.hidden_sizes), "dueling": args.dueling,
-                                                "env_id": args.env_id})
+        save_checkpoint(model_path, {"algo": "dqn", "env_id": args.env_id, "model_args": model_args,
+                                     "model": q_network.state_dict()})
         print(f"model saved to {model_path}")
     writer.close()
     if args.track:

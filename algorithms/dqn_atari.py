@@ -15,11 +15,12 @@ the target network copied every 1000 agent steps, one gradient step every 4 agen
 over the first 10% of the run, learning from step 80k, 10M agent steps in all (40M frames). The paper
 itself (Extended Data Table 1) used RMSProp with lr 2.5e-4, a target network update frequency of 10,000,
 epsilon 1 -> 0.1 over the first 1M steps and a replay start size of 50,000; the memory size (1M), batch
-(32), gamma (0.99), update frequency (4) and no-op maximum (30) are the same here. `--total-timesteps` counts agent steps summed over the
-environments; each agent step is 4 emulator frames.
+(32), gamma (0.99), update frequency (4) and no-op maximum (30) are the same here. `--total-timesteps`
+counts agent steps summed over the environments; each agent step is 4 emulator frames.
 
 The math, as written in the code below, for a sampled batch of transitions (s, a, r, s', terminated):
-    target        y = r + gamma * (1 - terminated) * max_a' Q_target(s', a')
+    target        y = r + gamma * (1 - terminated) * Q_target(s', a*),   a* = argmax_a Q_target(s', a)
+                  (--double-q: a* = argmax_a Q_online(s', a), van Hasselt et al., 2016, as in dqn.py)
     loss          L = mean( huber(Q_online(s, a) - y) )     (the paper's "error clipping": the gradient of
                                                              the squared error clipped to [-1, 1])
     target net    theta' <- tau * theta + (1 - tau) * theta' every target_network_frequency steps (tau=1: copy)
@@ -60,15 +61,7 @@ of every transition is simply the following row, also for terminated and truncat
 A row whose 3 predecessors in its column have already been overwritten (the 3 oldest rows of a full ring)
 cannot be rebuilt and is not sampled, nor is the newest row (its action is not known yet).
 
-Speed, measured on the 2-core test machine with one torch thread: 3,000 agent steps on Breakout with
-learning from step 1,000 (`--total-timesteps 3000 --learning-starts 1000`) trained in 37.7 s, about 80 agent
-steps/s; Stable-Baselines3's DQN with the same settings took 38.3 s (tools/benchmark.py, seed 1). Most of the
-time is the network's gradient step.
-Learning, `./run_all.sh value` (tools/compare.py): Breakout, 200k agent steps (800k frames; published results
-use 10M agent steps), seed 1, `--buffer-size 100000 --learning-starts 20000 --eval-epsilon 0.01`, one core:
-final evaluation 17.8 over 10 games (SB3's DQN with rl-zoo3's settings and the same learning start and memory,
-run at the same time on the other core: 30.9); mean training return over the run 11.7 (SB3 10.9,
-tools/curve_stats.py); 3193 s of training (SB3 3541 s).
+Results: benchmark_results/dqn_atari.md
 """
 
 from __future__ import annotations
@@ -87,18 +80,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
-from stable_baselines3.common.atari_wrappers import (
-    ClipRewardEnv,
-    EpisodicLifeEnv,
-    FireResetEnv,
-    MaxAndSkipEnv,
-    NoopResetEnv,
-    WarpFrame,
-)
+from stable_baselines3.common import atari_wrappers
 
 gym.register_envs(ale_py)  # ale-py ships the ROMs; this registers ALE/Breakout-v5, BreakoutNoFrameskip-v4, ...
 
-FRAME_STACK = 4
+FRAME_STACK = 4  # make_env stacks the last 4 frames; the replay memory rebuilds stacks of as many
 
 
 @dataclass
@@ -112,7 +98,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (strongly advised for full Atari runs)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 by default: the machines this is tested on are shared (see README)"""
+    """torch CPU threads (1 by default: on a shared machine more threads compete with the emulator)"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -151,15 +137,19 @@ class Args:
     learning_starts: int = 80_000
     """agent steps of random-policy data collected before learning starts"""
     train_frequency: int = 4
-    """agent steps between gradient steps"""
-    max_grad_norm: float = 0.0
-    """if > 0, clip the gradient's global norm to it (0: no clipping, as the paper and CleanRL; SB3 uses 10)"""
+    """agent steps between training phases"""
+    gradient_steps: int = 1
+    """gradient steps in each training phase"""
+    double_q: bool = False
+    """if toggled, use the double DQN target (online network selects, target network evaluates)"""
+    max_grad_norm: float = float("inf")
+    """the maximum norm of the gradient (global clipping; inf: none, as the paper and CleanRL; SB3 uses 10)"""
     eval_episodes: int = 10
     """whole games (all lives) of the final evaluation"""
     eval_epsilon: float = 0.05
     """exploration epsilon of the final evaluation (0.05 as in the paper; 0 is greedy)"""
     log_every: int = 10_000
-    """print a progress line (and log the losses) every this many agent steps"""
+    """print a progress line every this many agent steps"""
 
 
 def fail(message: str) -> None:
@@ -171,39 +161,31 @@ def fail(message: str) -> None:
 def check_args(args: Args) -> None:
     """Validate everything before any directory is created. No Atari emulator is started here: ale-py
     prints a banner on stderr when one is, which would make the error message more than one line."""
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
-                 "target_network_frequency", "eval_episodes", "log_every", "torch_threads"):
-        if getattr(args, name) <= 0:
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency", "gradient_steps",
+                 "target_network_frequency", "learning_rate", "max_grad_norm", "eval_episodes", "log_every",
+                 "torch_threads"):
+        if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.buffer_size < 8 * args.num_envs:
-        fail(f"--buffer-size {args.buffer_size} is too small: each of the {args.num_envs} environments needs "
-             "at least 8 rows (a frame stack of 4, the next observation and an episode end)")
-    if args.learning_starts < 0 or args.learning_rate <= 0 or args.max_grad_norm < 0:
-        fail("need --learning-starts >= 0, --learning-rate > 0 and --max-grad-norm >= 0")
-    if not 0 < args.tau <= 1 or not 0 < args.gamma <= 1:
-        fail("need 0 < --tau <= 1 and 0 < --gamma <= 1")
-    if not all(0 <= e <= 1 for e in (args.start_e, args.end_e, args.eval_epsilon)) or not 0 < args.exploration_fraction <= 1:
-        fail("need --start-e, --end-e and --eval-epsilon in [0, 1] and 0 < --exploration-fraction <= 1")
+        fail(f"--buffer-size {args.buffer_size} is too small: each of the {args.num_envs} environments needs 8 rows "
+             "(a frame stack of 4, the next observation and an episode end)")
+    if not (args.learning_starts >= 0 and 0 < args.tau <= 1 and 0 < args.gamma <= 1):
+        fail("need --learning-starts >= 0, 0 < --tau <= 1 and 0 < --gamma <= 1")
+    if not (0 <= args.start_e <= 1 and 0 <= args.end_e <= 1 and 0 < args.exploration_fraction <= 1):
+        fail("need --start-e and --end-e in [0, 1] and 0 < --exploration-fraction <= 1")
+    if not 0 <= args.eval_epsilon <= 1:
+        fail(f"--eval-epsilon must be in [0, 1], got {args.eval_epsilon}")
     try:
         spec = gym.spec(args.env_id)
     except gym.error.Error:
-        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; "
-             "try BreakoutNoFrameskip-v4, PongNoFrameskip-v4 or ALE/Breakout-v5")
+        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; try BreakoutNoFrameskip-v4 or ALE/Pong-v5")
     if spec.entry_point != "ale_py.env:AtariEnv":
-        try:
-            probe = gym.make(args.env_id)
-            spaces = f" (observations {probe.observation_space}, actions {probe.action_space})"
-            probe.close()
-        except Exception:  # only to describe the environment; it is rejected either way
-            spaces = ""
-        fail(f"dqn_atari.py needs an Atari environment of ale-py (image observations, discrete actions); "
-             f"{args.env_id} is not one{spaces}: use BreakoutNoFrameskip-v4 or ALE/Pong-v5 here, "
-             "dqn.py for flat observations, ddpg.py, td3.py or sac.py for Box actions")
+        fail(f"dqn_atari.py needs an Atari environment of ale-py (image observations, discrete actions), {args.env_id} "
+             "is not one; use BreakoutNoFrameskip-v4 or ALE/Pong-v5 (flat observations: dqn.py)")
 
 
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
-    """The standard Atari preprocessing (Mnih et al., 2015; Machado et al., 2018), innermost first; the same
-    as ppo_atari.py's.
+    """The standard Atari preprocessing (Mnih et al., 2015; Machado et al., 2018), innermost first.
 
     1. The emulator with frameskip=1: frame skipping is done by MaxAndSkipEnv below. Sticky actions are
        left at the environment's own setting: 0 for *NoFrameskip-v4, 0.25 for ALE/*-v5.
@@ -212,17 +194,18 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
     3. MaxAndSkipEnv: repeat each action for 4 frames, sum the rewards, and return the pixel-wise maximum
        of the last 2 frames (Atari sprites flicker: some are drawn on odd frames only).
     4. RecordEpisodeStatistics, HERE: outside the frame skip (lengths count agent steps) but inside
-       episodic life and reward clipping, so info["episode"] carries the raw game score of a whole game.
+       episodic life and reward clipping, so info["episode"] carries the raw game score of a whole game,
+       across lives (it also counts the few steps that the resets after a lost life take).
     5. EpisodicLifeEnv: a lost life returns terminated=True to the learner (no bootstrapping past a death),
-       but its reset() then only steps the game on: the game restarts for real at game over only. So the
-       vector environment's autoreset does not restart the game at every lost life.
+       but its reset() then only steps the game on: the game restarts for real at game over only. This is
+       what keeps the vector environment's autoreset (which calls reset() after every terminated step)
+       from restarting the game at every lost life.
     6. FireResetEnv: games that wait for FIRE (Breakout) get FIRE after each reset, including the resets
        after a lost life (it sits outside EpisodicLifeEnv), so no episode stalls waiting for it.
     7. WarpFrame: greyscale and resize to 84x84 (cv2, area interpolation), shape (84, 84, 1).
     8. ClipRewardEnv: the learner's reward is sign(r) in {-1, 0, 1}, one scale for every game.
-    9. Drop the channel axis and stack the last 4 frames: uint8 (4, 84, 84), oldest first. After every
-       reset (a new game or a lost life) the stack is filled with copies of the first frame; the replay
-       memory rebuilds stacks the same way.
+    9. Drop the channel axis and stack the last 4 frames: uint8 (4, 84, 84), oldest first. After a reset
+       the stack is filled with copies of the first frame.
     """
 
     def thunk():
@@ -232,16 +215,16 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
             env = gym.make(env_id, frameskip=1)
-        env = NoopResetEnv(env, noop_max=30)
-        env = MaxAndSkipEnv(env, skip=4)
+        env = atari_wrappers.NoopResetEnv(env, noop_max=30)
+        env = atari_wrappers.MaxAndSkipEnv(env, skip=4)
         env = gym.wrappers.RecordEpisodeStatistics(env)
-        env = EpisodicLifeEnv(env)
+        env = atari_wrappers.EpisodicLifeEnv(env)
         if "FIRE" in env.unwrapped.get_action_meanings():
-            env = FireResetEnv(env)
-        env = WarpFrame(env, width=84, height=84)
-        env = ClipRewardEnv(env)
+            env = atari_wrappers.FireResetEnv(env)
+        env = atari_wrappers.WarpFrame(env, width=84, height=84)
+        env = atari_wrappers.ClipRewardEnv(env)
         env = gym.wrappers.ReshapeObservation(env, (84, 84))
-        env = gym.wrappers.FrameStackObservation(env, stack_size=FRAME_STACK)
+        env = gym.wrappers.FrameStackObservation(env, stack_size=4)
         return env
 
     return thunk
@@ -267,28 +250,34 @@ class QNetwork(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Q [B, n_actions] of uint8 frame stacks x [B, 4, 84, 84]."""
         return self.network(x.float() / 255.0)
+
+    @torch.no_grad()
+    def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
+        """argmax_a Q(s, a): x [B, 4, 84, 84] -> actions [B]."""
+        return self(x).argmax(dim=1)
 
 
 class FrameReplayBuffer:
     """A ring of frames per environment (a column each) from which stacked observations are rebuilt.
 
-    The layout and why: see the module docstring. Protocol, as main() calls it: `start(obs)` after the
-    vector environment's reset, then `add(...)` after every step with what the step returned.
+    The layout and why: see the module docstring. Used as dqn.py's ReplayBuffer is: add(...) after every
+    vector step (with the truncations too: an episode end of either kind writes a row of its own), then
+    sample(...) for a batch of (obs, actions, rewards, next_obs, terminations).
     """
 
-    def __init__(self, capacity: int, num_envs: int, seed: int, frame_shape: tuple[int, int] = (84, 84),
-                 frame_stack: int = FRAME_STACK):
-        self.rows = capacity // num_envs  # rows per environment
-        self.num_envs, self.frame_stack = num_envs, frame_stack
-        self.frames = np.zeros((self.rows, num_envs, *frame_shape), dtype=np.uint8)
+    def __init__(self, capacity: int, num_envs: int, seed: int):
+        self.rows, self.num_envs = capacity // num_envs, num_envs  # rows per environment, columns
+        self.frames = np.zeros((self.rows, num_envs, 84, 84), dtype=np.uint8)
         self.actions = np.zeros((self.rows, num_envs), dtype=np.uint8)  # Atari has at most 18 actions
         self.rewards = np.zeros((self.rows, num_envs), dtype=np.float32)
-        self.terminated = np.zeros((self.rows, num_envs), dtype=bool)
-        self.first = np.zeros((self.rows, num_envs), dtype=bool)
-        self.valid = np.zeros((self.rows, num_envs), dtype=bool)
-        self.pos = np.zeros(num_envs, dtype=np.int64)  # the next row to write, per environment
-        self.filled = np.zeros(num_envs, dtype=np.int64)
+        # flags per row: the episode terminated after it; it starts an episode; it is a transition (an action
+        # was taken from it, so its next observation is the following row)
+        self.terminated, self.first, self.valid = (np.zeros((self.rows, num_envs), dtype=bool) for _ in range(3))
+        # per environment: the next row to write, the rows written so far
+        self.pos, self.filled = np.zeros(num_envs, dtype=np.int64), np.zeros(num_envs, dtype=np.int64)
+        self.episode_start = np.ones(num_envs, dtype=bool)  # the next observation acted on begins an episode
         self.rng = np.random.default_rng(seed)
 
     def _write(self, env: int, frame: np.ndarray, first: bool) -> None:
@@ -297,128 +286,131 @@ class FrameReplayBuffer:
         self.pos[env] = (j + 1) % self.rows
         self.filled[env] = min(self.filled[env] + 1, self.rows)
 
-    def start(self, obs: np.ndarray) -> None:
-        """obs [num_envs, 4, 84, 84] from reset(): each environment's first frame starts an episode."""
+    def add(self, obs, actions, rewards, next_obs, terminations, truncations) -> None:
+        """One vector step: obs [num_envs, 4, 84, 84] the observations acted on, next_obs the real next ones
+        (info["final_obs"] where an episode ended). Only each observation's newest frame is stored."""
         for env in range(self.num_envs):
-            self._write(env, obs[env, -1], first=True)
-
-    def add(self, actions, rewards, terminations, truncations, next_obs, final_obs) -> None:
-        """One vector step. `final_obs[i]` is the real last observation where environment i's episode
-        ended (terminated or truncated); `next_obs[i]` is then the next episode's first observation."""
-        for env in range(self.num_envs):
+            if self.episode_start[env]:  # an episode's first observation: its frame starts the episode's rows
+                self._write(env, obs[env][-1], first=True)
             j = (self.pos[env] - 1) % self.rows  # the row of the observation the action was taken from
             self.actions[j, env], self.rewards[j, env] = actions[env], rewards[env]
             self.terminated[j, env], self.valid[j, env] = terminations[env], True
-            if terminations[env] or truncations[env]:
-                self._write(env, final_obs[env][-1], first=False)  # the next observation of row j; never a state
-                self._write(env, next_obs[env][-1], first=True)
-            else:
-                self._write(env, next_obs[env][-1], first=False)
+            self._write(env, next_obs[env][-1], first=False)  # at an episode end its last frame: never a state
+            self.episode_start[env] = terminations[env] or truncations[env]
 
     def stacks(self, rows: np.ndarray, envs: np.ndarray) -> np.ndarray:
         """The stacked observations [B, 4, 84, 84] whose newest frames are at (rows, envs): walk back one
         row per frame, but stay on an episode's first row once reached (FrameStackObservation's padding)."""
-        out = np.empty((len(rows), self.frame_stack, *self.frames.shape[2:]), dtype=np.uint8)
-        cur = rows.copy()
-        out[:, -1] = self.frames[cur, envs]
-        for k in range(2, self.frame_stack + 1):
-            cur = np.where(self.first[cur, envs], cur, (cur - 1) % self.rows)
-            out[:, -k] = self.frames[cur, envs]
-        return out
+        frames = []
+        for _ in range(FRAME_STACK):
+            frames.append(self.frames[rows, envs])
+            rows = np.where(self.first[rows, envs], rows, (rows - 1) % self.rows)
+        return np.stack(frames[::-1], axis=1)  # oldest first, as FrameStackObservation
 
     def sampleable(self, rows: np.ndarray, envs: np.ndarray) -> np.ndarray:
         """Rows that are transitions (valid) and whose stack does not reach back past the write position:
         in a full ring the 3 oldest rows' predecessors have been overwritten by the newest frames."""
         age_order = (rows - self.pos[envs]) % self.rows  # 0 = the oldest row of a full ring
-        return self.valid[rows, envs] & (age_order >= self.frame_stack - 1)
+        return self.valid[rows, envs] & (age_order >= FRAME_STACK - 1)
 
-    def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
-        """Uniform over sampleable transitions (rejection sampling: almost every row qualifies)."""
-        rows, envs = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        while len(rows) < batch_size:
-            e = self.rng.integers(0, self.num_envs, size=2 * batch_size)
-            r = self.rng.integers(0, self.filled[e])
-            keep = self.sampleable(r, e)
-            rows, envs = np.concatenate([rows, r[keep]]), np.concatenate([envs, e[keep]])
-        rows, envs = rows[:batch_size], envs[:batch_size]
-        return (
-            torch.from_numpy(self.stacks(rows, envs)),
-            torch.from_numpy(self.actions[rows, envs].astype(np.int64)),
-            torch.from_numpy(self.rewards[rows, envs]),
-            torch.from_numpy(self.stacks((rows + 1) % self.rows, envs)),
-            torch.from_numpy(self.terminated[rows, envs].astype(np.float32)),
-        )
+    def sample(self, batch_size: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        """(obs, actions, rewards, next_obs, terminations) of batch_size transitions: an environment uniformly,
+        then one of its sampleable rows uniformly (rejection sampling: almost every row qualifies)."""
+        envs = self.rng.integers(0, self.num_envs, size=batch_size)
+        rows = self.rng.integers(0, self.filled[envs])
+        while not (ok := self.sampleable(rows, envs)).all():  # redraw the few rows that are not transitions
+            rows[~ok] = self.rng.integers(0, self.filled[envs[~ok]])
+        return tuple(torch.from_numpy(a).to(device) for a in
+                     (self.stacks(rows, envs), self.actions[rows, envs].astype(np.int64), self.rewards[rows, envs],
+                      self.stacks((rows + 1) % self.rows, envs), self.terminated[rows, envs].astype(np.float32)))
 
 
-def linear_schedule(start_e: float, end_e: float, duration: float, t: int) -> float:
-    slope = (end_e - start_e) / duration
-    return max(slope * t + start_e, end_e)
+def linear_schedule(start: float, end: float, duration: float, t: int) -> float:
+    """start -> end linearly over `duration` steps, then end (it decays or grows)."""
+    return start + min(t / duration, 1.0) * (end - start)
 
 
-def dqn_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q_target: torch.Tensor, gamma: float) -> torch.Tensor:
-    """TD target y = r + gamma * (1 - terminated) * max_a' Q_target(s', a'). A truncated transition has
-    terminated = 0 and s' = its real last observation, so it bootstraps."""
-    return rewards + gamma * (1.0 - terminations) * next_q_target.max(dim=1).values
+def dqn_target(
+    rewards: torch.Tensor,
+    terminations: torch.Tensor,
+    next_q_target: torch.Tensor,
+    next_q_online: torch.Tensor | None,
+    gamma: float | torch.Tensor,
+) -> torch.Tensor:
+    """TD target y = r + gamma * (1 - terminated) * Q_target(s', a*).
+
+    a* is the target network's argmax (DQN), or the online network's argmax when next_q_online is
+    given (double DQN: the online network selects the action, the target network evaluates it).
+    gamma is a float or one discount per sample [B] (gamma^m for an m-step return).
+    """
+    if next_q_online is None:
+        next_value = next_q_target.max(dim=1).values
+    else:
+        next_value = next_q_target.gather(1, next_q_online.argmax(dim=1, keepdim=True)).squeeze(1)
+    return rewards + gamma * (1.0 - terminations) * next_value
 
 
-def dqn_update(q_network: QNetwork, target_network: QNetwork, optimizer: torch.optim.Optimizer,
-               batch: tuple[torch.Tensor, ...], gamma: float, max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One gradient step on the Huber TD loss; returns (loss, mean Q(s, a)), detached."""
-    obs, actions, rewards, next_obs, terminations = batch
-    with torch.no_grad():
-        target = dqn_target(rewards, terminations, target_network(next_obs), gamma)
-    q_taken = q_network(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
-    loss = F.smooth_l1_loss(q_taken, target)
-    optimizer.zero_grad()
-    loss.backward()
-    if max_grad_norm > 0:
-        nn.utils.clip_grad_norm_(q_network.parameters(), max_grad_norm)
-    optimizer.step()
-    return loss.detach(), q_taken.detach().mean()
+@torch.no_grad()
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """Polyak averaging, target <- tau * online + (1 - tau) * target (tau = 1: a copy)."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.lerp_(o, tau)
 
 
-def save_checkpoint(q_network: QNetwork, path: str, meta: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
-    state = {k: v.detach().cpu().clone() for k, v in q_network.state_dict().items()}
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save({"model": state, **meta}, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_q_network(path: str) -> tuple[QNetwork, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    q = QNetwork(ckpt["n_actions"])
-    q.load_state_dict(ckpt["model"])
-    return q, ckpt
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
 
 
-def evaluate(q_or_path: QNetwork | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu",
+def load_model(path: str) -> tuple[QNetwork, dict]:
+    ckpt = load_checkpoint(path, "dqn_atari")
+    q_network = QNetwork(**ckpt["model_args"])
+    q_network.load_state_dict(ckpt["model"])
+    return q_network, ckpt
+
+
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu",
              epsilon: float = 0.05) -> list[float]:
     """Epsilon-greedy evaluation (the paper's epsilon 0.05) on whole games; returns the raw game score of each.
 
     The environment is built by the same make_env as in training, so the network sees exactly the
     observations it was trained on. A lost life ends an "episode" of EpisodicLifeEnv: reset() then continues
-    the same game (pressing FIRE where the game needs it); the score is read from RecordEpisodeStatistics at
-    the real game over. Games are capped by the emulator at 108,000 frames.
+    the same game (pressing FIRE where the game needs it); the game's raw score is read from
+    RecordEpisodeStatistics at the real game over. Games are capped by the emulator at 108,000 frames.
     """
-    q_network = load_q_network(q_or_path)[0].to(device) if isinstance(q_or_path, str) else q_or_path
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = make_env(env_id, 0, False, "")()
-    env.action_space.seed(seed)
     rng = np.random.default_rng(seed)
-    returns: list[float] = []
-    # Seeded once: a seeded reset reloads the ROM (about 0.2 s); later games continue the seeded generator.
-    obs, _ = env.reset(seed=seed)
-    while len(returns) < eval_episodes:
-        if rng.random() < epsilon:
-            action = env.action_space.sample()
-        else:
-            with torch.no_grad():
-                action = int(q_network(torch.as_tensor(obs, device=device).unsqueeze(0)).argmax(-1).item())
-        obs, _, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            if "episode" in info:  # game over; the next reset starts a new game with its own no-op start
-                returns.append(float(info["episode"]["r"]))
-            obs, _ = env.reset()  # after a lost life, EpisodicLifeEnv continues the same game
+    returns = []
+    for ep in range(eval_episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done = False
+        while not done:
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            action = rng.integers(env.action_space.n) if rng.random() < epsilon else action[0].cpu().numpy()
+            obs, _, terminated, truncated, info = env.step(action)
+            done = "episode" in info
+            if (terminated or truncated) and not done:
+                obs, _ = env.reset()  # a lost life: the same game goes on
+        returns.append(float(info["episode"]["r"]))
     env.close()
     return returns
 
@@ -455,43 +447,50 @@ def main(args: Args) -> dict:
     envs.action_space.seed(args.seed)
     n_actions = int(envs.single_action_space.n)
 
-    q_network = QNetwork(n_actions).to(device)
-    target_network = QNetwork(n_actions).to(device)
+    model_args = dict(n_actions=n_actions)
+    q_network = QNetwork(**model_args).to(device)
+    target_network = QNetwork(**model_args).to(device)
     target_network.load_state_dict(q_network.state_dict())
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate)
+    # fused: one kernel updates every parameter (a loop over the tensors without it; the same arithmetic)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
     rb = FrameReplayBuffer(args.buffer_size, args.num_envs, args.seed)
 
     global_step = 0
     start_time = time.time()
     recent_returns: deque[float] = deque(maxlen=20)
     next_log = args.log_every
-    next_train = args.train_frequency  # gradient steps at multiples of train_frequency, after learning_starts
+    next_train = args.train_frequency  # training phases at multiples of train_frequency, after learning_starts
     next_target = args.target_network_frequency
-    td_loss = q_values = None
+    loss = q_values = None
     obs, _ = envs.reset(seed=args.seed)
-    rb.start(obs)
 
     while global_step < args.total_timesteps:
         epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)
         if global_step < args.learning_starts:
             actions = envs.action_space.sample()
         else:
-            with torch.no_grad():
-                actions = q_network(torch.as_tensor(obs, device=device)).argmax(-1).cpu().numpy()
+            actions = q_network.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
             explore = rng.random(args.num_envs) < epsilon  # epsilon-greedy, decided per environment
             if explore.any():
                 actions = np.where(explore, envs.action_space.sample(), actions)
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         global_step += args.num_envs
 
+        # the transition's next observation is the real last one at an episode end, not the reset one
+        real_next_obs = next_obs.copy()
+        if "final_obs" in infos:
+            for i in np.flatnonzero(infos["_final_obs"]):
+                real_next_obs[i] = infos["final_obs"][i]
         # rewards are already clipped (ClipRewardEnv); terminations only end the bootstrap, truncations do not
-        rb.add(actions, rewards, terminations, truncations, next_obs, infos.get("final_obs"))
+        rb.add(obs, actions, rewards, real_next_obs, terminations, truncations)
         obs = next_obs
 
-        final_info = infos.get("final_info", {})
-        if "episode" in final_info:  # only at a real game over, with the raw score (see make_env)
-            for i in np.flatnonzero(final_info["_episode"]):
-                ep_r, ep_l = float(final_info["episode"]["r"][i]), int(final_info["episode"]["l"][i])
+        # RecordEpisodeStatistics sits in each environment, under episodic life (see make_env): its "episode" is
+        # in the info of the episode that ended, infos["final_info"], and only at a real game over
+        infos = infos.get("final_info", {})
+        if "episode" in infos:
+            for i in np.flatnonzero(infos["_episode"]):
+                ep_r, ep_l = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
                 recent_returns.append(ep_r)
                 writer.add_scalar("charts/episodic_return", ep_r, global_step)
                 writer.add_scalar("charts/episodic_length", ep_l, global_step)
@@ -500,37 +499,46 @@ def main(args: Args) -> dict:
         if train_now:
             next_train += args.train_frequency
         if train_now and global_step > args.learning_starts:
-            td_loss, q_values = dqn_update(q_network, target_network, optimizer,
-                                           tuple(x.to(device) for x in rb.sample(args.batch_size)),
-                                           args.gamma, args.max_grad_norm)
+            for _ in range(args.gradient_steps):
+                b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size, device)
+                with torch.no_grad():
+                    next_q_online = q_network(b_next_obs) if args.double_q else None
+                    target = dqn_target(b_rewards, b_terminations, target_network(b_next_obs), next_q_online, args.gamma)
+                q_taken = q_network(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)
+                loss = F.smooth_l1_loss(q_taken, target)
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm, foreach=True)
+                optimizer.step()
+            q_values = q_taken.detach().mean()
 
         if global_step >= next_target:
             next_target += args.target_network_frequency
-            with torch.no_grad():  # theta' <- tau * theta + (1 - tau) * theta'
-                for p_target, p in zip(target_network.parameters(), q_network.parameters(), strict=True):
-                    p_target.lerp_(p, args.tau)
+            soft_update(target_network, q_network, args.tau)
 
         if global_step >= next_log:
             next_log += args.log_every
             sps = int(global_step / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
             writer.add_scalar("charts/epsilon", epsilon, global_step)
-            if td_loss is not None:
-                writer.add_scalar("losses/td_loss", td_loss.item(), global_step)
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            if loss is not None:
+                writer.add_scalar("losses/td_loss", loss.item(), global_step)
                 writer.add_scalar("losses/q_values", q_values.item(), global_step)
             recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
-            print(f"step {global_step:>10,}  SPS {sps:>5,}  epsilon {epsilon:.3f}  game score (last 20 games) {recent}",
+            print(f"step {global_step:>9,}  SPS {sps:>6,}  epsilon {epsilon:.3f}  return(last 20 episodes) {recent}",
                   flush=True)
 
     train_time = time.time() - start_time
     envs.close()
     writer.add_scalar("charts/SPS", int(global_step / train_time), global_step)
-    if td_loss is not None:
-        writer.add_scalar("losses/td_loss", td_loss.item(), global_step)
+    writer.add_scalar("charts/epsilon", epsilon, global_step)
+    if loss is not None:
+        writer.add_scalar("losses/td_loss", loss.item(), global_step)
         writer.add_scalar("losses/q_values", q_values.item(), global_step)
 
-    eval_returns = evaluate(q_network, args.env_id, args.eval_episodes, seed=args.seed + 100_000,
-                            device=str(device), epsilon=args.eval_epsilon)
+    eval_returns = evaluate(q_network, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device),
+                            epsilon=args.eval_epsilon)
     for i, r in enumerate(eval_returns):
         writer.add_scalar("eval/episodic_return", r, i)
     print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} games "
@@ -539,7 +547,8 @@ def main(args: Args) -> dict:
     model_path = None
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(q_network, model_path, {"n_actions": n_actions, "env_id": args.env_id})
+        save_checkpoint(model_path, {"algo": "dqn_atari", "env_id": args.env_id, "model_args": model_args,
+                                     "model": q_network.state_dict()})
         print(f"model saved to {model_path}")
     writer.close()
     if args.track:

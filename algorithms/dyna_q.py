@@ -3,6 +3,7 @@
 Sutton & Barto, Reinforcement Learning: An Introduction (2nd ed., 2018):
   §8.2 "Dyna: Integrated Planning, Acting, and Learning" (Tabular Dyna-Q box, Example 8.1, Figure 8.2),
   §8.3 "When the Model Is Wrong" (Dyna-Q+, Examples 8.2/8.3, Figures 8.4/8.5).
+  http://incompleteideas.net/book/the-book-2nd.html
 
 Run:
     python algorithms/dyna_q.py                                    # Figure 8.2: n = 0, 5, 50, 30 runs
@@ -26,8 +27,11 @@ and Gymnasium's FrozenLake-v1 (slippery: the last-outcome model is then only a s
 A time-limit truncation (FrozenLake's 100 steps) is not terminal, so its target keeps the max term.
 
 Episode indexing: episodes are counted from 1. The book's Figure 8.2 starts its x axis at episode 2
-because the first episode (about 1700 steps for every n, as all Q = 0 make it a random walk) is off the
-scale; "episode 3" here is the book's x = 3, i.e. the third episode of the run.
+because the first episode is off the scale for every n (all Q = 0 make it a random walk); "episode 3"
+here is the book's x = 3, i.e. the third episode of the run.
+
+Tested: Figure 8.2, episode 3 with n = 50 planning steps near the book's 18 steps (tests/test_dyna_q.py).
+Results: benchmark_results/dyna_q.md
 """
 
 from __future__ import annotations
@@ -131,12 +135,16 @@ def shortcut_maze() -> GridMaze:
     return GridMaze(6, 9, before, start=(5, 3), goal=(0, 8), change_at=3000, changed_walls=after)
 
 
-BOOK_MAZES = {"DynaMaze": dyna_maze, "BlockingMaze": blocking_maze, "ShortcutMaze": shortcut_maze}
+LOCAL_ENVS = {"DynaMaze": dyna_maze, "BlockingMaze": blocking_maze, "ShortcutMaze": shortcut_maze}
 CHANGING_MAZE_STEPS = {"BlockingMaze": 3000, "ShortcutMaze": 6000}
 
 
 def make_env(env_id: str) -> gym.Env:
-    return BOOK_MAZES[env_id]() if env_id in BOOK_MAZES else gym.make(env_id)
+    """One environment: a book environment written in this file (LOCAL_ENVS), or a registered Gymnasium
+    environment (with its time limit)."""
+    if env_id in LOCAL_ENVS:
+        return LOCAL_ENVS[env_id]()
+    return gym.make(env_id)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +240,7 @@ def planning(Q, model: Model, runs, n: int, t, kappa: float, alpha, gamma, rng: 
     return Q
 
 
-def epsilon_greedy(q: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+def epsilon_greedy_batch(q: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
     """One action per row of q (runs, A): greedy with random tie-breaking, random with prob. epsilon."""
     ties = q == q.max(axis=1, keepdims=True)
     greedy = (rng.random(q.shape) * ties).argmax(axis=1)  # uniform among the tied maxima
@@ -268,7 +276,7 @@ def run_dyna(args: Args, n: int, plus: bool, rng: np.random.Generator) -> dict:
         if len(runs) == 0:
             break
         s = state[runs]
-        a = epsilon_greedy(Q[runs, s], args.epsilon, rng)
+        a = epsilon_greedy_batch(Q[runs, s], args.epsilon, rng)
         out = [envs[k].step(int(act)) for k, act in zip(runs, a, strict=True)]
         s_next = np.array([o[0] for o in out], dtype=np.int64)
         r = np.array([o[1] for o in out], dtype=np.float64)
@@ -294,13 +302,14 @@ def run_dyna(args: Args, n: int, plus: bool, rng: np.random.Generator) -> dict:
     return {"steps": steps, "returns": returns, "cumulative": cumulative, "Q": Q, "episodes": episode}
 
 
-def validate(args: Args) -> None:
-    """Reject bad input with one line on stderr and exit status 2 (before any work or file)."""
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
-    def fail(message: str):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
 
+def check_args(args: Args) -> None:
+    """Reject bad input with one line on stderr and exit status 2, before any work."""
     if args.num_runs <= 0:
         fail(f"--num-runs must be a positive integer, got {args.num_runs}")
     if args.num_episodes <= 0:
@@ -313,29 +322,32 @@ def validate(args: Args) -> None:
         value = getattr(args, name)
         if not 0.0 <= value <= 1.0 or (name == "alpha" and value == 0.0):
             fail(f"--{name} must be in {'(0' if name == 'alpha' else '[0'}, 1], got {value}")
-    if args.kappa < 0:
+    if not args.kappa >= 0:
         fail(f"--kappa must be non-negative, got {args.kappa}")
-    if args.env_id not in BOOK_MAZES and args.env_id not in gym.registry:
-        fail(f"--env-id {args.env_id} is unknown; use one of: {', '.join(BOOK_MAZES)}, FrozenLake-v1 "
+    if args.env_id not in LOCAL_ENVS and args.env_id not in gym.registry:
+        fail(f"--env-id {args.env_id} is unknown; use one of: {', '.join(LOCAL_ENVS)}, FrozenLake-v1 "
              "(or another Gymnasium env with Discrete observations and actions)")  # fmt: skip
-    env = make_env(args.env_id)
+    try:
+        env = make_env(args.env_id)
+    except Exception as error:  # a registered id whose dependencies are missing, for instance
+        fail(f"--env-id {args.env_id} could not be made ({type(error).__name__}); use one of: "
+             f"{', '.join(LOCAL_ENVS)}, FrozenLake-v1")
     obs_space, act_space = env.observation_space, env.action_space
     env.close()
     for kind, space in (("observation", obs_space), ("action", act_space)):
         if not isinstance(space, gym.spaces.Discrete):
             fail(f"--env-id {args.env_id} has a {type(space).__name__} {kind} space; tabular Dyna-Q needs "
                  f"Discrete states and actions, e.g. DynaMaze or FrozenLake-v1")  # fmt: skip
-
-
-def main(args: Args) -> dict:
-    validate(args)
-    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment (checked last,
+    # so that no other bad input leaves a directory behind).
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
+        fail(f"cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory")
+
+
+def main(args: Args) -> dict:
+    check_args(args)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -366,7 +378,7 @@ def main(args: Args) -> dict:
     for label, res in results.items():
         if step_mode:
             ax.plot(np.arange(1, res["cumulative"].shape[1] + 1), res["cumulative"].mean(axis=0), label=label)
-        elif args.env_id in BOOK_MAZES:  # Figure 8.2 starts at episode 2: episode 1 is ~1700 steps for all n
+        elif args.env_id in LOCAL_ENVS:  # Figure 8.2 starts at episode 2: episode 1 is off its scale for all n
             episodes = np.arange(2, args.num_episodes + 1)
             ax.plot(episodes, res["steps"].mean(axis=0)[1:], label=f"{label} planning steps")
         else:  # a stochastic Gymnasium task: success rate (return) per episode, smoothed over 5% of the run
@@ -378,7 +390,7 @@ def main(args: Args) -> dict:
         ax.axvline(change, color="gray", linestyle=":", label="maze changes")
         ax.set_xlabel("Time steps")
         ax.set_ylabel(f"Cumulative reward (mean of {args.num_runs} runs)")
-    elif args.env_id in BOOK_MAZES:
+    elif args.env_id in LOCAL_ENVS:
         ax.set_xlabel("Episodes")
         ax.set_ylabel(f"Steps per episode (mean of {args.num_runs} runs)")
         ax.set_ylim(0, 800)
@@ -389,7 +401,6 @@ def main(args: Args) -> dict:
                  + (f", $\\kappa$={args.kappa}" if True in variants else ""))  # fmt: skip
     ax.legend()
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     fig.savefig(args.plot, dpi=100)
     plt.close(fig)
     wall = time.time() - start

@@ -1,8 +1,9 @@
 """Monte Carlo control: exploring starts (§5.3) and on-policy first-visit epsilon-soft control (§5.4).
 
 Sutton & Barto, Reinforcement Learning: An Introduction, 2nd ed., 2018, Chapter 5, on Blackjack
-(Example 5.3, Figure 5.2).
+(Example 5.3, Figure 5.2); http://incompleteideas.net/book/the-book-2nd.html
 
+Run:
     python algorithms/mc_control.py                       # Figure 5.2 + the epsilon-soft policy
     python algorithms/mc_control.py --num-episodes 2000000
 
@@ -31,6 +32,9 @@ sum and the usable ace matter for what happens next (infinite deck), apart from 
 
 The ties in argmax are broken towards "stick" (action 0), like numpy's argmax; Q starts at 0 and the
 initial policy is Example 5.3's "stick only on 20 or 21".
+
+Tested: Monte Carlo ES reproduces Figure 5.2's usable-ace policy (tests/test_mc_control.py).
+Results: benchmark_results/mc_control.md
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ SUMS, DEALER = np.arange(12, 22), np.arange(1, 11)  # the 200 decision states of
 # Environment helpers (Gymnasium's Blackjack-v1, set to a chosen state for exploring starts)
 # ----------------------------------------------------------------------------------------------------
 def make_blackjack(seed: int):
+    """Gymnasium's Blackjack-v1 with the book's rules (sab=True); seeds its first reset and its action space."""
     env = gym.make("Blackjack-v1", sab=True)
     env.reset(seed=seed)
     env.action_space.seed(seed)
@@ -141,18 +146,18 @@ def first_visit_update(q: np.ndarray, n: np.ndarray, policy: np.ndarray | None, 
             policy[states[t]] = int(np.argmax(q[states[t]]))
 
 
-def play_episode(env, choose_action, first_obs=None, first_action=None):
-    """Play one game from the current deal; returns the decision steps (states, actions, rewards).
+def play_episode(env, choose_action, obs, first_action=None):
+    """Play one game from the observation `obs`; returns the decision steps (states, actions, rewards).
 
-    With sums 11 or less the player hits without a decision (the book's convention); the reward of
-    such a step is always 0, so leaving it out changes no return.
+    first_action, if given, is taken at the first decision instead of choose_action's (an exploring start).
+    With sums 11 or less every policy here hits without a decision (the book's convention): such a step
+    has reward 0 and, for off-policy methods, ratio pi/b = 1, so it is played but not returned.
     """
-    obs = first_obs
     states, actions, rewards, done = [], [], [], False
     while not done:
         if obs[0] < 12:
-            obs, _, done, truncated, _ = env.step(HIT)
-            done = done or truncated
+            obs, _, terminated, truncated, _ = env.step(HIT)
+            done = terminated or truncated
             continue
         action = first_action if first_action is not None and not states else choose_action(obs)
         next_obs, reward, terminated, truncated, _ = env.step(action)
@@ -163,13 +168,12 @@ def play_episode(env, choose_action, first_obs=None, first_action=None):
     return states, actions, rewards
 
 
-def evaluate(env, policy: np.ndarray, num_episodes: int) -> np.ndarray:
-    """Returns of `num_episodes` games played with the deterministic policy (array indexed by obs)."""
+def play_games(env, choose_action, num_episodes: int) -> np.ndarray:
+    """The returns of `num_episodes` ordinary games (dealt by env.reset()) played with choose_action(obs)."""
     returns = np.zeros(num_episodes)
     for i in range(num_episodes):
         obs, _ = env.reset()
-        _, _, rewards = play_episode(env, lambda o: int(policy[o]), first_obs=obs)
-        returns[i] = sum(rewards)
+        returns[i] = sum(play_episode(env, choose_action, obs)[2])
     return returns
 
 
@@ -186,7 +190,8 @@ def monte_carlo_es(num_episodes: int, seed: int, gamma: float = 1.0):
         env.reset()
         # exploring start: every state-action pair of the 200 states has probability 1/400
         obs = set_start_state(env, int(rng.choice(SUMS)), int(rng.choice(DEALER)), int(rng.integers(2)))
-        states, actions, rewards = play_episode(env, lambda o: int(policy[o]), obs, int(rng.integers(2)))
+        first_action = int(rng.integers(2))
+        states, actions, rewards = play_episode(env, lambda o: int(policy[o]), obs, first_action)
         first_visit_update(q, n, policy, states, actions, rewards, gamma)
     env.close()
     return q, policy, n
@@ -212,32 +217,7 @@ def on_policy_epsilon_soft(num_episodes: int, epsilon: float, seed: int, gamma: 
 
 
 # ----------------------------------------------------------------------------------------------------
-def validate(args: Args) -> str | None:
-    if args.env_id not in gym.registry:
-        return f"--env-id {args.env_id} is unknown; use Blackjack-v1"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            env = gym.make(args.env_id)
-        space, game = env.observation_space, env.unwrapped
-    except Exception:
-        space, game = None, None
-    if isinstance(space, spaces.Box):
-        return (f"--env-id {args.env_id} has a continuous observation space ({space}); this tabular "
-                "file needs Blackjack-v1")
-    if not isinstance(game, BlackjackEnv):
-        return f"--env-id {args.env_id} is not Blackjack; this file's exploring starts need Blackjack-v1"
-    for name in ("num_episodes", "eval_episodes"):
-        if getattr(args, name) <= 0:
-            return f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}"
-    if not 0.0 < args.epsilon <= 1.0:
-        return f"--epsilon must lie in (0, 1] for an epsilon-soft policy, got {args.epsilon}"
-    if not 0.0 <= args.gamma <= 1.0:
-        return f"--gamma must lie in [0, 1], got {args.gamma}"
-    return None
-
-
-def plot_figure(q_es, policy_es, policy_soft, epsilon, num_episodes, path):
+def plot_figure_5_2(q_es, policy_es, policy_soft, epsilon, num_episodes, path):
     fig = plt.figure(figsize=(14, 8))
     for row, ace in enumerate((1, 0)):
         label = "usable ace" if ace else "no usable ace"
@@ -265,32 +245,57 @@ def plot_figure(q_es, policy_es, policy_soft, epsilon, num_episodes, path):
     plt.close(fig)
 
 
-def main(args: Args) -> dict:
-    problem = validate(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    """Reject bad input with one line on stderr and exit status 2, before any work."""
+    if args.env_id not in gym.registry:
+        fail(f"--env-id {args.env_id} is unknown; use Blackjack-v1")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            env = gym.make(args.env_id)
+        space, game = env.observation_space, env.unwrapped
+    except Exception:  # an environment whose dependencies are missing is just as unusable here
+        space, game = None, None
+    if isinstance(space, spaces.Box):
+        fail(f"--env-id {args.env_id} has a continuous observation space ({space}); this tabular "
+             "file needs Blackjack-v1")
+    if not isinstance(game, BlackjackEnv):
+        fail(f"--env-id {args.env_id} is not Blackjack; this file's exploring starts need Blackjack-v1")
+    for name in ("num_episodes", "eval_episodes"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if not 0.0 < args.epsilon <= 1.0:
+        fail(f"--epsilon must lie in (0, 1] for an epsilon-soft policy, got {args.epsilon}")
+    if not 0.0 <= args.gamma <= 1.0:
+        fail(f"--gamma must lie in [0, 1], got {args.gamma}")
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment (checked last,
+    # so that no other bad input leaves a directory behind).
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
+        fail(f"cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory")
+
+
+def main(args: Args) -> dict:
+    check_args(args)
     start = time.time()
     plot = Path(args.plot)
-    plot.parent.mkdir(parents=True, exist_ok=True)
-
     q_es, policy_es, _ = monte_carlo_es(args.num_episodes, args.seed, args.gamma)
     _, policy_soft, _ = on_policy_epsilon_soft(args.num_episodes, args.epsilon, args.seed + 1, args.gamma)
     train_seconds = time.time() - start
-    plot_figure(q_es, policy_es, policy_soft, args.epsilon, args.num_episodes, plot)
+    plot_figure_5_2(q_es, policy_es, policy_soft, args.epsilon, args.num_episodes, plot)
 
     # Each policy plays its own games; the SE of a mean of independent returns is sd / sqrt(n).
     env = make_blackjack(args.seed + 2)
     result = {"train_seconds": train_seconds}
     for name, policy in (("stick20", initial_policy()), ("es", policy_es), ("eps_soft", policy_soft)):
-        returns = evaluate(env, policy, args.eval_episodes)
+        returns = play_games(env, lambda o, policy=policy: int(policy[o]), args.eval_episodes)
         result[f"{name}_return"] = float(returns.mean())
         result[f"{name}_return_se"] = float(returns.std(ddof=1) / np.sqrt(args.eval_episodes))
     env.close()

@@ -1,7 +1,11 @@
 """Monte Carlo prediction: first-visit and every-visit (Sutton & Barto, 2nd ed., 2018, §5.1).
 
+Book: Sutton and Barto (2018), "Reinforcement Learning: An Introduction", 2nd ed., Chapter 5,
+http://incompleteideas.net/book/the-book-2nd.html
+
 Estimates v_pi by averaging the returns that follow visits to each state.
 
+Run:
     python algorithms/mc_prediction.py                        # Figure 5.1 (Blackjack, stick on 20 or 21)
     python algorithms/mc_prediction.py --env-id RandomWalk-v0 # 5-state random walk of Example 6.2
 
@@ -27,6 +31,9 @@ Environments
   repeated state's (equal) return is counted: both converge to the true values.
 
 The default `--plot` depends on the environment (so one run does not overwrite the other's figure).
+
+Tested: Blackjack values within a statistical tolerance of the exact ones (tests/test_mc_prediction.py).
+Results: benchmark_results/mc_prediction.md
 """
 
 from __future__ import annotations
@@ -99,8 +106,16 @@ class RandomWalkEnv(gym.Env):
         return self.position, reward, terminated, False, {}
 
 
-if "RandomWalk-v0" not in gym.registry:
-    gym.register(id="RandomWalk-v0", entry_point=RandomWalkEnv)
+LOCAL_ENVS = {"RandomWalk-v0": RandomWalkEnv}
+
+
+def make_env(env_id: str) -> gym.Env:
+    """One environment: a book environment written in this file (LOCAL_ENVS), or a registered Gymnasium
+    environment (with its time limit)."""
+    if env_id in LOCAL_ENVS:
+        return LOCAL_ENVS[env_id]()
+    return gym.make(env_id)
+
 
 RANDOM_WALK_TRUE_VALUES = np.arange(1, 6) / 6.0  # v_pi(A..E) = 1/6 .. 5/6 (Example 6.2)
 STICK, HIT = 0, 1
@@ -152,39 +167,14 @@ def mc_values(returns_sum: np.ndarray, returns_count: np.ndarray, initial: float
     return values
 
 
-def stick_on_20_policy(obs) -> int:
-    """Example 5.1's policy: stick if the player's sum is 20 or 21, otherwise hit."""
+def stick_on_20_action(obs) -> int:
+    """The policy of Examples 5.1 and 5.4: stick if the player's sum is 20 or 21, otherwise hit."""
     return STICK if obs[0] >= 20 else HIT
 
 
 # ----------------------------------------------------------------------------------------------------
 # Experiments
 # ----------------------------------------------------------------------------------------------------
-def validate(args: Args) -> str | None:
-    """The one-line problem with the arguments, or None."""
-    supported = ("Blackjack-v1", "RandomWalk-v0")
-    if args.env_id not in gym.registry:
-        return f"--env-id {args.env_id} is unknown; use one of: {', '.join(supported)}"
-    if args.env_id not in supported:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                space = gym.make(args.env_id).observation_space
-        except Exception:  # an environment whose dependencies are missing is just as unusable here
-            space = None
-        if isinstance(space, spaces.Box):
-            return (f"--env-id {args.env_id} has a continuous observation space ({space}); this tabular "
-                    f"file needs a discrete one: use one of: {', '.join(supported)}")
-        return (f"--env-id {args.env_id} is not supported (the evaluated policy is defined for "
-                f"Blackjack and the random walk only); use one of: {', '.join(supported)}")
-    for name in ("num_episodes", "snapshot_episodes", "num_runs"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            return f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}"
-    if not 0.0 <= args.gamma <= 1.0:
-        return f"--gamma must lie in [0, 1], got {args.gamma}"
-    return None
-
-
 def run_blackjack(num_episodes: int, seed: int, first_visit: bool = True, gamma: float = 1.0,
                   snapshot_episodes: int | None = None):
     """Evaluate the stick-on-20 policy; returns (V, counts, V at snapshot or None).
@@ -201,7 +191,7 @@ def run_blackjack(num_episodes: int, seed: int, first_visit: bool = True, gamma:
             obs, _ = env.reset()
         states, rewards, done = [], [], False
         while not done:
-            obs_next, reward, terminated, truncated, _ = env.step(stick_on_20_policy(obs))
+            obs_next, reward, terminated, truncated, _ = env.step(stick_on_20_action(obs))
             states.append(obs)
             rewards.append(reward)
             obs, done = obs_next, terminated or truncated
@@ -219,7 +209,7 @@ def run_random_walk(num_runs: int, num_episodes: int, seed: int, gamma: float = 
     after each episode (unvisited states stay at 0.5, Example 6.2's initial value).
     """
     rng = np.random.default_rng(seed)
-    env = gym.make("RandomWalk-v0")
+    env = make_env("RandomWalk-v0")
     env.action_space.seed(seed)
     n = env.observation_space.n
     history = {kind: np.zeros((num_runs, num_episodes, n - 2)) for kind in ("first", "every")}
@@ -285,23 +275,55 @@ def plot_random_walk(history, path):
     plt.close(fig)
 
 
-def main(args: Args) -> dict:
-    problem = validate(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def plot_path(args: Args) -> str:
+    """--plot, or the default figure of the chosen environment."""
+    if args.plot:
+        return args.plot
+    name = "figure_5_1_blackjack_values.png" if args.env_id == "Blackjack-v1" else "mc_prediction_random_walk.png"
+    return f"benchmark_results/classic/{name}"
+
+
+def check_args(args: Args) -> None:
+    """Reject bad input with one line on stderr and exit status 2, before any work."""
+    supported = ("Blackjack-v1", "RandomWalk-v0")
+    if args.env_id not in LOCAL_ENVS and args.env_id not in gym.registry:
+        fail(f"--env-id {args.env_id} is unknown; use one of: {', '.join(supported)}")
+    if args.env_id not in supported:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                space = gym.make(args.env_id).observation_space
+        except Exception:  # an environment whose dependencies are missing is just as unusable here
+            space = None
+        if isinstance(space, spaces.Box):
+            fail(f"--env-id {args.env_id} has a continuous observation space ({space}); this tabular "
+                 f"file needs a discrete one: use one of: {', '.join(supported)}")
+        fail(f"--env-id {args.env_id} is not supported (the evaluated policy is defined for "
+             f"Blackjack and the random walk only); use one of: {', '.join(supported)}")
+    for name in ("num_episodes", "snapshot_episodes", "num_runs"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if not 0.0 <= args.gamma <= 1.0:
+        fail(f"--gamma must lie in [0, 1], got {args.gamma}")
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment (checked last,
+    # so that no other bad input leaves a directory behind).
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(plot_path(args))), exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
+        fail(f"cannot write --plot {plot_path(args)}: {exc.strerror}; give a path in a writable directory")
+
+
+def main(args: Args) -> dict:
+    check_args(args)
     start = time.time()
     blackjack = args.env_id == "Blackjack-v1"
-    default_name = "figure_5_1_blackjack_values.png" if blackjack else "mc_prediction_random_walk.png"
-    plot = Path(args.plot or f"benchmark_results/classic/{default_name}")
-    plot.parent.mkdir(parents=True, exist_ok=True)
+    plot = Path(plot_path(args))
     num_episodes = args.num_episodes or (500_000 if blackjack else 1_000)
 
     if blackjack:

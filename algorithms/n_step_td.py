@@ -1,7 +1,8 @@
 """n-step TD prediction on the 19-state random walk, and n-step SARSA on the windy gridworld.
 
 Sutton & Barto, Reinforcement Learning: An Introduction (2nd ed., 2018), §7.1 (n-step TD prediction,
-Example 7.1 / Figure 7.2) and §7.2 (n-step SARSA; the windy gridworld is Example 6.5).
+Example 7.1 / Figure 7.2) and §7.2 (n-step SARSA; the windy gridworld is Example 6.5),
+http://incompleteideas.net/book/the-book-2nd.html
 
 Run:
     python algorithms/n_step_td.py                           # Figure 7.2 (100 runs) + n-step SARSA
@@ -22,6 +23,9 @@ environment and replayed to every n and alpha (common random numbers); the value
 the book's loop exactly: its update for tau happens at time t = tau + n - 1 and reads the values as they are
 then, which are the values after the updates for tau' < tau.
 n-step SARSA chooses its actions from Q, so it is written as the book's online loop over one environment.
+
+Tested: Figure 7.2's n = 4 beats n = 1 and 512; n-step SARSA learns the gridworld (tests/test_n_step_td.py).
+Results: benchmark_results/n_step_td.md
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -67,11 +70,16 @@ class Args:
 # Environments
 # ----------------------------------------------------------------------------------------------------------
 class RandomWalk(gym.Env):
-    """Example 7.1: states 1..num_states in a row between terminals 0 (left, reward -1) and num_states + 1
-    (right, reward +1); every other reward is 0. Episodes start in the centre state. Action 0 moves left,
-    1 moves right; the random walk is the equiprobable policy over the two."""
+    """The random walk of Examples 6.2 and 7.1: states 1..num_states in a row between two terminals, 0 (left)
+    and num_states + 1 (right).
 
-    def __init__(self, num_states: int = 19, left_reward: float = -1.0, right_reward: float = 1.0):
+    Every episode starts in the centre state. Action 0 moves left, action 1 moves right; the book's random
+    walk is the equiprobable policy over these two actions. Stepping onto a terminal ends the episode with
+    `left_reward` or `right_reward`; every other reward is 0. Example 6.2: 5 states (A..E), rewards 0 and +1;
+    Example 7.1 (and Chapter 12): 19 states, rewards -1 and +1.
+    """
+
+    def __init__(self, num_states: int, left_reward: float, right_reward: float):
         self.num_states = num_states
         self.left_reward, self.right_reward = left_reward, right_reward
         self.observation_space = spaces.Discrete(num_states + 2)
@@ -94,43 +102,51 @@ class RandomWalk(gym.Env):
         return self.state, reward, terminated, False, {}
 
 
-class WindyGridworld(gym.Env):
-    """Example 6.5: a 7 x 10 grid, start (3, 0), goal (3, 7), reward -1 per step until the goal.
-    An upward wind of the column's strength (0 0 0 1 1 1 2 2 1 0) shifts the agent after its move.
-    Actions 0..3 = up, down, right, left; the observation is row * 10 + column."""
+UP, RIGHT, DOWN, LEFT = 0, 1, 2, 3  # the same action numbering as Gymnasium's CliffWalking
+MOVES = {UP: (-1, 0), RIGHT: (0, 1), DOWN: (1, 0), LEFT: (0, -1)}
 
-    ROWS, COLS = 7, 10
-    WIND = (0, 0, 0, 1, 1, 1, 2, 2, 1, 0)
-    START, GOAL = (3, 0), (3, 7)
-    MOVES = ((-1, 0), (1, 0), (0, 1), (0, -1))
+
+class WindyGridworldEnv(gym.Env):
+    """Example 6.5: a 7x10 grid with an upward wind whose strength depends on the column.
+
+    State = row * 10 + col. The wind of the column the agent leaves pushes it up that many rows
+    (clipped at the edges). Reward -1 on every step until the goal, which ends the episode.
+    The book has no time limit; an epsilon-greedy agent always reaches the goal eventually.
+    """
+
+    metadata = {"render_modes": []}
+    shape = (7, 10)
+    wind = (0, 0, 0, 1, 1, 1, 2, 2, 1, 0)
+    start = (3, 0)
+    goal = (3, 7)
 
     def __init__(self):
-        self.observation_space = spaces.Discrete(self.ROWS * self.COLS)
-        self.action_space = spaces.Discrete(4)
-        self.position = self.START
+        self.observation_space = gym.spaces.Discrete(self.shape[0] * self.shape[1])
+        self.action_space = gym.spaces.Discrete(4)
+        self.position = self.start
+
+    def _obs(self) -> int:
+        return self.position[0] * self.shape[1] + self.position[1]
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self.position = self.START
+        self.position = self.start
         return self._obs(), {}
-
-    def _obs(self) -> int:
-        return self.position[0] * self.COLS + self.position[1]
 
     def step(self, action):
         row, col = self.position
-        d_row, d_col = self.MOVES[int(action)]
-        # the wind of the column the agent leaves pushes it up (Example 6.5)
-        row = int(np.clip(row + d_row - self.WIND[col], 0, self.ROWS - 1))
-        col = int(np.clip(col + d_col, 0, self.COLS - 1))
+        d_row, d_col = MOVES[int(action)]
+        row = min(max(row + d_row - self.wind[col], 0), self.shape[0] - 1)
+        col = min(max(col + d_col, 0), self.shape[1] - 1)
         self.position = (row, col)
-        terminated = self.position == self.GOAL
+        terminated = self.position == self.goal
         return self._obs(), -1.0, terminated, False, {}
 
 
-def true_values(num_states: int = 19, left_reward: float = -1.0, right_reward: float = 1.0) -> np.ndarray:
-    """v_pi of states 1..num_states: state i exits right with probability i / (num_states + 1), so for
-    the 19-state walk v(i) = (i - 10) / 10, from -0.9 to 0.9."""
+def true_values(num_states: int, left_reward: float, right_reward: float) -> np.ndarray:
+    """v_pi of the non-terminal states 1..num_states under the equiprobable policy: state i exits on the right
+    with probability i / (num_states + 1) (gambler's ruin). Example 6.2: 1/6, 2/6, ..., 5/6; the 19-state
+    walk: v(i) = (i - 10) / 10."""
     p_right = np.arange(1, num_states + 1) / (num_states + 1)
     return left_reward + (right_reward - left_reward) * p_right
 
@@ -139,8 +155,8 @@ def generate_episodes(env: RandomWalk, num_runs: int, num_episodes: int, seed: i
     """Roll out the equiprobable random policy num_runs x num_episodes times.
 
     Returns a list over episode index k of (states (runs, T_k + 1), rewards (runs, T_k), lengths (runs,)),
-    T_k the longest of the runs' k-th episodes; shorter episodes are padded with their terminal state and
-    reward 0, and `lengths` says where each run's episode really ended.
+    where T_k is the longest of the runs' k-th episodes: a shorter episode is padded with its terminal
+    state and reward 0, and `lengths` says where each run's episode really ended.
     """
     env.action_space.seed(seed)
     episodes = []
@@ -197,7 +213,8 @@ def n_step_td_episode(V, states, rewards, lengths, n: int, alpha, gamma: float =
 
 
 def rms_error(V, v_true) -> np.ndarray:
-    """Root-mean-square error over the non-terminal states 1..n, one number per value table."""
+    """Root-mean-square error over the non-terminal states 1..n (V's first and last entries are the
+    terminals), one number per value table: the measure of Example 6.2 and Figure 7.2."""
     return np.sqrt(np.mean((np.asarray(V)[..., 1:-1] - v_true) ** 2, axis=-1))
 
 
@@ -215,18 +232,20 @@ def figure_7_2_errors(episodes, ns, alphas, v_true) -> np.ndarray:
     return errors
 
 
-def epsilon_greedy(q_row: np.ndarray, epsilon: float, rng: np.random.Generator) -> int:
-    """Random action with probability epsilon, else a greedy one (ties broken at random)."""
+def epsilon_greedy_action(q_row: np.ndarray, epsilon: float, rng: np.random.Generator) -> int:
+    """With probability epsilon a uniformly random action, otherwise a greedy one, ties broken at random."""
     if rng.random() < epsilon:
         return int(rng.integers(len(q_row)))
-    return int(rng.choice(np.flatnonzero(q_row == q_row.max())))
+    best = np.flatnonzero(q_row == q_row.max())
+    return int(best[0]) if len(best) == 1 else int(rng.choice(best))
 
 
 def n_step_sarsa(env: gym.Env, n: int, alpha: float, epsilon: float, num_steps: int, seed: int,
                  gamma: float = 1.0):
     """On-policy n-step SARSA (§7.2, the book's boxed algorithm) for num_steps environment steps.
 
-    Returns Q (states, actions) and, per time step, how many episodes had been completed (Figure 6.3's y-axis).
+    Returns Q (states, actions) and, per time step, how many episodes had been completed (the y-axis of
+    Example 6.5's figure).
     """
     rng = np.random.default_rng(seed)
     Q = np.zeros((env.observation_space.n, env.action_space.n))
@@ -235,7 +254,7 @@ def n_step_sarsa(env: gym.Env, n: int, alpha: float, epsilon: float, num_steps: 
     while step_count < num_steps:
         state, _ = env.reset(seed=seed if first else None)
         first = False
-        S, A, R = [state], [epsilon_greedy(Q[state], epsilon, rng)], []
+        S, A, R = [state], [epsilon_greedy_action(Q[state], epsilon, rng)], []
         T, t = np.iinfo(np.int64).max, 0
         while True:
             if t < T:
@@ -247,11 +266,13 @@ def n_step_sarsa(env: gym.Env, n: int, alpha: float, epsilon: float, num_steps: 
                 if terminated:
                     T = t + 1
                 else:
-                    A.append(epsilon_greedy(Q[state], epsilon, rng))
+                    A.append(epsilon_greedy_action(Q[state], epsilon, rng))
             tau = t - n + 1
             if tau >= 0:
                 bootstrap = Q[S[tau + n], A[tau + n]] if tau + n < T else 0.0
-                G = n_step_return(np.array([R]), np.array([T]), tau, n, gamma, np.array([bootstrap]))[0]
+                # only R_{tau+1}..R_{tau+n} enter G: pass that window (as time 0) rather than the whole episode
+                G = n_step_return(np.array([R[tau:tau + n]]), np.array([T - tau]), 0, n, gamma,
+                                  np.array([bootstrap]))[0]
                 Q[S[tau], A[tau]] += alpha * (G - Q[S[tau], A[tau]])
             if tau == T - 1:
                 break
@@ -263,41 +284,43 @@ def n_step_sarsa(env: gym.Env, n: int, alpha: float, epsilon: float, num_steps: 
 
 
 def late_episode_length(episodes_done: np.ndarray, window: int) -> float:
-    """Average length of the episodes finished in the last `window` time steps (the slope of Figure 6.3)."""
+    """Average length of the episodes finished in the last `window` time steps (the inverse slope of
+    Example 6.5's figure)."""
     finished = episodes_done[-1] - episodes_done[-window - 1]
     return window / finished if finished > 0 else float("inf")
 
 
-def validate(args: Args) -> str | None:
-    """The first problem with the arguments, as a one-line message, or None."""
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    """Reject bad input with one line on stderr and exit status 2, before any work."""
     for name, value in (("--num-runs", args.num_runs), ("--num-episodes", args.num_episodes),
                         ("--sarsa-steps", args.sarsa_steps), ("--sarsa-runs", args.sarsa_runs)):
         if value < 1:
-            return f"{name} must be a positive integer, got {value}"
+            fail(f"{name} must be a positive integer, got {value}")
     for name, ns in (("--ns", args.ns), ("--sarsa-ns", args.sarsa_ns)):
         if len(ns) == 0 or any(n < 1 for n in ns):
-            return f"{name} must be integers n >= 1, got {list(ns)}"
-    if len(args.alphas) == 0 or any(not (0 < a <= 1) for a in args.alphas):
-        return f"--alphas must be step sizes in (0, 1], got {list(args.alphas)}"
-    if not (0 < args.sarsa_alpha <= 1):
-        return f"--sarsa-alpha must be in (0, 1], got {args.sarsa_alpha}"
-    if not (0 <= args.sarsa_epsilon <= 1):
-        return f"--sarsa-epsilon must be a probability in [0, 1], got {args.sarsa_epsilon}"
-    return None
-
-
-def main(args: Args) -> dict:
-    problem = validate(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+            fail(f"{name} must be integers n >= 1, got {list(ns)}")
+    if len(args.alphas) == 0 or any(not 0 < a <= 1 for a in args.alphas):
+        fail(f"--alphas must be step sizes in (0, 1], got {list(args.alphas)}")
+    if not 0 < args.sarsa_alpha <= 1:
+        fail(f"--sarsa-alpha must be in (0, 1], got {args.sarsa_alpha}")
+    if not 0 <= args.sarsa_epsilon <= 1:
+        fail(f"--sarsa-epsilon must be a probability in [0, 1], got {args.sarsa_epsilon}")
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment (checked last,
+    # so that no other bad input leaves a directory behind).
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
+        fail(f"cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory")
+
+
+def main(args: Args) -> dict:
+    check_args(args)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,15 +328,16 @@ def main(args: Args) -> dict:
 
     # Figure 7.2
     num_states = 19
-    v_true = true_values(num_states)
-    episodes = generate_episodes(RandomWalk(num_states), args.num_runs, args.num_episodes, args.seed)
+    v_true = true_values(num_states, left_reward=-1.0, right_reward=1.0)
+    walk = RandomWalk(num_states, left_reward=-1.0, right_reward=1.0)  # Example 7.1
+    episodes = generate_episodes(walk, args.num_runs, args.num_episodes, args.seed)
     alphas = np.asarray(args.alphas, dtype=float)
     errors = figure_7_2_errors(episodes, args.ns, alphas, v_true)
     mean = errors.mean(axis=2)
     best = mean.argmin(axis=1)
 
     # n-step SARSA on the windy gridworld
-    env = WindyGridworld()
+    env = WindyGridworldEnv()
     window = max(1, args.sarsa_steps // 4)  # episode lengths are measured over the last quarter of the steps
     sarsa = {}
     for n in args.sarsa_ns:
@@ -339,7 +363,6 @@ def main(args: Args) -> dict:
     right.legend(fontsize=8)
     fig.suptitle("Sutton & Barto Figure 7.2 (left) and n-step SARSA on Example 6.5 (right)")
     fig.tight_layout()
-    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.plot, dpi=110)
     plt.close(fig)
 

@@ -2,8 +2,9 @@
 off-policy MC control (§5.7).
 
 Sutton & Barto, Reinforcement Learning: An Introduction, 2nd ed., 2018, Example 5.4 / Figure 5.3,
-on Blackjack.
+on Blackjack; http://incompleteideas.net/book/the-book-2nd.html
 
+Run:
     python algorithms/off_policy_mc.py                         # Figure 5.3 + off-policy control
     python algorithms/off_policy_mc.py --num-runs 20 --control-episodes 100000
 
@@ -34,16 +35,19 @@ by the environment's own generator), then `set_start_state` overwrites `env.unwr
 [ace, 2] (sum 13, usable ace) and `env.unwrapped.dealer[0]` with 2. For control the games start from the
 ordinary deal. As in the book the player decides only for sums 12-21: with 11 or less every policy
 hits (pi = b = 1 there, so the ratio is unchanged) and those steps are not learned.
+
+Tested: weighted importance sampling converges to Example 5.4's value -0.27726 (tests/test_off_policy_mc.py).
+Results: benchmark_results/off_policy_mc.md
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import gymnasium as gym
 import matplotlib
@@ -89,27 +93,33 @@ BEHAVIOUR_PROB = 0.5  # b(a|s) of the equiprobable random behaviour policy
 # Environment helpers (Gymnasium's Blackjack-v1, set to a chosen state)
 # ----------------------------------------------------------------------------------------------------
 def make_blackjack(seed: int):
+    """Gymnasium's Blackjack-v1 with the book's rules (sab=True); seeds its first reset and its action space."""
     env = gym.make("Blackjack-v1", sab=True)
     env.reset(seed=seed)
     env.action_space.seed(seed)
     return env
 
 
-def set_start_state(env, player_hand: list[int], dealer_card: int) -> tuple:
-    """After env.reset(): overwrite the dealt hands; returns the observation of the new state."""
+def hand_for(player_sum: int, usable_ace: int) -> list[int]:
+    """A hand of cards (1 = ace) whose sum is `player_sum` (12..21) with or without a usable ace."""
+    if usable_ace:
+        return [1, player_sum - 11]
+    return [10, player_sum - 10] if player_sum <= 20 else [10, 5, 6]
+
+
+def set_start_state(env, player_sum: int, dealer_card: int, usable_ace: int) -> tuple:
+    """After env.reset(): overwrite the dealt hands so the game is in the chosen state; returns the obs."""
     game = env.unwrapped
-    game.player = list(player_hand)
+    game.player = hand_for(player_sum, usable_ace)
     game.dealer[0] = dealer_card  # the hidden card game.dealer[1] stays as the environment drew it
-    total = sum(player_hand)
-    usable = int(1 in player_hand and total + 10 <= 21)
-    return (total + 10 * usable, dealer_card, usable)
+    return (player_sum, dealer_card, usable_ace)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Pure functions (what the tests check)
 # ----------------------------------------------------------------------------------------------------
 def stick_on_20_action(obs) -> int:
-    """The target policy of Examples 5.1 and 5.4: stick on 20 or 21, otherwise hit."""
+    """The policy of Examples 5.1 and 5.4: stick if the player's sum is 20 or 21, otherwise hit."""
     return STICK if obs[0] >= 20 else HIT
 
 
@@ -147,11 +157,12 @@ def off_policy_control_update(q: np.ndarray, c: np.ndarray, policy: np.ndarray, 
         w /= behaviour_probs[t]
 
 
-def play_episode(env, choose_action, obs):
-    """Play one game from `obs`; returns the decision steps (states, actions, rewards).
+def play_episode(env, choose_action, obs, first_action=None):
+    """Play one game from the observation `obs`; returns the decision steps (states, actions, rewards).
 
-    With sums 11 or less every policy here hits; those steps carry reward 0 and ratio 1, so they are
-    played but not returned.
+    first_action, if given, is taken at the first decision instead of choose_action's (an exploring start).
+    With sums 11 or less every policy here hits without a decision (the book's convention): such a step
+    has reward 0 and, for off-policy methods, ratio pi/b = 1, so it is played but not returned.
     """
     states, actions, rewards, done = [], [], [], False
     while not done:
@@ -159,7 +170,7 @@ def play_episode(env, choose_action, obs):
             obs, _, terminated, truncated, _ = env.step(HIT)
             done = terminated or truncated
             continue
-        action = choose_action(obs)
+        action = first_action if first_action is not None and not states else choose_action(obs)
         next_obs, reward, terminated, truncated, _ = env.step(action)
         states.append(obs)
         actions.append(action)
@@ -176,11 +187,10 @@ def off_policy_prediction(num_runs: int, num_episodes: int, seed: int, gamma: fl
     rng = np.random.default_rng(seed)
     env = make_blackjack(seed)
     rhos, returns = np.zeros((num_runs, num_episodes)), np.zeros((num_runs, num_episodes))
-    player_hand = [1, START_STATE[0] - 11]  # ace + 2: sum 13 with a usable ace
     for run in range(num_runs):
         for i in range(num_episodes):
             env.reset()
-            obs = set_start_state(env, player_hand, START_STATE[1])
+            obs = set_start_state(env, *START_STATE)
             states, actions, rewards = play_episode(env, lambda o: int(rng.integers(2)), obs)
             # pi is deterministic: pi(A|S) is 1 if A is the target's action, else 0
             target_probs = [float(a == stick_on_20_action(s)) for s, a in zip(states, actions, strict=True)]
@@ -208,36 +218,13 @@ def off_policy_control(num_episodes: int, seed: int, gamma: float = 1.0):
     return q, policy
 
 
-def evaluate(env, choose_action, num_episodes: int) -> np.ndarray:
-    """Returns of `num_episodes` ordinary games played with a deterministic policy."""
+def play_games(env, choose_action, num_episodes: int) -> np.ndarray:
+    """The returns of `num_episodes` ordinary games (dealt by env.reset()) played with choose_action(obs)."""
     returns = np.zeros(num_episodes)
     for i in range(num_episodes):
         obs, _ = env.reset()
         returns[i] = sum(play_episode(env, choose_action, obs)[2])
     return returns
-
-
-def validate(args: Args) -> str | None:
-    if args.env_id not in gym.registry:
-        return f"--env-id {args.env_id} is unknown; use Blackjack-v1"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            env = gym.make(args.env_id)
-        space, game = env.observation_space, env.unwrapped
-    except Exception:
-        space, game = None, None
-    if isinstance(space, spaces.Box):
-        return (f"--env-id {args.env_id} has a continuous observation space ({space}); this tabular "
-                "file needs Blackjack-v1")
-    if not isinstance(game, BlackjackEnv):
-        return f"--env-id {args.env_id} is not Blackjack; Example 5.4 needs Blackjack-v1"
-    for name in ("num_runs", "num_episodes", "control_episodes", "eval_episodes"):
-        if getattr(args, name) <= 0:
-            return f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}"
-    if not 0.0 <= args.gamma <= 1.0:
-        return f"--gamma must lie in [0, 1], got {args.gamma}"
-    return None
 
 
 def plot_figure_5_3(mse_ordinary, mse_weighted, num_runs, path):
@@ -272,29 +259,47 @@ def plot_control(policy, num_episodes, path):
     plt.close(fig)
 
 
-def main(args: Args) -> dict:
-    problem = validate(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
-    except OSError as exc:
-        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
-    # A --control-plot path that cannot be written is bad input: say so now, not after the experiment.
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(args.control_plot)), exist_ok=True)
-    except OSError as exc:
-        print(f"error: cannot write --control-plot {args.control_plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
-    start = time.time()
-    for path in (args.plot, args.control_plot):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
+
+def check_args(args: Args) -> None:
+    """Reject bad input with one line on stderr and exit status 2, before any work."""
+    if args.env_id not in gym.registry:
+        fail(f"--env-id {args.env_id} is unknown; use Blackjack-v1")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            env = gym.make(args.env_id)
+        space, game = env.observation_space, env.unwrapped
+    except Exception:  # an environment whose dependencies are missing is just as unusable here
+        space, game = None, None
+    if isinstance(space, spaces.Box):
+        fail(f"--env-id {args.env_id} has a continuous observation space ({space}); this tabular "
+             "file needs Blackjack-v1")
+    if not isinstance(game, BlackjackEnv):
+        fail(f"--env-id {args.env_id} is not Blackjack; Example 5.4 needs Blackjack-v1")
+    for name in ("num_runs", "num_episodes", "control_episodes", "eval_episodes"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if not 0.0 <= args.gamma <= 1.0:
+        fail(f"--gamma must lie in [0, 1], got {args.gamma}")
+    if not math.isfinite(args.true_value):
+        fail(f"--true-value must be a finite number, got {args.true_value}")
+    # Paths that cannot be written are bad input: say so now, not after the experiment (checked last, so
+    # that no other bad input leaves a directory behind).
+    for option, path in (("--plot", args.plot), ("--control-plot", args.control_plot)):
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        except OSError as exc:
+            fail(f"cannot write {option} {path}: {exc.strerror}; give a path in a writable directory")
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    start = time.time()
     rhos, returns = off_policy_prediction(args.num_runs, args.num_episodes, args.seed, args.gamma)
     ordinary = ordinary_is_estimates(rhos, returns)
     weighted = weighted_is_estimates(rhos, returns)
@@ -306,8 +311,8 @@ def main(args: Args) -> dict:
     q, policy = off_policy_control(args.control_episodes, args.seed + 1, args.gamma)
     plot_control(policy, args.control_episodes, args.control_plot)
     env = make_blackjack(args.seed + 2)
-    learned = evaluate(env, lambda o: int(policy[o]), args.eval_episodes)
-    baseline = evaluate(env, stick_on_20_action, args.eval_episodes)
+    learned = play_games(env, lambda o: int(policy[o]), args.eval_episodes)
+    baseline = play_games(env, stick_on_20_action, args.eval_episodes)
     env.close()
 
     final = weighted[:, -1]

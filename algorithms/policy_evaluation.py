@@ -1,11 +1,14 @@
 """Iterative policy evaluation (Sutton & Barto, 2nd ed., 2018, Section 4.1; Example 4.1, Figure 4.1).
 
+Book: Sutton and Barto (2018), "Reinforcement Learning: An Introduction", 2nd ed., Chapter 4,
+http://incompleteideas.net/book/the-book-2nd.html
+
 Run:
     python algorithms/policy_evaluation.py                          # Figure 4.1, the 4x4 gridworld
     python algorithms/policy_evaluation.py --env-id FrozenLake-v1   # any Gymnasium env with env.unwrapped.P
 
 The policy is the equiprobable random policy pi(a|s) = 1/|A|. One sweep applies the Bellman expectation
-equation (4.5) to every state, written as in `evaluate_policy`:
+equation (4.5) to every state, as `evaluate_policy` writes it:
 
     V(s) <- sum_a pi(a|s) * sum_{s',r} p(s',r|s,a) * [r + gamma * V(s') * (1 - terminated)]
 
@@ -19,14 +22,16 @@ book's gridworld below exposes the same P, so one routine serves FrozenLake, Cli
 A transition flagged `terminated` bootstraps nothing (the value of a terminal state is 0).
 
 gamma = 1 is only meaningful when the policy ends every episode: if from some state the random policy
-can never reach a terminating transition, main refuses gamma = 1 (exit 2) and asks for gamma < 1.
+can never reach a terminating transition, check_args refuses gamma = 1 (exit 2) and asks for gamma < 1.
 The time limits Gymnasium wraps around FrozenLake and Taxi are not part of P and are ignored here.
+
+Tested: v_pi of the 4x4 gridworld equals Figure 4.1's numbers (tests/test_policy_evaluation.py).
+Results: benchmark_results/policy_evaluation.md
 """
 
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -98,7 +103,7 @@ class GridWorld4x4Env(gym.Env):
         return self.s, float(reward), bool(terminated), False, {}
 
 
-BOOK_ENVS = {"GridWorld4x4-v0": GridWorld4x4Env}
+LOCAL_ENVS = {"GridWorld4x4-v0": GridWorld4x4Env}
 BOOK_GAMMA = {"GridWorld4x4-v0": 1.0}  # Example 4.1 is undiscounted
 TOY_TEXT_GAMMA = 0.99
 TRY_IDS = "GridWorld4x4-v0, FrozenLake-v1, FrozenLake8x8-v1, CliffWalking-v1, CliffWalkingSlippery-v1, Taxi-v4"
@@ -111,26 +116,12 @@ ACTION_DELTAS = {
 }
 
 
-def make_env(env_id: str):
-    """The book's world of that name, or gym.make(env_id). Raises ValueError with a one-line reason."""
-    if env_id in BOOK_ENVS:
-        return BOOK_ENVS[env_id]()
-    try:
-        with warnings.catch_warnings():  # Gymnasium warns before raising for deprecated ids
-            warnings.simplefilter("ignore")
-            env = gym.make(env_id)
-    except gym.error.Error as e:
-        raise ValueError(f"--env-id {env_id} is unknown ({e}); use one of: {TRY_IDS}") from None
-    except Exception as e:  # e.g. a registered env whose optional dependency is missing
-        raise ValueError(f"--env-id {env_id} could not be created ({type(e).__name__}: {e}); use one of: {TRY_IDS}") from None
-    if not hasattr(env.unwrapped, "P"):
-        raise ValueError(
-            f"--env-id {env_id} has no transition model env.unwrapped.P, which dynamic programming needs; "
-            f"use one of: {TRY_IDS}"
-        )
-    if not (isinstance(env.observation_space, spaces.Discrete) and isinstance(env.action_space, spaces.Discrete)):
-        raise ValueError(f"--env-id {env_id} needs Discrete observation and action spaces; use one of: {TRY_IDS}")
-    return env
+def make_env(env_id: str) -> gym.Env:
+    """One environment: a book environment written in this file (LOCAL_ENVS), or a registered Gymnasium
+    environment (with its time limit)."""
+    if env_id in LOCAL_ENVS:
+        return LOCAL_ENVS[env_id]()
+    return gym.make(env_id)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -141,8 +132,8 @@ def transition_arrays(P, n_states: int, n_actions: int):
 
     p[s, a, s'] is the probability of moving to s' AND continuing; the probability mass of terminating
     transitions is left out, which is how "the value of a terminal state is 0" enters the backup
-    sum_{s'} p[s, a, s'] V(s'). r[s, a] = sum_{s',r} p(s',r|s,a) r is the expected reward (4.5 only needs
-    expectations, so transitions listed twice, or listed with conditional mean rewards, give the same r).
+    sum_{s'} p[s, a, s'] V(s'). r[s, a] = sum_{s',r} p(s',r|s,a) r is the expected reward (the backups only
+    need expectations, so transitions listed twice, or listed with conditional mean rewards, give the same r).
     """
     p = np.zeros((n_states, n_actions, n_states))
     r = np.zeros((n_states, n_actions))
@@ -176,8 +167,10 @@ def evaluate_policy(
     in_place: bool = True,
     v0: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Iterative policy evaluation (Section 4.1). Returns (V, number of sweeps).
+    """Iterative policy evaluation (Section 4.1) of policy[s, a] = pi(a|s). Returns (V, number of sweeps).
 
+    in_place: one array, each new V(s) used at once (the pseudocode box); else two arrays, the synchronous
+    v_{k+1} of Figure 4.1. v0: the first V (policy iteration warm-starts from the previous policy's V).
     Stops after the first sweep whose largest change is below theta. The caller makes sure the sweeps
     converge: gamma < 1, or a policy that terminates from every state (`never_terminating`).
     """
@@ -195,15 +188,15 @@ def evaluate_policy(
                 delta = max(delta, abs(new - v[s]))
                 v[s] = new
         else:
-            new_v = r_pi + gamma * (p_pi @ v)  # = expected_update(p, r, policy, gamma, v)
+            new_v = r_pi + gamma * (p_pi @ v)  # every state from the old array
             delta = float(np.max(np.abs(new_v - v)))
             v = new_v
         if delta < theta:
             return v, sweeps
 
 
-def action_values(p: np.ndarray, r: np.ndarray, v: np.ndarray, gamma: float) -> np.ndarray:
-    """q[s, a] = r(s,a) + gamma * sum_s' p(s'|s,a) v(s')   (equation 4.6 with v in place of v_pi)."""
+def q_from_v(p: np.ndarray, r: np.ndarray, v: np.ndarray, gamma: float) -> np.ndarray:
+    """One-step lookahead: q[s, a] = r(s,a) + gamma * sum_s' p(s'|s,a) v(s')   (equation 4.6 with v for v_pi)."""
     return r + gamma * (p @ v)
 
 
@@ -213,12 +206,13 @@ def greedy_mask(q: np.ndarray, tol: float) -> np.ndarray:
 
 
 def never_terminating(p: np.ndarray, policy: np.ndarray) -> np.ndarray:
-    """mask[s] = True where, following the policy from s, no terminating transition can ever happen.
+    """mask[s] = True where, following policy[s, a] from s, no terminating transition can ever happen.
 
     A state can terminate if a terminating transition has positive probability there, or if it can move
     to a state that can; we grow that set until it stops changing (reachability on the support of P_pi).
     In a finite MDP, "can terminate from every state" means "terminates with probability 1", which is
-    what gamma = 1 needs for (4.5) to have a finite solution.
+    what gamma = 1 needs for finite values. For the equiprobable random policy the mask is exactly the
+    set of states from which NO policy terminates.
     """
     terminate_prob = np.sum(policy * (1.0 - p.sum(axis=2)), axis=1)
     can_terminate = terminate_prob > 1e-12
@@ -243,9 +237,8 @@ def grid_shape(env):
     return tuple(u.shape)
 
 
-def plot_figure(path, env, env_id, snapshots, q_final, absorbing, tol):
+def plot_figure_4_1(path, env, env_id, snapshots, q_final, absorbing, tol):
     """Left column v_k, right column the greedy policy w.r.t. v_k (all maximising actions), as Figure 4.1."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     shape = grid_shape(env)
     if shape is None:  # no grid: draw each v_k as a curve over the state index instead
         fig, (ax_v, ax_pi) = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -288,40 +281,55 @@ def plot_figure(path, env, env_id, snapshots, q_final, absorbing, tol):
     plt.close(fig)
 
 
-def main(args: Args) -> dict:
-    # Validate everything before any work or any file is written.
-    problem = None
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    """Reject bad input with one line on stderr and exit status 2, before any work."""
     if args.gamma is not None and not 0.0 < args.gamma <= 1.0:
-        problem = f"--gamma {args.gamma} is outside (0, 1]; use e.g. 0.9 or 1"
-    elif not args.theta > 0.0:
-        problem = f"--theta {args.theta} must be > 0; use e.g. 1e-8"
-    else:
+        fail(f"--gamma {args.gamma} is outside (0, 1]; use e.g. 0.9 or 1")
+    if not args.theta > 0.0:
+        fail(f"--theta {args.theta} must be > 0; use e.g. 1e-8")
+    if args.env_id not in LOCAL_ENVS:
         try:
-            env = make_env(args.env_id)
-        except ValueError as e:
-            problem = str(e)
-    if problem is None:
-        gamma = BOOK_GAMMA.get(args.env_id, TOY_TEXT_GAMMA) if args.gamma is None else args.gamma
+            gym.spec(args.env_id)
+        except gym.error.Error as error:  # unknown, or deprecated such as Taxi-v3 (Gymnasium 1.4 has Taxi-v4)
+            fail(f"--env-id {args.env_id} is unknown ({str(error).splitlines()[0]}); use one of: {TRY_IDS}")
+    try:
+        env = make_env(args.env_id)
+    except Exception as error:  # a registered id whose optional dependency is missing, for instance
+        fail(f"--env-id {args.env_id} could not be created ({type(error).__name__}); use one of: {TRY_IDS}")
+    if not hasattr(env.unwrapped, "P"):
+        fail(f"--env-id {args.env_id} has no transition model env.unwrapped.P, which dynamic programming needs; "
+             f"use one of: {TRY_IDS}")
+    if not (isinstance(env.observation_space, spaces.Discrete) and isinstance(env.action_space, spaces.Discrete)):
+        fail(f"--env-id {args.env_id} needs Discrete observation and action spaces; use one of: {TRY_IDS}")
+    gamma = BOOK_GAMMA.get(args.env_id, TOY_TEXT_GAMMA) if args.gamma is None else args.gamma
+    if gamma == 1.0:  # (4.5) has a finite solution only if the random policy ends every episode
         n_states, n_actions = env.observation_space.n, env.action_space.n
-        p, r = transition_arrays(env.unwrapped.P, n_states, n_actions)
-        policy = random_policy(n_states, n_actions)
-        stuck = never_terminating(p, policy)
-        if gamma == 1.0 and stuck.any():
-            problem = (
-                f"--gamma 1 needs a policy that ends every episode, but in {args.env_id} the random policy can "
-                f"never terminate from {int(stuck.sum())} of {n_states} states; use --gamma < 1 (e.g. 0.99)"
-            )
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+        p, _ = transition_arrays(env.unwrapped.P, n_states, n_actions)
+        stuck = never_terminating(p, random_policy(n_states, n_actions))
+        if stuck.any():
+            fail(f"--gamma 1 needs a policy that ends every episode, but in {args.env_id} the random policy can "
+                 f"never terminate from {int(stuck.sum())} of {n_states} states; use --gamma < 1 (e.g. 0.99)")
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment (checked last,
+    # so that no other bad input leaves a directory behind).
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
+        fail(f"cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory")
 
+
+def main(args: Args) -> dict:
+    check_args(args)
+    env = make_env(args.env_id)
+    gamma = BOOK_GAMMA.get(args.env_id, TOY_TEXT_GAMMA) if args.gamma is None else args.gamma
+    n_states, n_actions = env.observation_space.n, env.action_space.n
+    p, r = transition_arrays(env.unwrapped.P, n_states, n_actions)
+    policy = random_policy(n_states, n_actions)
     env.reset(seed=args.seed)  # nothing here is random; seeded for the house rule
     env.action_space.seed(args.seed)
 
@@ -334,12 +342,12 @@ def main(args: Args) -> dict:
     snapshots, v = {}, np.zeros(n_states)
     for k in range(11):
         if k in (0, 1, 2, 3, 10):
-            snapshots[str(k)] = (v, action_values(p, r, v, gamma))
+            snapshots[str(k)] = (v, q_from_v(p, r, v, gamma))
         v = expected_update(p, r, policy, gamma, v)
-    snapshots["inf"] = (v_two_array, action_values(p, r, v_two_array, gamma))
+    snapshots["inf"] = (v_two_array, q_from_v(p, r, v_two_array, gamma))
     absorbing = p.sum(axis=(1, 2)) == 0  # terminal cells: every action terminates at once
     # Actions whose values agree to within 1e-6 (well above the ~theta error of v_pi) count as ties.
-    plot_figure(args.plot, env, args.env_id, snapshots, snapshots["inf"][1], absorbing, tol=1e-6)
+    plot_figure_4_1(args.plot, env, args.env_id, snapshots, snapshots["inf"][1], absorbing, tol=1e-6)
 
     max_diff = float(np.max(np.abs(v_in_place - v_two_array)))
     print(f"{args.env_id}: random policy, gamma={gamma}, theta={args.theta}")

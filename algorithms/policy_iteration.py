@@ -1,5 +1,8 @@
 """Policy iteration (Sutton & Barto, 2nd ed., 2018, Section 4.3; Jack's car rental, Example 4.2, Figure 4.2).
 
+Book: Sutton and Barto (2018), "Reinforcement Learning: An Introduction", 2nd ed., Chapter 4,
+http://incompleteideas.net/book/the-book-2nd.html
+
 Run:
     python algorithms/policy_iteration.py                          # Figure 4.2, Jack's car rental
     python algorithms/policy_iteration.py --env-id FrozenLake-v1   # any Gymnasium env with env.unwrapped.P
@@ -24,14 +27,16 @@ given the next state, which leaves every expected update of the book unchanged).
 
 pi_0: "move no cars" for Jack (as in Figure 4.2); for every other environment the equiprobable random
 policy, because with gamma = 1 a deterministic first guess may never end an episode (walking into a wall
-forever), and then its evaluation diverges. With gamma = 1, main refuses an environment from one of whose
-states no policy can terminate (Jack's continuing task is such a case: use gamma < 1 there).
+forever), and then its evaluation diverges. With gamma = 1, check_args refuses an environment from one of
+whose states no policy can terminate (Jack's continuing task is such a case: use gamma < 1 there).
+
+Tested: Jack's car rental stable after four improvements, as in Figure 4.2 (tests/test_policy_iteration.py).
+Results: benchmark_results/policy_iteration.md
 """
 
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -217,7 +222,7 @@ class GridWorld4x4Env(gym.Env):
         return self.s, float(reward), bool(terminated), False, {}
 
 
-BOOK_ENVS = {"JacksCarRental-v0": JacksCarRentalEnv, "GridWorld4x4-v0": GridWorld4x4Env}
+LOCAL_ENVS = {"JacksCarRental-v0": JacksCarRentalEnv, "GridWorld4x4-v0": GridWorld4x4Env}
 BOOK_GAMMA = {"JacksCarRental-v0": 0.9, "GridWorld4x4-v0": 1.0}
 TOY_TEXT_GAMMA = 0.99
 TRY_IDS = (
@@ -233,26 +238,12 @@ ACTION_DELTAS = {
 }
 
 
-def make_env(env_id: str):
-    """The book's world of that name, or gym.make(env_id). Raises ValueError with a one-line reason."""
-    if env_id in BOOK_ENVS:
-        return BOOK_ENVS[env_id]()
-    try:
-        with warnings.catch_warnings():  # Gymnasium warns before raising for deprecated ids
-            warnings.simplefilter("ignore")
-            env = gym.make(env_id)
-    except gym.error.Error as e:
-        raise ValueError(f"--env-id {env_id} is unknown ({e}); use one of: {TRY_IDS}") from None
-    except Exception as e:  # e.g. a registered env whose optional dependency is missing
-        raise ValueError(f"--env-id {env_id} could not be created ({type(e).__name__}: {e}); use one of: {TRY_IDS}") from None
-    if not hasattr(env.unwrapped, "P"):
-        raise ValueError(
-            f"--env-id {env_id} has no transition model env.unwrapped.P, which dynamic programming needs; "
-            f"use one of: {TRY_IDS}"
-        )
-    if not (isinstance(env.observation_space, spaces.Discrete) and isinstance(env.action_space, spaces.Discrete)):
-        raise ValueError(f"--env-id {env_id} needs Discrete observation and action spaces; use one of: {TRY_IDS}")
-    return env
+def make_env(env_id: str) -> gym.Env:
+    """One environment: a book environment written in this file (LOCAL_ENVS), or a registered Gymnasium
+    environment (with its time limit)."""
+    if env_id in LOCAL_ENVS:
+        return LOCAL_ENVS[env_id]()
+    return gym.make(env_id)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -263,7 +254,8 @@ def transition_arrays(P, n_states: int, n_actions: int):
 
     p[s, a, s'] is the probability of moving to s' AND continuing; the probability mass of terminating
     transitions is left out, which is how "the value of a terminal state is 0" enters the backup
-    sum_{s'} p[s, a, s'] V(s'). r[s, a] = sum_{s',r} p(s',r|s,a) r is the expected reward.
+    sum_{s'} p[s, a, s'] V(s'). r[s, a] = sum_{s',r} p(s',r|s,a) r is the expected reward (the backups only
+    need expectations, so transitions listed twice, or listed with conditional mean rewards, give the same r).
     """
     p = np.zeros((n_states, n_actions, n_states))
     r = np.zeros((n_states, n_actions))
@@ -278,25 +270,45 @@ def transition_arrays(P, n_states: int, n_actions: int):
     return p, r
 
 
-def evaluate_policy(p, r, policy, gamma, theta, v0=None) -> tuple[np.ndarray, int]:
-    """In-place iterative policy evaluation (Section 4.1) of policy[s, a] = pi(a|s). Returns (V, sweeps)."""
-    p_pi = np.einsum("sa,sat->st", policy, p)  # the Markov chain the policy induces
+def evaluate_policy(
+    p: np.ndarray,
+    r: np.ndarray,
+    policy: np.ndarray,
+    gamma: float,
+    theta: float,
+    in_place: bool = True,
+    v0: np.ndarray | None = None,
+) -> tuple[np.ndarray, int]:
+    """Iterative policy evaluation (Section 4.1) of policy[s, a] = pi(a|s). Returns (V, number of sweeps).
+
+    in_place: one array, each new V(s) used at once (the pseudocode box); else two arrays, the synchronous
+    v_{k+1} of Figure 4.1. v0: the first V (policy iteration warm-starts from the previous policy's V).
+    Stops after the first sweep whose largest change is below theta. The caller makes sure the sweeps
+    converge: gamma < 1, or a policy that terminates from every state (`never_terminating`).
+    """
+    # Averaging over pi once gives the Markov chain the policy induces: P_pi[s, s'] and r_pi[s].
+    p_pi = np.einsum("sa,sat->st", policy, p)
     r_pi = np.sum(policy * r, axis=1)
     v = np.zeros(len(r)) if v0 is None else np.array(v0, dtype=float)
     sweeps = 0
     while True:
         sweeps += 1
-        delta = 0.0
-        for s in range(len(v)):
-            new = r_pi[s] + gamma * (p_pi[s] @ v)
-            delta = max(delta, abs(new - v[s]))
-            v[s] = new
+        if in_place:
+            delta = 0.0
+            for s in range(len(v)):
+                new = r_pi[s] + gamma * (p_pi[s] @ v)  # already uses the states updated this sweep
+                delta = max(delta, abs(new - v[s]))
+                v[s] = new
+        else:
+            new_v = r_pi + gamma * (p_pi @ v)  # every state from the old array
+            delta = float(np.max(np.abs(new_v - v)))
+            v = new_v
         if delta < theta:
             return v, sweeps
 
 
-def action_values(p: np.ndarray, r: np.ndarray, v: np.ndarray, gamma: float) -> np.ndarray:
-    """q[s, a] = r(s,a) + gamma * sum_s' p(s'|s,a) v(s')   (equation 4.6)."""
+def q_from_v(p: np.ndarray, r: np.ndarray, v: np.ndarray, gamma: float) -> np.ndarray:
+    """One-step lookahead: q[s, a] = r(s,a) + gamma * sum_s' p(s'|s,a) v(s')   (equation 4.6 with v for v_pi)."""
     return r + gamma * (p @ v)
 
 
@@ -327,7 +339,7 @@ def policy_iteration(p, r, gamma, theta, initial_policy, tie_tol=1e-9, max_itera
     for _ in range(max_iterations):
         v, sweeps = evaluate_policy(p, r, policy, gamma, theta, v0=v)  # warm start from the last V
         history.append((actions, v.copy(), sweeps))
-        new_actions = improve_policy(action_values(p, r, v, gamma), actions, tie_tol)
+        new_actions = improve_policy(q_from_v(p, r, v, gamma), actions, tie_tol)
         if actions is not None and np.array_equal(new_actions, actions):
             return v, actions, history  # policy-stable
         actions = new_actions
@@ -338,9 +350,11 @@ def policy_iteration(p, r, gamma, theta, initial_policy, tie_tol=1e-9, max_itera
 def never_terminating(p: np.ndarray, policy: np.ndarray) -> np.ndarray:
     """mask[s] = True where, following policy[s, a] from s, no terminating transition can ever happen.
 
-    Grows the set of states that can terminate (a terminating transition, or a move to such a state)
-    until it stops changing. For the equiprobable random policy this is exactly the set of states from
-    which NO policy terminates, so gamma = 1 leaves their values undefined (or infinite).
+    A state can terminate if a terminating transition has positive probability there, or if it can move
+    to a state that can; we grow that set until it stops changing (reachability on the support of P_pi).
+    In a finite MDP, "can terminate from every state" means "terminates with probability 1", which is
+    what gamma = 1 needs for finite values. For the equiprobable random policy the mask is exactly the
+    set of states from which NO policy terminates.
     """
     terminate_prob = np.sum(policy * (1.0 - p.sum(axis=2)), axis=1)
     can_terminate = terminate_prob > 1e-12
@@ -385,7 +399,7 @@ def plot_jack(path, history, max_cars, max_move):
     plt.close(fig)
 
 
-def plot_generic(path, env, env_id, v, actions, n_improvements):
+def plot_final_policy(path, env, env_id, v, actions, n_improvements):
     """V* and pi* on the grid (arrows), or as curves over the state index when there is no grid."""
     fig, (ax_v, ax_pi) = plt.subplots(1, 2, figsize=(12, 4.5))
     u = env.unwrapped
@@ -410,62 +424,75 @@ def plot_generic(path, env, env_id, v, actions, n_improvements):
     plt.close(fig)
 
 
-def main(args: Args) -> dict:
-    # Validate everything before any work or any file is written.
-    problem = None
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    """Reject bad input with one line on stderr and exit status 2, before any work."""
     if args.gamma is not None and not 0.0 < args.gamma <= 1.0:
-        problem = f"--gamma {args.gamma} is outside (0, 1]; use e.g. 0.9 or 1"
-    elif not args.theta > 0.0:
-        problem = f"--theta {args.theta} must be > 0; use e.g. 1e-8"
-    elif not args.tie_tol >= 0.0:
-        problem = f"--tie-tol {args.tie_tol} must be >= 0; use e.g. 1e-9"
-    else:
+        fail(f"--gamma {args.gamma} is outside (0, 1]; use e.g. 0.9 or 1")
+    if not args.theta > 0.0:
+        fail(f"--theta {args.theta} must be > 0; use e.g. 1e-8")
+    if not args.tie_tol >= 0.0:
+        fail(f"--tie-tol {args.tie_tol} must be >= 0; use e.g. 1e-9")
+    if args.env_id not in LOCAL_ENVS:
         try:
-            env = make_env(args.env_id)
-        except ValueError as e:
-            problem = str(e)
-    if problem is None:
-        gamma = BOOK_GAMMA.get(args.env_id, TOY_TEXT_GAMMA) if args.gamma is None else args.gamma
+            gym.spec(args.env_id)
+        except gym.error.Error as error:  # unknown, or deprecated such as Taxi-v3 (Gymnasium 1.4 has Taxi-v4)
+            fail(f"--env-id {args.env_id} is unknown ({str(error).splitlines()[0]}); use one of: {TRY_IDS}")
+    try:
+        env = make_env(args.env_id)
+    except Exception as error:  # a registered id whose optional dependency is missing, for instance
+        fail(f"--env-id {args.env_id} could not be created ({type(error).__name__}); use one of: {TRY_IDS}")
+    if not hasattr(env.unwrapped, "P"):
+        fail(f"--env-id {args.env_id} has no transition model env.unwrapped.P, which dynamic programming needs; "
+             f"use one of: {TRY_IDS}")
+    if not (isinstance(env.observation_space, spaces.Discrete) and isinstance(env.action_space, spaces.Discrete)):
+        fail(f"--env-id {args.env_id} needs Discrete observation and action spaces; use one of: {TRY_IDS}")
+    gamma = BOOK_GAMMA.get(args.env_id, TOY_TEXT_GAMMA) if args.gamma is None else args.gamma
+    if gamma == 1.0:  # values exist for every policy only if episodes can end from every state
         n_states, n_actions = env.observation_space.n, env.action_space.n
-        start = time.perf_counter()
-        p, r = transition_arrays(env.unwrapped.P, n_states, n_actions)
-        model_seconds = time.perf_counter() - start
-        random_policy = np.full((n_states, n_actions), 1.0 / n_actions)
-        stuck = never_terminating(p, random_policy)
-        if gamma == 1.0 and stuck.any():
-            problem = (
-                f"--gamma 1 needs episodes that can end, but in {args.env_id} no policy terminates from "
-                f"{int(stuck.sum())} of {n_states} states; use --gamma < 1 (e.g. 0.9)"
-            )
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+        p, _ = transition_arrays(env.unwrapped.P, n_states, n_actions)
+        stuck = never_terminating(p, np.full((n_states, n_actions), 1.0 / n_actions))
+        if stuck.any():
+            fail(f"--gamma 1 needs episodes that can end, but in {args.env_id} no policy terminates from "
+                 f"{int(stuck.sum())} of {n_states} states; use --gamma < 1 (e.g. 0.9)")
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment (checked last,
+    # so that no other bad input leaves a directory behind).
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
+        fail(f"cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory")
 
+
+def main(args: Args) -> dict:
+    check_args(args)
+    env = make_env(args.env_id)
+    gamma = BOOK_GAMMA.get(args.env_id, TOY_TEXT_GAMMA) if args.gamma is None else args.gamma
+    n_states, n_actions = env.observation_space.n, env.action_space.n
+    start = time.perf_counter()
+    p, r = transition_arrays(env.unwrapped.P, n_states, n_actions)
+    model_seconds = time.perf_counter() - start
     env.reset(seed=args.seed)  # nothing below is random; seeded for the house rule
     env.action_space.seed(args.seed)
     jack = isinstance(env, JacksCarRentalEnv)
     if jack:  # Figure 4.2 starts from "never move a car"
         initial = np.zeros((n_states, n_actions))
         initial[:, env.max_move] = 1.0
-    else:
-        initial = random_policy
+    else:  # the equiprobable random policy (see the module docstring)
+        initial = np.full((n_states, n_actions), 1.0 / n_actions)
     start = time.perf_counter()
     v, actions, history = policy_iteration(p, r, gamma, args.theta, initial, args.tie_tol)
     seconds = time.perf_counter() - start
     n_improvements = len(history) - 1  # pi_1 .. pi_K came from improvements; pi_K improves to itself
 
-    os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
     if jack:
         plot_jack(args.plot, history, env.max_cars, env.max_move)
     else:
-        plot_generic(args.plot, env, args.env_id, v, actions, n_improvements)
+        plot_final_policy(args.plot, env, args.env_id, v, actions, n_improvements)
 
     print(f"{args.env_id}: policy iteration, gamma={gamma}, theta={args.theta}")
     print(f"  stable after {n_improvements} improvements; evaluation sweeps per policy: {[h[2] for h in history]}")

@@ -7,15 +7,18 @@ Run:
     python algorithms/ppo.py --env-id CartPole-v1
     python algorithms/ppo.py --help            # every hyperparameter, with its meaning
 
-The defaults solve CartPole-v1 in 100k steps (deterministic evaluation 500 on seeds 1-10 here). They are
-rl-zoo3's tuned CartPole settings (8 envs, lr 1e-3 and clip 0.2 both annealed linearly to 0, gamma 0.98,
-lambda 0.8) with half the gradient steps per sample: 10 epochs over 8 x 64-step rollouts in two
-minibatches of 256, instead of 20 epochs over 8 x 32-step rollouts in one. Stable-Baselines3's generic defaults are reproduced by
+Tested: solves CartPole-v1 (deterministic evaluation >= 475 of 500) in 100k steps, defaults (tests/test_ppo.py).
+Results: benchmark_results/ppo.md
+
+The defaults are rl-zoo3's CartPole settings (8 envs, lr 1e-3 and clip 0.2 both annealed linearly to 0,
+gamma 0.98, lambda 0.8) with half the gradient steps per sample: 10 epochs over 8 x 64-step rollouts in two
+minibatches of 256, instead of 20 epochs over 8 x 32-step rollouts in one. Stable-Baselines3's generic
+defaults are reproduced by
     --num-envs 1 --num-steps 2048 --num-minibatches 32 --update-epochs 10 --learning-rate 3e-4
     --no-anneal-lr --no-anneal-clip --gamma 0.99 --gae-lambda 0.95
 
 The math, as written in the code below (t indexes the rollout, per environment):
-    next value    v'_t = V(s_{t+1}), or V(final observation) when the episode was truncated at step t
+    next value    v'_t = V(s'_t), s'_t the observation that followed step t (the final one if the episode ended)
     TD error      delta_t = r_t + gamma * v'_t * (1 - terminated_t) - V(s_t)
     GAE           A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1},   done = terminated or truncated
     return        R_t = A_t + V(s_t)                                  (the value target)
@@ -24,10 +27,15 @@ The math, as written in the code below (t indexes the rollout, per environment):
     value loss    L_v  = mean( (V(s) - R)^2 )  [optionally clipped around the old value]  (paper eq. 9)
     total loss    L = L_pi - ent_coef * entropy + vf_coef * L_v
 
-Time-limit truncation is not termination: a truncated episode still bootstraps from the value of the
-observation where it was cut (Pardo et al., 2018, "Time Limits in Reinforcement Learning"), whereas a
-terminated one does not. The vector environment runs in Gymnasium's same-step autoreset mode, so the
-last observation of an episode is in info["final_obs"] and no step is wasted on a reset.
+The rollout (the same in ppo_atari.py and ppo_continuous_action.py). The vector environment runs in
+Gymnasium's same-step autoreset mode: when an episode ends, step() returns the next episode's first
+observation and puts the last one in info["final_obs"], so no step is wasted on a reset. Next to each
+observation s_t the rollout stores the one that followed it, s'_t: that last one where the episode ended.
+Time-limit truncation is not termination: a truncated episode bootstraps from V(s'_t), the value of the
+observation where it was cut (Pardo et al., 2018, "Time Limits in Reinforcement Learning"); a terminated
+one does not. Per step only the actor runs, to sample; log pi_old(a|s), V(s) and V(s') come from one
+batched pass after the rollout, with the same parameters and so the same numbers, at a fraction of the
+per-step cost.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    """torch CPU threads (1 suits small networks)"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -121,14 +129,16 @@ def fail(message: str) -> None:
 
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes",
-                 "hidden_size", "torch_threads"):
-        if getattr(args, name) <= 0:
+                 "hidden_size", "torch_threads", "log_every"):
+        if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if (args.num_envs * args.num_steps) % args.num_minibatches:
         fail(f"--num-minibatches {args.num_minibatches} must divide the rollout size num_envs * num_steps "
              f"= {args.num_envs * args.num_steps}")
-    if args.learning_rate <= 0 or not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+    if not args.learning_rate > 0 or not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
         fail("need --learning-rate > 0, 0 < --gamma <= 1 and 0 <= --gae-lambda <= 1")
+    if not args.clip_coef >= 0 or not args.max_grad_norm > 0:
+        fail(f"need --clip-coef >= 0 and --max-grad-norm > 0, got {args.clip_coef} and {args.max_grad_norm}")
     try:
         gym.spec(args.env_id)
     except gym.error.Error:
@@ -156,8 +166,8 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
     return thunk
 
 
-def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
-    """Orthogonal weights, zero bias: the initialisation of the PPO implementations (and SB3)."""
+def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
+    """Orthogonal weights, constant bias: the initialisation of the PPO implementations (and SB3)."""
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
@@ -185,7 +195,7 @@ class Agent(nn.Module):
 
     @torch.no_grad()
     def sample_action(self, x: torch.Tensor) -> torch.Tensor:
-        """Sample a ~ pi(.|x). Only the actor runs here: see the rollout loop for why."""
+        """Sample a ~ pi(.|x): all the rollout needs per step (see the module docstring)."""
         return torch.multinomial(torch.softmax(self.actor(x), dim=-1), 1).squeeze(-1)
 
     def evaluate_actions(self, x: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -200,29 +210,8 @@ class Agent(nn.Module):
 
     @torch.no_grad()
     def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable action, for the deterministic evaluation."""
         return self.actor(x).argmax(-1)
-
-
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
-
-    Why: with 64-unit networks on a CPU the optimiser step and gradient clipping, which loop over a
-    dozen small tensors, cost more than the forward and backward passes. Each parameter becomes a view
-    into one flat tensor (and each .grad a view into one flat gradient), so Adam and clip_grad_norm_
-    run once on one tensor. The arithmetic is unchanged: Adam is elementwise and the clipping norm is
-    global. Autograd accumulates into an existing .grad in place, so gradients land in the flat buffer;
-    zero them with `flat.grad.zero_()`, never by setting them to None.
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
-        p.grad = flat.grad[offset : offset + n].view_as(p)
-        offset += n
-    return flat
 
 
 def compute_gae(
@@ -280,24 +269,40 @@ def approx_kl(logratio: torch.Tensor) -> torch.Tensor:
     return (logratio.exp() - 1 - logratio).mean()
 
 
-def save_checkpoint(agent: Agent, path: str, meta: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
-    state = {k: v.detach().clone() for k, v in agent.state_dict().items()}  # clone: detach from the flat buffer
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save({"model": state, **meta}, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_agent(path: str) -> tuple[Agent, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    agent = Agent(ckpt["obs_dim"], ckpt["n_actions"], ckpt["hidden_size"])
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
+
+
+def load_model(path: str) -> tuple[Agent, dict]:
+    """The trained Agent of a checkpoint written by this file, and the checkpoint."""
+    ckpt = load_checkpoint(path, "ppo")
+    agent = Agent(**ckpt["model_args"])
     agent.load_state_dict(ckpt["model"])
     return agent, ckpt
 
 
-def evaluate(agent_or_path: Agent | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
-    """Deterministic (argmax) evaluation on a fresh environment; returns one return per episode."""
-    agent = load_agent(agent_or_path)[0] if isinstance(agent_or_path, str) else agent_or_path
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment; returns one return per episode."""
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = gym.make(env_id)
     returns = []
     for ep in range(eval_episodes):
@@ -305,7 +310,7 @@ def evaluate(agent_or_path: Agent | str, env_id: str, eval_episodes: int, seed: 
         done, total = False, 0.0
         while not done:
             action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
-            obs, reward, terminated, truncated, _ = env.step(int(action.item()))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -318,7 +323,7 @@ def main(args: Args) -> dict:
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
     num_iterations = -(-args.total_timesteps // batch_size)  # ceil: at least total_timesteps steps
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     if args.track:
         import wandb
@@ -345,16 +350,18 @@ def main(args: Args) -> dict:
     )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     envs.action_space.seed(args.seed)
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    obs_shape = envs.single_observation_space.shape
     n_actions = int(envs.single_action_space.n)
 
-    agent = Agent(obs_dim, n_actions, args.hidden_size).to(device)
-    flat_params = flatten_parameters(agent)
-    optimizer = torch.optim.Adam([flat_params], lr=args.learning_rate, eps=1e-5)
+    model_args = {"obs_dim": obs_shape[0], "n_actions": n_actions, "hidden_size": args.hidden_size}
+    agent = Agent(**model_args).to(device)
+    # fused=True: one kernel updates all parameters at once; the default loops over a dozen small tensors,
+    # which for networks this small costs more than the forward and backward passes
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
 
     # Rollout storage, [num_steps, num_envs, ...], in numpy: the environments speak numpy, and the
     # whole rollout is moved to torch once per iteration instead of once per step.
-    obs = np.zeros((args.num_steps, args.num_envs, obs_dim), dtype=np.float32)
+    obs = np.zeros((args.num_steps, args.num_envs, *obs_shape), dtype=np.float32)
     succ_obs = np.zeros_like(obs)  # the observation that followed each step (the final one at episode ends)
     actions = np.zeros((args.num_steps, args.num_envs), dtype=np.int64)
     rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
@@ -373,9 +380,7 @@ def main(args: Args) -> dict:
         optimizer.param_groups[0]["lr"] = lr_now
         clip_now = frac * args.clip_coef if args.anneal_clip else args.clip_coef
 
-        # Collect the rollout. The policy does not change until the rollout is over, so only the
-        # actor runs per step (to sample); log pi_old(a|s) and V(s) come from one batched pass afterwards,
-        # with the same parameters and so the same numbers, at a fraction of the per-step cost.
+        # Collect the rollout: only the actor runs per step (see the module docstring).
         for step in range(args.num_steps):
             global_step += args.num_envs
             obs[step] = next_obs
@@ -393,15 +398,16 @@ def main(args: Args) -> dict:
                     writer.add_scalar("charts/episodic_return", ep_r, global_step)
                     writer.add_scalar("charts/episodic_length", ep_l, global_step)
 
-        b_obs = torch.as_tensor(obs.reshape(-1, obs_dim), device=device)
+        # One batched pass: log pi_old(a|s), V(s) and V(s') of the whole rollout.
+        b_obs = torch.as_tensor(obs.reshape(-1, *obs_shape), device=device)
         b_actions = torch.as_tensor(actions.reshape(-1), device=device)
         with torch.no_grad():
             b_logprobs, _, b_values = agent.evaluate_actions(b_obs, b_actions)
-            next_values = agent.get_value(torch.as_tensor(succ_obs, device=device))
+            b_next_values = agent.get_value(torch.as_tensor(succ_obs.reshape(-1, *obs_shape), device=device))
         advantages, returns = compute_gae(
-            torch.as_tensor(rewards, device=device), b_values.view(args.num_steps, args.num_envs), next_values,
-            torch.as_tensor(terminations, device=device), torch.as_tensor(truncations, device=device),
-            args.gamma, args.gae_lambda,
+            torch.as_tensor(rewards, device=device), b_values.view(args.num_steps, args.num_envs),
+            b_next_values.view(args.num_steps, args.num_envs), torch.as_tensor(terminations, device=device),
+            torch.as_tensor(truncations, device=device), args.gamma, args.gae_lambda,
         )
         b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
 
@@ -420,11 +426,10 @@ def main(args: Args) -> dict:
                 if args.target_kl is not None and approx_kl(logratio) > 1.5 * args.target_kl:
                     stop = True  # as SB3: skip this update and end the rollout's epochs
                     break
-                entropy_loss = entropy.mean()
-                loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss
-                flat_params.grad.zero_()
+                loss = pg_loss - args.ent_coef * entropy.mean() + args.vf_coef * v_loss
+                optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_([flat_params], args.max_grad_norm)
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
                 optimizer.step()
             if stop:
                 break
@@ -462,8 +467,8 @@ def main(args: Args) -> dict:
     model_path = None
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(agent, model_path, {"obs_dim": obs_dim, "n_actions": n_actions,
-                                            "hidden_size": args.hidden_size, "env_id": args.env_id})
+        save_checkpoint(model_path, {"algo": "ppo", "env_id": args.env_id, "model_args": model_args,
+                                     "model": agent.state_dict()})
         print(f"model saved to {model_path}")
     writer.close()
     if args.track:

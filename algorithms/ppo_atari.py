@@ -11,17 +11,20 @@ Run:
     python algorithms/ppo_atari.py --env-id PongNoFrameskip-v4 --total-timesteps 2000000 --seed 2
     python algorithms/ppo_atari.py --help            # every hyperparameter, with its meaning
 
-The defaults are rl-zoo3's Atari settings for Stable-Baselines3's PPO (the comparison this file is
-benchmarked against), which descend from OpenAI Baselines' ppo2: 8 environments x 128 steps, 4 epochs of
-4 minibatches of 256, Adam lr 2.5e-4 and clip 0.1 both annealed linearly to 0, gamma 0.99, lambda 0.95,
-entropy 0.01, value 0.5, gradient norm 0.5. CleanRL's ppo_atari.py differs in keeping the clip constant
-and clipping the value loss (--no-anneal-clip --clip-vloss); the paper's Table 5 in 3 epochs and a value
-coefficient of 1 (--update-epochs 3 --vf-coef 1). `--total-timesteps` counts agent steps summed over the
-environments; each agent step is 4 emulator frames, so the paper's "10M timesteps" (40M frames) is the
-default 10_000_000. On a CPU that takes days: see the measurement at the end of this docstring.
+Tested: a deterministic evaluation score of 5 or more on Breakout after 100k agent steps (tests/test_ppo_atari.py).
+Results: benchmark_results/ppo_atari.md
+
+The defaults are rl-zoo3's Atari settings for Stable-Baselines3's PPO, which descend from OpenAI
+Baselines' ppo2: 8 environments x 128 steps, 4 epochs of 4 minibatches of 256, Adam lr 2.5e-4 and clip 0.1
+both annealed linearly to 0, gamma 0.99, lambda 0.95, entropy 0.01, value 0.5, gradient norm 0.5.
+CleanRL's ppo_atari.py differs in keeping the clip constant and clipping the value loss (--no-anneal-clip
+--clip-vloss); the paper's Table 5 in 3 epochs and a value coefficient of 1 (--update-epochs 3 --vf-coef 1).
+`--total-timesteps` counts agent steps summed over the environments; each agent step is 4 emulator frames,
+so the paper's "10M timesteps" (40M frames) is the default 10_000_000: days on a CPU; --cuda helps, since
+most of the time is the network, not the emulator.
 
 The math, as written in the code below (t indexes the rollout, per environment):
-    next value    v'_t = V(s_{t+1}), or V(final observation) when the episode was truncated at step t
+    next value    v'_t = V(s'_t), s'_t the observation that followed step t (the final one if the episode ended)
     TD error      delta_t = r_t + gamma * v'_t * (1 - terminated_t) - V(s_t)
     GAE           A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1},   done = terminated or truncated
     return        R_t = A_t + V(s_t)                                  (the value target)
@@ -30,24 +33,23 @@ The math, as written in the code below (t indexes the rollout, per environment):
     value loss    L_v  = mean( (V(s) - R)^2 )  [optionally clipped around the old value]  (paper eq. 9)
     total loss    L = L_pi - ent_coef * entropy + vf_coef * L_v
 
-What is specific to Atari (everything else is ppo.py):
-- The observation is a stack of the last 4 preprocessed frames, uint8 (4, 84, 84); see make_env for
-  every wrapper and why it sits where it does.
+What is specific to Atari (everything else is ppo.py, line for line):
+- The observation is a stack of the last 4 preprocessed frames, uint8 (4, 84, 84), stored as uint8 in the
+  rollout (4x less memory than float32) and scaled to [0, 1] inside the network; see make_env for every
+  wrapper and why it sits where it does.
 - The learner sees clipped rewards (their sign) and a terminal state at every lost life ("episodic
   life"), but the game only restarts at a real game over, and the score that is logged
   (charts/episodic_return) and evaluated is the raw game score of whole games.
 - Actor and critic share the convolutional trunk (one network, two linear heads), as in the paper's
-  Atari experiments; so the value and log-probability of each step come from the same forward pass that
-  samples the action, and the rollout stores them instead of recomputing them afterwards.
+  Atari experiments.
 
-Time-limit truncation is not termination: a truncated game (the emulator's 108,000-frame cap, i.e.
-30 minutes of play) bootstraps from the value of its last observation. The vector environment runs in
-Gymnasium's same-step autoreset mode (the last observation of an episode is in info["final_obs"]).
-
-Speed, measured on the 2-core test machine with one torch thread while other jobs kept it loaded (load
-average about 5): 42 agent steps/s over 100k steps at the defaults, and the run's CPU time came to about
-110 agent steps per CPU-second, so roughly that on an idle core. Most of the time is the network (16
-forward-backward passes over 256 stacks of 4x84x84 per 1024-step rollout), not the emulator; --cuda helps.
+The rollout is ppo.py's: same-step autoreset (the last observation of an episode is in info["final_obs"]),
+the observation that followed each step stored next to it, and log pi_old(a|s), V(s) and V(s') from
+batched passes after the rollout. With a shared trunk that costs two more forward passes of the CNN over
+the rollout per iteration than storing log pi and V while sampling and reading V(s') off V(s_{t+1}) (the
+default 4 epochs of forward and backward passes cost about six times as much); the PPO files keep one
+rollout design. Time-limit truncation is not termination: a truncated game (the emulator's 108,000-frame
+cap, i.e. 30 minutes of play) bootstraps from the value of its last observation.
 """
 
 from __future__ import annotations
@@ -65,14 +67,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import tyro
-from stable_baselines3.common.atari_wrappers import (
-    ClipRewardEnv,
-    EpisodicLifeEnv,
-    FireResetEnv,
-    MaxAndSkipEnv,
-    NoopResetEnv,
-    WarpFrame,
-)
+from stable_baselines3.common import atari_wrappers
 
 gym.register_envs(ale_py)  # ale-py ships the ROMs; this registers ALE/Breakout-v5, BreakoutNoFrameskip-v4, ...
 
@@ -88,7 +83,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (strongly advised for full Atari runs)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 by default: the machines this is tested on are shared (see README)"""
+    """torch CPU threads"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -136,6 +131,8 @@ class Args:
     """the maximum norm of the gradient (global clipping)"""
     target_kl: float | None = None
     """if set, stop a rollout's epochs once a minibatch's approximate KL exceeds 1.5 x target_kl"""
+    hidden_size: int = 512
+    """width of the fully connected layer after the convolutions (Nature CNN: 512)"""
     eval_episodes: int = 10
     """whole games (all lives) of the final deterministic (argmax) evaluation"""
     log_every: int = 10_000
@@ -149,32 +146,25 @@ def fail(message: str) -> None:
 
 
 def check_args(args: Args) -> None:
-    """Validate everything before any directory is created. No Atari emulator is started here: ale-py
-    prints a banner on stderr when one is, which would make the error message more than one line."""
     for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes",
-                 "torch_threads"):
-        if getattr(args, name) <= 0:
+                 "hidden_size", "torch_threads", "log_every"):
+        if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if (args.num_envs * args.num_steps) % args.num_minibatches:
         fail(f"--num-minibatches {args.num_minibatches} must divide the rollout size num_envs * num_steps "
              f"= {args.num_envs * args.num_steps}")
-    if args.learning_rate <= 0 or not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+    if not args.learning_rate > 0 or not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
         fail("need --learning-rate > 0, 0 < --gamma <= 1 and 0 <= --gae-lambda <= 1")
+    if not args.clip_coef >= 0 or not args.max_grad_norm > 0:
+        fail(f"need --clip-coef >= 0 and --max-grad-norm > 0, got {args.clip_coef} and {args.max_grad_norm}")
     try:
         spec = gym.spec(args.env_id)
     except gym.error.Error:
-        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; "
-             "try BreakoutNoFrameskip-v4, PongNoFrameskip-v4 or ALE/Breakout-v5")
+        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; try BreakoutNoFrameskip-v4")
+    # No emulator is started to check: ale-py prints a banner on stderr when one starts (a second line).
     if spec.entry_point != "ale_py.env:AtariEnv":
-        try:
-            probe = gym.make(args.env_id)
-            spaces = f" (observations {probe.observation_space}, actions {probe.action_space})"
-            probe.close()
-        except Exception:  # only to describe the environment; it is rejected either way
-            spaces = ""
-        fail(f"ppo_atari.py needs an Atari environment of ale-py (image observations, discrete actions); "
-             f"{args.env_id} is not one{spaces}: use BreakoutNoFrameskip-v4 or ALE/Pong-v5 here, "
-             "ppo.py for flat observations, ppo_continuous_action.py for Box actions")
+        fail(f"ppo_atari.py needs an Atari environment of ale-py, {args.env_id} is not one; try BreakoutNoFrameskip-v4 "
+             "or ALE/Pong-v5 (flat observations: ppo.py; Box actions: ppo_continuous_action.py)")
 
 
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
@@ -208,14 +198,14 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
             env = gym.make(env_id, frameskip=1)
-        env = NoopResetEnv(env, noop_max=30)
-        env = MaxAndSkipEnv(env, skip=4)
+        env = atari_wrappers.NoopResetEnv(env, noop_max=30)
+        env = atari_wrappers.MaxAndSkipEnv(env, skip=4)
         env = gym.wrappers.RecordEpisodeStatistics(env)
-        env = EpisodicLifeEnv(env)
+        env = atari_wrappers.EpisodicLifeEnv(env)
         if "FIRE" in env.unwrapped.get_action_meanings():
-            env = FireResetEnv(env)
-        env = WarpFrame(env, width=84, height=84)
-        env = ClipRewardEnv(env)
+            env = atari_wrappers.FireResetEnv(env)
+        env = atari_wrappers.WarpFrame(env, width=84, height=84)
+        env = atari_wrappers.ClipRewardEnv(env)
         env = gym.wrappers.ReshapeObservation(env, (84, 84))
         env = gym.wrappers.FrameStackObservation(env, stack_size=4)
         return env
@@ -224,7 +214,7 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
 
 
 def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
-    """Orthogonal weights, zero bias: the initialisation of the PPO implementations (and SB3)."""
+    """Orthogonal weights, constant bias: the initialisation of the PPO implementations (and SB3)."""
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
@@ -234,62 +224,46 @@ class Agent(nn.Module):
     """The Nature CNN trunk (Mnih et al., 2015) shared by a policy head and a value head.
 
     84x84 -> conv 32 8x8 stride 4 -> 20x20 -> conv 64 4x4 stride 2 -> 9x9 -> conv 64 3x3 stride 1 -> 7x7
-    -> flatten 64*7*7 = 3136 -> linear 512, ReLU after each. Inputs are uint8 pixels, scaled to [0, 1] here.
+    -> flatten 64*7*7 = 3136 -> linear hidden_size, ReLU after each. Inputs are uint8 pixels, scaled to [0, 1]
+    here.
     """
 
-    def __init__(self, n_actions: int, frame_stack: int = 4):
+    def __init__(self, frame_stack: int, n_actions: int, hidden_size: int = 512):
         super().__init__()
         self.network = nn.Sequential(
             layer_init(nn.Conv2d(frame_stack, 32, 8, stride=4)), nn.ReLU(),
             layer_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
             layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(),
             nn.Flatten(),
-            layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU(),
+            layer_init(nn.Linear(64 * 7 * 7, hidden_size)), nn.ReLU(),
         )
+        self.critic = layer_init(nn.Linear(hidden_size, 1), std=1.0)
         # a small last layer starts the policy near uniform
-        self.actor = layer_init(nn.Linear(512, n_actions), std=0.01)
-        self.critic = layer_init(nn.Linear(512, 1), std=1.0)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x.float() / 255.0)
+        self.actor = layer_init(nn.Linear(hidden_size, n_actions), std=0.01)
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
-        return self.critic(self.features(x)).squeeze(-1)
+        return self.critic(self.network(x / 255.0)).squeeze(-1)
 
     @torch.no_grad()
-    def act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample a ~ pi(.|x); return (a, log pi(a|x), V(x)), all from one pass through the trunk."""
-        hidden = self.features(x)
-        logp_all = torch.log_softmax(self.actor(hidden), dim=-1)
-        action = torch.multinomial(logp_all.exp(), 1).squeeze(-1)
-        return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1), self.critic(hidden).squeeze(-1)
+    def sample_action(self, x: torch.Tensor) -> torch.Tensor:
+        """Sample a ~ pi(.|x): all the rollout needs per step (see the module docstring)."""
+        return torch.multinomial(torch.softmax(self.actor(self.network(x / 255.0)), dim=-1), 1).squeeze(-1)
 
     def evaluate_actions(self, x: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return (log pi(action|x), entropy of pi(.|x), V(x)) for the update (a categorical distribution
-        written out with log_softmax, as in ppo.py)."""
-        hidden = self.features(x)
+        """Return (log pi(action|x), entropy of pi(.|x), V(x)) for the update, from one pass through the trunk.
+
+        The categorical distribution is written out with log_softmax instead of
+        torch.distributions.Categorical: the same numbers, without its per-call argument checks.
+        """
+        hidden = self.network(x / 255.0)
         logp_all = torch.log_softmax(self.actor(hidden), dim=-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
-        logp = logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
-        return logp, entropy, self.critic(hidden).squeeze(-1)
+        return logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), entropy, self.critic(hidden).squeeze(-1)
 
     @torch.no_grad()
     def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
-        return self.actor(self.features(x)).argmax(-1)
-
-
-def successor_values(
-    values: torch.Tensor, last_values: torch.Tensor, truncations: torch.Tensor, final_values: torch.Tensor
-) -> torch.Tensor:
-    """The value of the observation that followed each step of a [T, N] rollout.
-
-    Inside an episode that is the value of the next stored observation, values[t + 1] (last_values after
-    the rollout's last step). Where an episode was truncated at step t, the next stored observation is the
-    new episode's first, so the value of the real last observation, final_values[t], is used instead.
-    Where it terminated (a lost life, a game over) the entry does not matter: GAE multiplies it by 0.
-    """
-    following = torch.cat([values[1:], last_values.unsqueeze(0)], dim=0)
-    return torch.where(truncations.bool(), final_values, following)
+        """The most probable action, for the deterministic evaluation."""
+        return self.actor(self.network(x / 255.0)).argmax(-1)
 
 
 def compute_gae(
@@ -303,8 +277,9 @@ def compute_gae(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over a [T, N] rollout; returns (advantages, returns).
 
-    next_values[t] is the value of the observation that followed step t (see successor_values). The
-    recursion stops at every episode end, terminated or truncated; only a truncated one bootstraps.
+    next_values[t] is the value of the observation that followed step t: V(s_{t+1}) inside an episode,
+    V(final observation) where the episode was truncated at t (anything where it terminated: it is
+    multiplied by 0). The recursion stops at every episode end, terminated or truncated.
     """
     T = rewards.shape[0]
     advantages = torch.zeros_like(rewards)
@@ -346,42 +321,58 @@ def approx_kl(logratio: torch.Tensor) -> torch.Tensor:
     return (logratio.exp() - 1 - logratio).mean()
 
 
-def save_checkpoint(agent: Agent, path: str, meta: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
-    state = {k: v.detach().cpu().clone() for k, v in agent.state_dict().items()}
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save({"model": state, **meta}, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_agent(path: str) -> tuple[Agent, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    agent = Agent(ckpt["n_actions"])
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
+
+
+def load_model(path: str) -> tuple[Agent, dict]:
+    """The trained Agent of a checkpoint written by this file, and the checkpoint."""
+    ckpt = load_checkpoint(path, "ppo_atari")
+    agent = Agent(**ckpt["model_args"])
     agent.load_state_dict(ckpt["model"])
     return agent, ckpt
 
 
-def evaluate(agent_or_path: Agent | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
-    """Deterministic (argmax) evaluation on whole games; returns the raw game score of each.
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on whole games; returns the raw game score of each.
 
-    The environment is built by the same make_env as in training, so the policy sees exactly the
-    observations it was trained on. A lost life ends an "episode" of EpisodicLifeEnv: reset() then
+    Its own (not ppo.py's): the environment is built by make_env, as in training, so the policy sees the
+    observations it was trained on. A lost life ends an "episode" of EpisodicLifeEnv, whose reset() then
     continues the same game (pressing FIRE where the game needs it, so a greedy policy that never fires
-    cannot stall it); the score is read from RecordEpisodeStatistics at the real game over. Games are
-    capped by the emulator at 108,000 frames.
+    cannot stall it); a game ends at the real game over, where RecordEpisodeStatistics has its raw score.
     """
-    agent = load_agent(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = make_env(env_id, 0, False, "")()
-    returns: list[float] = []
-    # Seeded once: a seeded reset reloads the ROM (about 0.2 s); later games continue the seeded generator.
-    obs, _ = env.reset(seed=seed)
-    while len(returns) < eval_episodes:
-        action = agent.greedy_action(torch.as_tensor(obs, device=device).unsqueeze(0))
-        obs, _, terminated, truncated, info = env.step(int(action.item()))
-        if terminated or truncated:
-            if "episode" in info:  # game over; the next reset starts a new game with its own no-op start
-                returns.append(float(info["episode"]["r"]))
-            obs, _ = env.reset()  # after a lost life, EpisodicLifeEnv continues the same game
+    returns = []
+    for ep in range(eval_episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done = False
+        while not done:
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            obs, _, terminated, truncated, info = env.step(action[0].cpu().numpy())
+            done = "episode" in info
+            if (terminated or truncated) and not done:
+                obs, _ = env.reset()  # a lost life: the same game goes on
+        returns.append(float(info["episode"]["r"]))
     env.close()
     return returns
 
@@ -410,27 +401,26 @@ def main(args: Args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    # Same-step autoreset: when an episode ends (a lost life or a game over), step() has already called
-    # reset() and returns the next observation; the last one is in info["final_obs"] and the ended
-    # episode's info (with RecordEpisodeStatistics' "episode" at a game over) in info["final_info"].
+    # Same-step autoreset: when an episode ends, step() already returns the next episode's first
+    # observation and puts the last one in info["final_obs"] (needed to bootstrap truncations).
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     envs.action_space.seed(args.seed)
-    obs_shape = envs.single_observation_space.shape  # (4, 84, 84)
+    obs_shape = envs.single_observation_space.shape
     n_actions = int(envs.single_action_space.n)
 
-    agent = Agent(n_actions).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    model_args = {"frame_stack": obs_shape[0], "n_actions": n_actions, "hidden_size": args.hidden_size}
+    agent = Agent(**model_args).to(device)
+    # fused=True: one kernel updates all parameters at once, instead of a loop over the tensors
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
 
-    # Rollout storage, [num_steps, num_envs, ...]. Frames stay uint8 (7 MB per rollout at the defaults,
-    # 4x less than float32); the network scales them.
-    obs = torch.zeros((args.num_steps, args.num_envs, *obs_shape), dtype=torch.uint8, device=device)
-    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
-    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
-    values = torch.zeros((args.num_steps, args.num_envs), device=device)
-    final_values = torch.zeros((args.num_steps, args.num_envs), device=device)  # V(final obs) where truncated
+    # Rollout storage, [num_steps, num_envs, ...], in numpy: the environments speak numpy, and the
+    # whole rollout is moved to torch once per iteration instead of once per step.
+    obs = np.zeros((args.num_steps, args.num_envs, *obs_shape), dtype=np.uint8)
+    succ_obs = np.zeros_like(obs)  # the observation that followed each step (the final one at episode ends)
+    actions = np.zeros((args.num_steps, args.num_envs), dtype=np.int64)
     rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
     terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
     truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
@@ -447,35 +437,36 @@ def main(args: Args) -> dict:
         optimizer.param_groups[0]["lr"] = lr_now
         clip_now = frac * args.clip_coef if args.anneal_clip else args.clip_coef
 
+        # Collect the rollout: only the actor runs per step (see the module docstring).
         for step in range(args.num_steps):
             global_step += args.num_envs
-            x = torch.as_tensor(next_obs, device=device)
-            obs[step] = x
-            actions[step], logprobs[step], values[step] = agent.act(x)
-            next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(actions[step].cpu().numpy())
-            if truncations[step].any():  # rare (the 108k-frame cap): value of the real last observation
-                idx = np.flatnonzero(truncations[step])
-                with torch.no_grad():
-                    last = torch.as_tensor(np.stack(infos["final_obs"][idx]), device=device)
-                    final_values[step, torch.as_tensor(idx, device=device)] = agent.get_value(last)
-            final_info = infos.get("final_info", {})
-            if "episode" in final_info:  # only at a real game over, with the raw score (see make_env)
-                for i in np.flatnonzero(final_info["_episode"]):
-                    ep_r, ep_l = float(final_info["episode"]["r"][i]), int(final_info["episode"]["l"][i])
+            obs[step] = next_obs
+            action = agent.sample_action(torch.as_tensor(next_obs, dtype=torch.float32, device=device)).cpu().numpy()
+            actions[step] = action
+            next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(action)
+            succ_obs[step] = next_obs
+            if "final_obs" in infos:
+                for i in np.flatnonzero(infos["_final_obs"]):
+                    succ_obs[step, i] = infos["final_obs"][i]  # the last observation, not the reset one
+            infos = infos.get("final_info", {})  # RecordEpisodeStatistics is inside each env: see make_env
+            if "episode" in infos:  # only at a real game over, with the raw score of the whole game
+                for i in np.flatnonzero(infos["_episode"]):
+                    ep_r, ep_l = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
                     recent_returns.append(ep_r)
                     writer.add_scalar("charts/episodic_return", ep_r, global_step)
                     writer.add_scalar("charts/episodic_length", ep_l, global_step)
 
+        # One batched pass: log pi_old(a|s), V(s) and V(s') of the whole rollout.
+        b_obs = torch.as_tensor(obs.reshape(-1, *obs_shape), device=device)
+        b_actions = torch.as_tensor(actions.reshape(-1), device=device)
         with torch.no_grad():
-            last_values = agent.get_value(torch.as_tensor(next_obs, device=device))
-        truncations_t = torch.as_tensor(truncations, device=device)
-        next_values = successor_values(values, last_values, truncations_t, final_values)
+            b_logprobs, _, b_values = agent.evaluate_actions(b_obs, b_actions)
+            b_next_values = agent.get_value(torch.as_tensor(succ_obs.reshape(-1, *obs_shape), device=device))
         advantages, returns = compute_gae(
-            torch.as_tensor(rewards, device=device), values, next_values,
-            torch.as_tensor(terminations, device=device), truncations_t, args.gamma, args.gae_lambda,
+            torch.as_tensor(rewards, device=device), b_values.view(args.num_steps, args.num_envs),
+            b_next_values.view(args.num_steps, args.num_envs), torch.as_tensor(terminations, device=device),
+            torch.as_tensor(truncations, device=device), args.gamma, args.gae_lambda,
         )
-        b_obs = obs.reshape(-1, *obs_shape)
-        b_actions, b_logprobs, b_values = actions.reshape(-1), logprobs.reshape(-1), values.reshape(-1)
         b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
 
         stop = False
@@ -496,12 +487,12 @@ def main(args: Args) -> dict:
                 loss = pg_loss - args.ent_coef * entropy.mean() + args.vf_coef * v_loss
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
                 optimizer.step()
             if stop:
                 break
 
-        # Logging once per rollout, from the last minibatch.
+        # Logging once per rollout, from the last minibatch: the only host syncs of the iteration.
         var_y = b_returns.var()
         explained_var = float("nan") if var_y == 0 else float(1 - (b_returns - b_values).var() / var_y)
         sps = int(global_step / (time.time() - start_time))
@@ -520,7 +511,7 @@ def main(args: Args) -> dict:
         if global_step >= next_log or iteration == num_iterations:
             next_log += args.log_every
             recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
-            print(f"step {global_step:>10,}  SPS {sps:>5,}  game score (last 20 games) {recent}", flush=True)
+            print(f"step {global_step:>9,}  SPS {sps:>6,}  return(last 20 episodes) {recent}", flush=True)
 
     train_time = time.time() - start_time
     envs.close()
@@ -528,13 +519,14 @@ def main(args: Args) -> dict:
     eval_returns = evaluate(agent, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
     for i, r in enumerate(eval_returns):
         writer.add_scalar("eval/episodic_return", r, i)
-    print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} games "
-          f"(deterministic, raw score); trained {global_step:,} steps in {train_time:.1f}s")
+    print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
+          f"(deterministic); trained {global_step:,} steps in {train_time:.1f}s")
 
     model_path = None
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(agent, model_path, {"n_actions": n_actions, "env_id": args.env_id})
+        save_checkpoint(model_path, {"algo": "ppo_atari", "env_id": args.env_id, "model_args": model_args,
+                                     "model": agent.state_dict()})
         print(f"model saved to {model_path}")
     writer.close()
     if args.track:

@@ -9,18 +9,19 @@ Run:
     python algorithms/ppo_continuous_action.py                     # Pendulum-v1, 100k steps, the defaults below
     python algorithms/ppo_continuous_action.py --env-id HalfCheetah-v5 --total-timesteps 1000000
     python algorithms/ppo_continuous_action.py --env-id Pendulum-v1 --num-envs 4 --num-steps 1024 \
-        --num-minibatches 16 --gamma 0.95 --learning-rate 1e-3      # tuned for Pendulum: better and cheaper
+        --num-minibatches 16 --gamma 0.95 --learning-rate 1e-3      # settings for Pendulum
     python algorithms/ppo_continuous_action.py --help              # every hyperparameter, with its meaning
+
+Tested: -400 or better on Pendulum-v1 in 100k steps, Pendulum settings above (tests/test_ppo_continuous_action.py).
+Results: benchmark_results/ppo_continuous_action.md
 
 The defaults are the MuJoCo settings of CleanRL's ppo_continuous_action.py and of Stable-Baselines3's PPO
 (1 environment, 2048-step rollouts, 10 epochs of 32 minibatches (64 samples), Adam lr 3e-4 annealed
 linearly to 0, gamma 0.99, lambda 0.95, clip 0.2, no entropy bonus, value coefficient 0.5, gradient norm
 0.5, 64-64 tanh networks, observation and reward normalisation), with one exception chosen for the default
-environment Pendulum-v1: total_timesteps 100k (MuJoCo: 1M, the budget of the published figures). Measured
-here (deterministic evaluation, seeds 1-3): the defaults reach -254, -307, -295 on Pendulum-v1 in 100k
-steps; the tuned Pendulum arguments above (after rl-zoo3's, with larger minibatches, gamma 0.95 instead of
-0.9 and no state-dependent exploration) reach -235, -228, -222 with a quarter of the gradient steps (of
-256 samples instead of 64) in about 40% of the training time.
+environment Pendulum-v1: total_timesteps 100k (MuJoCo: 1M, the budget of the published figures). The
+Pendulum settings above follow rl-zoo3's, with larger minibatches, gamma 0.95 instead of 0.9 and no
+state-dependent exploration.
 
 The math, as written in the code below (t indexes the rollout, per environment):
     observation   o~ = clip((o - mean_o) / sqrt(var_o + 1e-8), -clip_obs, clip_obs)   running mean/var of o
@@ -29,7 +30,8 @@ The math, as written in the code below (t indexes the rollout, per environment):
     policy        a ~ N(mu(o~), diag(exp(2 * log_std))); the environment receives clip(a, low, high)
     log-prob      log pi(a|o~) = sum_i [ -(a_i - mu_i)^2 / (2 exp(2 log_std_i)) - log_std_i - log(2 pi) / 2 ]
     entropy       H = sum_i [ log_std_i + (1 + log(2 pi)) / 2 ]
-    next value    v'_t = V(o~_{t+1}), or V(normalised final observation) when the episode was truncated at t
+    next value    v'_t = V(o~'_t), o~'_t the normalised observation that followed step t (the final one if the
+                  episode ended)
     TD error      delta_t = r~_t + gamma * v'_t * (1 - terminated_t) - V(o~_t)
     GAE           A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1},   done = terminated or truncated
     return        R_t = A_t + V(o~_t)                                  (the value target)
@@ -38,23 +40,30 @@ The math, as written in the code below (t indexes the rollout, per environment):
     value loss    L_v  = mean( (V(o~) - R)^2 )  [optionally clipped around the old value]  (paper eq. 9)
     total loss    L = L_pi - ent_coef * H + vf_coef * L_v
 
-The running mean/var are merged batch by batch (Chan, Golub & LeVeque's parallel algorithm), starting from
-mean 0, var 1 with a weight of 1e-4, as Stable-Baselines3's VecNormalize and Gymnasium's wrappers do.
-The reward is divided by the standard deviation of the discounted return, not centred (SB3 VecNormalize;
-Gymnasium's NormalizeReward does the same but resets G only at termination, not at truncation).
+What is specific to continuous actions (everything else is ppo.py, line for line):
+- The policy is a diagonal Gaussian. Actions are clipped to the action space's bounds only on the way to
+  the environment; the rollout keeps the unclipped sample, whose log-probability is what the ratio needs.
+- Observations and rewards are normalised, as Stable-Baselines3's VecNormalize does. The running mean/var
+  are merged batch by batch (Chan, Golub & LeVeque's parallel algorithm), starting from mean 0, var 1 with
+  a weight of 1e-4. The reward is divided by the standard deviation of the discounted return, not centred
+  (Gymnasium's NormalizeReward does the same but resets G only at termination, not at truncation).
+- The normalisation is done in main rather than by wrappers: one set of statistics shared by all
+  environments, and the final observations (for the truncation bootstrap) normalised with them too, so V
+  sees every input on the same scale.
+- Normalisation statistics are part of the policy. At the end of training the observation mean/var are
+  copied into the Agent's buffers, so the checkpoint carries them with the weights, and greedy_action
+  (used by evaluate, in-process or from a checkpoint) normalises raw observations with them, frozen.
+  (An evaluation that drops these statistics feeds the model inputs on a scale it never saw.)
 
-Normalisation statistics are part of the policy. The observation mean/var in force at the end of training
-are saved in the checkpoint next to the networks (with the reward statistics, for completeness) and the
-evaluation, in-process or from a checkpoint, normalises with them, frozen. (CleanRL's issue #425: its
-evaluation of a saved model drops these statistics, so the model is fed inputs on a scale it never saw.)
-Actions are clipped to the action space's bounds only on the way to the environment;
-the rollout keeps the unclipped sample, whose log-probability is what the ratio needs.
-
-Time-limit truncation is not termination: a truncated episode still bootstraps from the value of the
-observation where it was cut (Pardo et al., 2018), normalised with the same statistics as every other
-input. The vector environment runs in Gymnasium's same-step autoreset mode, so that last observation is in
-info["final_obs"] and no step is wasted on a reset. (CleanRL's file treats truncation as termination,
-which on Pendulum-v1, where every episode is truncated at 200 steps, removes every bootstrap at the end.)
+The rollout is ppo.py's. The vector environment runs in Gymnasium's same-step autoreset mode: when an
+episode ends, step() returns the next episode's first observation and puts the last one in
+info["final_obs"], so no step is wasted on a reset. Next to each observation the rollout stores the one
+that followed it (that last one where the episode ended), both normalised. Time-limit truncation is not
+termination: a truncated episode bootstraps from the value of the observation where it was cut (Pardo et
+al., 2018); a terminated one does not. (CleanRL's file treats truncation as termination, which on
+Pendulum-v1, where every episode is truncated at 200 steps, removes every bootstrap at the end.) Per step
+only the actor runs, to sample; log pi_old(a|o~), V(o~) and V(o~') come from one batched pass after the
+rollout, with the same parameters and so the same numbers, at a fraction of the per-step cost.
 """
 
 from __future__ import annotations
@@ -85,7 +94,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    """torch CPU threads (1 suits small networks)"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -158,17 +167,17 @@ def fail(message: str) -> None:
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes",
                  "hidden_size", "torch_threads", "log_every"):
-        if getattr(args, name) <= 0:
+        if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if (args.num_envs * args.num_steps) % args.num_minibatches:
         fail(f"--num-minibatches {args.num_minibatches} must divide the rollout size num_envs * num_steps "
              f"= {args.num_envs * args.num_steps}")
-    if args.learning_rate <= 0 or not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+    if not args.learning_rate > 0 or not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
         fail("need --learning-rate > 0, 0 < --gamma <= 1 and 0 <= --gae-lambda <= 1")
-    if args.clip_obs <= 0 or args.clip_reward <= 0:
+    if not args.clip_coef >= 0 or not args.max_grad_norm > 0:
+        fail(f"need --clip-coef >= 0 and --max-grad-norm > 0, got {args.clip_coef} and {args.max_grad_norm}")
+    if not args.clip_obs > 0 or not args.clip_reward > 0:
         fail(f"--clip-obs and --clip-reward must be positive, got {args.clip_obs} and {args.clip_reward}")
-    if args.clip_coef < 0 or args.max_grad_norm <= 0:
-        fail("need --clip-coef >= 0 and --max-grad-norm > 0")
     try:
         gym.spec(args.env_id)
     except gym.error.Error:
@@ -223,37 +232,12 @@ class RunningMeanStd:
         self.var = (self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total) / total
         self.count = total
 
-    def state_dict(self) -> dict:
-        return {"mean": torch.tensor(self.mean, dtype=torch.float64), "var": torch.tensor(self.var, dtype=torch.float64),
-                "count": self.count}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> RunningMeanStd:
-        rms = cls(tuple(state["mean"].shape))
-        rms.mean, rms.var = state["mean"].double().numpy().copy(), state["var"].double().numpy().copy()
-        rms.count = float(state["count"])
-        return rms
-
 
 def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None, clip: float) -> np.ndarray:
     """o~ = clip((o - mean) / sqrt(var + 1e-8), -clip, clip) as float32; the identity when rms is None."""
     if rms is None:
         return np.asarray(obs, dtype=np.float32)
     return np.clip((obs - rms.mean) / np.sqrt(rms.var + 1e-8), -clip, clip).astype(np.float32)
-
-
-def successor_obs(next_obs: np.ndarray, infos: dict, rms: RunningMeanStd | None, clip: float) -> np.ndarray:
-    """The normalised observation that followed each environment's step, for V(s_{t+1}).
-
-    next_obs (already normalised) is right inside an episode; where an episode ended, same-step autoreset
-    put the next episode's first observation there and the real last one in infos["final_obs"], which is
-    normalised here with the same statistics, since V only knows normalised inputs.
-    """
-    succ = next_obs.copy()
-    if "final_obs" in infos:
-        for i in np.flatnonzero(infos["_final_obs"]):
-            succ[i] = normalize_obs(infos["final_obs"][i], rms, clip)
-    return succ
 
 
 class RewardScaler:
@@ -278,8 +262,8 @@ class RewardScaler:
         return scaled.astype(np.float32)
 
 
-def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
-    """Orthogonal weights, zero bias: the initialisation of the PPO implementations (and SB3)."""
+def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
+    """Orthogonal weights, constant bias: the initialisation of the PPO implementations (and SB3)."""
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
@@ -300,9 +284,16 @@ def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
 
 
 class Agent(nn.Module):
-    """Separate actor and critic MLPs; the actor gives the Gaussian's mean, log_std is a free parameter."""
+    """Separate actor and critic MLPs; the actor gives the Gaussian's mean, log_std is a free parameter.
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_size: int = 64):
+    The networks, sample_action and evaluate_actions take normalised observations, as the rollout stores
+    them. greedy_action takes raw ones: it normalises them with obs_mean / obs_var, the statistics the policy
+    was trained with, and clips the mean to the action bounds. Statistics and bounds are buffers: they move
+    with .to(device) and are saved in the state_dict, with the weights.
+    """
+
+    def __init__(self, obs_dim: int, action_low: list[float], action_high: list[float], hidden_size: int = 64,
+                 norm_obs: bool = False, clip_obs: float = 10.0):
         super().__init__()
         self.critic = nn.Sequential(
             layer_init(nn.Linear(obs_dim, hidden_size)), nn.Tanh(),
@@ -313,17 +304,22 @@ class Agent(nn.Module):
             layer_init(nn.Linear(obs_dim, hidden_size)), nn.Tanh(),
             layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
             # a small last layer starts every mean near 0, whatever the observation
-            layer_init(nn.Linear(hidden_size, act_dim), std=0.01),
+            layer_init(nn.Linear(hidden_size, len(action_low)), std=0.01),
         )
         # state-independent log standard deviation, starting at sigma = 1 (CleanRL, SB3)
-        self.actor_logstd = nn.Parameter(torch.zeros(act_dim))
+        self.actor_logstd = nn.Parameter(torch.zeros(len(action_low)))
+        self.register_buffer("action_low", torch.tensor(action_low, dtype=torch.float32))
+        self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32))
+        self.norm_obs, self.clip_obs = norm_obs, clip_obs
+        self.register_buffer("obs_mean", torch.zeros(obs_dim, dtype=torch.float64))
+        self.register_buffer("obs_var", torch.ones(obs_dim, dtype=torch.float64))
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(x).squeeze(-1)
 
     @torch.no_grad()
     def sample_action(self, x: torch.Tensor) -> torch.Tensor:
-        """Sample a ~ N(mu(x), sigma^2), unclipped. Only the actor runs here: see the rollout loop for why."""
+        """Sample a ~ N(mu(x), sigma^2), unclipped: all the rollout needs per step (see the module docstring)."""
         mean = self.actor_mean(x)
         return mean + self.actor_logstd.exp() * torch.randn_like(mean)
 
@@ -334,30 +330,11 @@ class Agent(nn.Module):
         return gaussian_log_prob(action, mean, log_std), gaussian_entropy(log_std), self.get_value(x)
 
     @torch.no_grad()
-    def deterministic_action(self, x: torch.Tensor) -> torch.Tensor:
-        return self.actor_mean(x)
-
-
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
-
-    Why: with 64-unit networks on a CPU the optimiser step and gradient clipping, which loop over a
-    dozen small tensors, cost more than the forward and backward passes. Each parameter becomes a view
-    into one flat tensor (and each .grad a view into one flat gradient), so Adam and clip_grad_norm_
-    run once on one tensor. The arithmetic is unchanged: Adam is elementwise and the clipping norm is
-    global. Autograd accumulates into an existing .grad in place, so gradients land in the flat buffer;
-    zero them with `flat.grad.zero_()`, never by setting them to None.
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
-        p.grad = flat.grad[offset : offset + n].view_as(p)
-        offset += n
-    return flat
+    def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean action for raw observations x (normalised as normalize_obs does), clipped to the bounds."""
+        if self.norm_obs:
+            x = ((x - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-self.clip_obs, self.clip_obs).float()
+        return torch.clamp(self.actor_mean(x), self.action_low, self.action_high)
 
 
 def compute_gae(
@@ -415,53 +392,48 @@ def approx_kl(logratio: torch.Tensor) -> torch.Tensor:
     return (logratio.exp() - 1 - logratio).mean()
 
 
-def save_checkpoint(agent: Agent, path: str, meta: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
-    state = {k: v.detach().clone() for k, v in agent.state_dict().items()}  # clone: detach from the flat buffer
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save({"model": state, **meta}, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_agent(path: str | os.PathLike) -> tuple[Agent, RunningMeanStd | None, dict]:
-    """The agent, the observation statistics it was trained with (None if it was trained without), the checkpoint."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    agent = Agent(ckpt["obs_dim"], ckpt["act_dim"], ckpt["hidden_size"])
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
+
+
+def load_model(path: str) -> tuple[Agent, dict]:
+    """The trained Agent of a checkpoint written by this file, and the checkpoint."""
+    ckpt = load_checkpoint(path, "ppo_continuous_action")
+    agent = Agent(**ckpt["model_args"])
     agent.load_state_dict(ckpt["model"])
-    obs_rms = RunningMeanStd.from_state_dict(ckpt["obs_rms"]) if "obs_rms" in ckpt else None
-    return agent, obs_rms, ckpt
+    return agent, ckpt
 
 
-def evaluate(
-    agent_or_path: Agent | str | os.PathLike,
-    env_id: str,
-    eval_episodes: int,
-    seed: int,
-    device: str = "cpu",
-    obs_rms: RunningMeanStd | None = None,
-    clip_obs: float = 10.0,
-) -> list[float]:
-    """Deterministic evaluation (the mean action, clipped to the bounds) on a fresh environment.
-
-    From a checkpoint path, the observation statistics saved with it are used (obs_rms is ignored); with
-    an Agent, pass the statistics it was trained with. They stay frozen: evaluation does not update them.
-    Returns one undiscounted, unnormalised return per episode.
-    """
-    if isinstance(agent_or_path, str | os.PathLike):
-        agent, obs_rms, ckpt = load_agent(agent_or_path)
-        agent, clip_obs = agent.to(device), float(ckpt["clip_obs"])
-    else:
-        agent = agent_or_path
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment; returns one return per episode."""
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = gym.make(env_id)
-    low, high = env.action_space.low, env.action_space.high
     returns = []
     for ep in range(eval_episodes):
         obs, _ = env.reset(seed=seed + ep)
         done, total = False, 0.0
         while not done:
-            x = torch.as_tensor(normalize_obs(obs[None], obs_rms, clip_obs), device=device)
-            action = agent.deterministic_action(x)[0].cpu().numpy()
-            obs, reward, terminated, truncated, _ = env.step(np.clip(action, low, high))
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -474,7 +446,7 @@ def main(args: Args) -> dict:
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
     num_iterations = -(-args.total_timesteps // batch_size)  # ceil: at least total_timesteps steps
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     if args.track:
         import wandb
@@ -501,25 +473,24 @@ def main(args: Args) -> dict:
     )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)  # raw returns: it sees the unscaled rewards
     envs.action_space.seed(args.seed)
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    act_dim = int(np.prod(envs.single_action_space.shape))
+    obs_shape = envs.single_observation_space.shape
     low, high = envs.single_action_space.low, envs.single_action_space.high
-
-    # The normalisation is done here rather than by wrappers: one set of statistics shared by all
-    # environments, the final observations normalised with them too, and all of it saved with the model.
-    obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
+    obs_rms = RunningMeanStd(obs_shape) if args.norm_obs else None
     reward_scaler = RewardScaler(args.num_envs, args.gamma, args.clip_reward) if args.norm_reward else None
 
-    agent = Agent(obs_dim, act_dim, args.hidden_size).to(device)
-    flat_params = flatten_parameters(agent)
-    optimizer = torch.optim.Adam([flat_params], lr=args.learning_rate, eps=1e-5)
+    model_args = {"obs_dim": obs_shape[0], "action_low": low.tolist(), "action_high": high.tolist(),
+                  "hidden_size": args.hidden_size, "norm_obs": args.norm_obs, "clip_obs": args.clip_obs}
+    agent = Agent(**model_args).to(device)
+    # fused=True: one kernel updates all parameters at once; the default loops over a dozen small tensors,
+    # which for networks this small costs more than the forward and backward passes
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
 
     # Rollout storage, [num_steps, num_envs, ...], in numpy: the environments speak numpy, and the
     # whole rollout is moved to torch once per iteration instead of once per step. Observations are
     # stored normalised, exactly as the policy saw them when it acted.
-    obs = np.zeros((args.num_steps, args.num_envs, obs_dim), dtype=np.float32)
+    obs = np.zeros((args.num_steps, args.num_envs, *obs_shape), dtype=np.float32)
     succ_obs = np.zeros_like(obs)  # the observation that followed each step (the final one at episode ends)
-    actions = np.zeros((args.num_steps, args.num_envs, act_dim), dtype=np.float32)
+    actions = np.zeros((args.num_steps, args.num_envs, len(low)), dtype=np.float32)
     rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
     terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
     truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
@@ -539,13 +510,11 @@ def main(args: Args) -> dict:
         optimizer.param_groups[0]["lr"] = lr_now
         clip_now = frac * args.clip_coef if args.anneal_clip else args.clip_coef
 
-        # Collect the rollout. The policy does not change until the rollout is over, so only the
-        # actor runs per step (to sample); log pi_old(a|s) and V(s) come from one batched pass afterwards,
-        # with the same parameters and inputs and so the same numbers, at a fraction of the per-step cost.
+        # Collect the rollout: only the actor runs per step (see the module docstring).
         for step in range(args.num_steps):
             global_step += args.num_envs
             obs[step] = next_obs
-            action = agent.sample_action(torch.as_tensor(next_obs, device=device)).cpu().numpy()
+            action = agent.sample_action(torch.as_tensor(next_obs, dtype=torch.float32, device=device)).cpu().numpy()
             actions[step] = action  # unclipped: its log-probability is the one the ratio needs
             raw_obs, raw_reward, terminations[step], truncations[step], infos = envs.step(np.clip(action, low, high))
             # As SB3's VecNormalize: the statistics absorb the observations the policy will act on next
@@ -554,7 +523,10 @@ def main(args: Args) -> dict:
             if obs_rms is not None:
                 obs_rms.update(raw_obs)
             next_obs = normalize_obs(raw_obs, obs_rms, args.clip_obs)
-            succ_obs[step] = successor_obs(next_obs, infos, obs_rms, args.clip_obs)
+            succ_obs[step] = next_obs
+            if "final_obs" in infos:
+                for i in np.flatnonzero(infos["_final_obs"]):
+                    succ_obs[step, i] = normalize_obs(infos["final_obs"][i], obs_rms, args.clip_obs)  # not the reset one
             dones = np.logical_or(terminations[step], truncations[step])
             rewards[step] = raw_reward if reward_scaler is None else reward_scaler(raw_reward, dones)
             if "episode" in infos:
@@ -564,15 +536,16 @@ def main(args: Args) -> dict:
                     writer.add_scalar("charts/episodic_return", ep_r, global_step)
                     writer.add_scalar("charts/episodic_length", ep_l, global_step)
 
-        b_obs = torch.as_tensor(obs.reshape(-1, obs_dim), device=device)
-        b_actions = torch.as_tensor(actions.reshape(-1, act_dim), device=device)
+        # One batched pass: log pi_old(a|s), V(s) and V(s') of the whole rollout.
+        b_obs = torch.as_tensor(obs.reshape(-1, *obs_shape), device=device)
+        b_actions = torch.as_tensor(actions.reshape(-1, len(low)), device=device)
         with torch.no_grad():
             b_logprobs, _, b_values = agent.evaluate_actions(b_obs, b_actions)
-            next_values = agent.get_value(torch.as_tensor(succ_obs, device=device))
+            b_next_values = agent.get_value(torch.as_tensor(succ_obs.reshape(-1, *obs_shape), device=device))
         advantages, returns = compute_gae(
-            torch.as_tensor(rewards, device=device), b_values.view(args.num_steps, args.num_envs), next_values,
-            torch.as_tensor(terminations, device=device), torch.as_tensor(truncations, device=device),
-            args.gamma, args.gae_lambda,
+            torch.as_tensor(rewards, device=device), b_values.view(args.num_steps, args.num_envs),
+            b_next_values.view(args.num_steps, args.num_envs), torch.as_tensor(terminations, device=device),
+            torch.as_tensor(truncations, device=device), args.gamma, args.gae_lambda,
         )
         b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
 
@@ -591,11 +564,10 @@ def main(args: Args) -> dict:
                 if args.target_kl is not None and approx_kl(logratio) > 1.5 * args.target_kl:
                     stop = True  # as SB3: skip this update and end the rollout's epochs
                     break
-                entropy_loss = entropy.mean()
-                loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss
-                flat_params.grad.zero_()
+                loss = pg_loss - args.ent_coef * entropy.mean() + args.vf_coef * v_loss
+                optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_([flat_params], args.max_grad_norm)
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
                 optimizer.step()
             if stop:
                 break
@@ -624,9 +596,11 @@ def main(args: Args) -> dict:
 
     train_time = time.time() - start_time
     envs.close()
+    if obs_rms is not None:  # the statistics become part of the policy (see Agent)
+        agent.obs_mean.copy_(torch.as_tensor(obs_rms.mean))
+        agent.obs_var.copy_(torch.as_tensor(obs_rms.var))
 
-    eval_returns = evaluate(agent, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device),
-                            obs_rms=obs_rms, clip_obs=args.clip_obs)
+    eval_returns = evaluate(agent, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
     for i, r in enumerate(eval_returns):
         writer.add_scalar("eval/episodic_return", r, i)
     print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
@@ -635,13 +609,8 @@ def main(args: Args) -> dict:
     model_path = None
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        meta = {"obs_dim": obs_dim, "act_dim": act_dim, "hidden_size": args.hidden_size, "env_id": args.env_id,
-                "clip_obs": args.clip_obs, "global_step": global_step}
-        if obs_rms is not None:
-            meta["obs_rms"] = obs_rms.state_dict()
-        if reward_scaler is not None:  # not needed to act; kept so that training statistics are complete
-            meta["return_rms"] = reward_scaler.rms.state_dict()
-        save_checkpoint(agent, model_path, meta)
+        save_checkpoint(model_path, {"algo": "ppo_continuous_action", "env_id": args.env_id, "model_args": model_args,
+                                     "model": agent.state_dict()})
         print(f"model saved to {model_path}")
     writer.close()
     if args.track:

@@ -1,7 +1,8 @@
 """Q-learning: off-policy TD control, tabular, with an epsilon-greedy behaviour policy.
 
 Sutton & Barto, Reinforcement Learning: An Introduction (2nd ed., 2018), Section 6.5, Example 6.6
-(cliff walking: the sum of rewards per episode of SARSA and Q-learning, epsilon = 0.1).
+(cliff walking: the sum of rewards per episode of SARSA and Q-learning, epsilon = 0.1),
+http://incompleteideas.net/book/the-book-2nd.html
 
 Run:
     python algorithms/q_learning.py                             # cliff walking, the Example 6.6 figure
@@ -20,9 +21,12 @@ Environments: CliffWalking-v1, the windy gridworld (written below as a gymnasium
 "WindyGridworld"), FrozenLake-v1 and Taxi-v4 (Gymnasium 1.4 registers Taxi-v4; Taxi-v3 is deprecated
 there). Any Gymnasium id with Discrete observation and action spaces is accepted.
 Gymnasium's CliffWalking-v1 has the book's semantics: no time limit, and stepping into the cliff gives
--100 and puts the agent back at the start without ending the episode. So the returns below are the
-book's: Q-learning walks the optimal path next to the cliff and its epsilon-greedy steps sometimes fall
-in (online return about -50), SARSA learns the longer safe path (about -25).
+-100 and puts the agent back at the start without ending the episode, so Example 6.6's contrast appears:
+Q-learning learns the optimal path next to the cliff and its epsilon-greedy steps sometimes fall in, SARSA
+learns the longer safe path and collects more reward online.
+
+Tested: cliff walking, online return at the book's -51, greedy path 13 steps (tests/test_q_learning.py).
+Results: benchmark_results/q_learning.md
 """
 
 from __future__ import annotations
@@ -32,15 +36,10 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import gymnasium as gym
-import matplotlib
 import numpy as np
 import tyro
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 
 
 @dataclass
@@ -58,7 +57,7 @@ class Args:
     num_runs: int = 50
     """independent runs averaged in the figure"""
     report_from: int = 100
-    """first episode (0-based) of the window whose mean return is reported; the curves are flat after it"""
+    """first episode (0-based) of the window whose mean online return is reported"""
     smoothing: int = 10
     """the figure shows a moving average over this many episodes"""
     eval_episodes: int = 100
@@ -119,7 +118,8 @@ BOOK_ENV_IDS = ("WindyGridworld", "CliffWalking-v1", "FrozenLake-v1", "Taxi-v4")
 
 
 def make_env(env_id: str) -> gym.Env:
-    """The book's windy gridworld from this file, or a registered Gymnasium environment (with its time limit)."""
+    """One environment: a book environment written in this file (LOCAL_ENVS), or a registered Gymnasium
+    environment (with its time limit)."""
     if env_id in LOCAL_ENVS:
         return LOCAL_ENVS[env_id]()
     return gym.make(env_id)
@@ -192,7 +192,7 @@ def q_learning_episode(
 def sarsa_episode(
     env: gym.Env, q: np.ndarray, alpha: float, epsilon: float, gamma: float, rng: np.random.Generator
 ) -> tuple[float, int]:
-    """The comparison: one episode of SARSA (Section 6.4 pseudocode), updating q in place; returns (return, length)."""
+    """One episode of SARSA (Section 6.4 pseudocode), updating q in place; returns (return, length)."""
     state, _ = env.reset()
     action = epsilon_greedy_action(q[state], epsilon, rng)
     episode_return, length = 0.0, 0
@@ -294,54 +294,59 @@ def moving_average(x: np.ndarray, window: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------
 
 
-def validate(args: Args) -> str | None:
-    """The first problem with the arguments, as a one-line message, or None."""
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    """Reject bad input with one line on stderr and exit status 2, before any work."""
     known = ", ".join(BOOK_ENV_IDS)
     if args.env_id not in LOCAL_ENVS:
         try:
             gym.spec(args.env_id)
         except gym.error.Error as error:  # unknown, or deprecated such as Taxi-v3 (Gymnasium 1.4 has Taxi-v4)
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            return f"--env-id {args.env_id} is unknown ({reason}); use one of: {known}"
+            fail(f"--env-id {args.env_id} is unknown ({reason}); use one of: {known}")
     try:
         env = make_env(args.env_id)
     except Exception as error:  # a registered id whose dependencies are missing, for instance
-        return f"--env-id {args.env_id} could not be made ({type(error).__name__}); use one of: {known}"
+        fail(f"--env-id {args.env_id} could not be made ({type(error).__name__}); use one of: {known}")
     observation_space, action_space = env.observation_space, env.action_space
     env.close()
     if not isinstance(observation_space, gym.spaces.Discrete):
-        return (
-            f"--env-id {args.env_id} has a continuous (non-Discrete) observation space {type(observation_space).__name__}{observation_space.shape}; "
-            f"tabular Q-learning needs Discrete observations: use one of: {known}"
-        )
+        fail(f"--env-id {args.env_id} has a continuous (non-Discrete) observation space "
+             f"{type(observation_space).__name__}{observation_space.shape}; tabular Q-learning needs Discrete "
+             f"observations: use one of: {known}")
     if not isinstance(action_space, gym.spaces.Discrete):
-        return f"--env-id {args.env_id} has a non-Discrete action space {type(action_space).__name__}{action_space.shape}; use one of: {known}"
+        fail(f"--env-id {args.env_id} has a non-Discrete action space "
+             f"{type(action_space).__name__}{action_space.shape}; use one of: {known}")
     if not 0.0 < args.alpha <= 1.0:
-        return f"--alpha {args.alpha} is out of range; use a step size in (0, 1], e.g. 0.5"
+        fail(f"--alpha {args.alpha} is out of range; use a step size in (0, 1], e.g. 0.5")
     if not 0.0 <= args.epsilon <= 1.0:
-        return f"--epsilon {args.epsilon} is not a probability; use a value in [0, 1], e.g. 0.1"
+        fail(f"--epsilon {args.epsilon} is not a probability; use a value in [0, 1], e.g. 0.1")
     if not 0.0 <= args.gamma <= 1.0:
-        return f"--gamma {args.gamma} is out of range; use a discount in [0, 1]"
+        fail(f"--gamma {args.gamma} is out of range; use a discount in [0, 1]")
     for name in ("num_episodes", "num_runs", "eval_episodes", "smoothing"):
         if getattr(args, name) <= 0:
-            return f"--{name.replace('_', '-')} {getattr(args, name)} must be a positive integer"
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)} must be a positive integer")
     if args.report_from < 0:
-        return f"--report-from {args.report_from} must be a non-negative episode index"
-    return None
-
-
-def main(args: Args) -> dict:
-    problem = validate(args)
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+        fail(f"--report-from {args.report_from} must be a non-negative episode index")
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment (checked last,
+    # so that no other bad input leaves a directory behind).
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
+        fail(f"cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory")
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     start = time.time()
     # Q-learning first: it is this file's algorithm; SARSA is the on-policy comparison of Example 6.6.
@@ -374,7 +379,6 @@ def main(args: Args) -> dict:
     summary["window"] = (window_start, args.num_episodes)
 
     # Example 6.6's figure: the online (epsilon-greedy) sum of rewards per episode, averaged over runs, smoothed.
-    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.8))
     colors = {"Q-learning": "tab:red", "SARSA": "tab:blue"}
     for method, curve in curves.items():

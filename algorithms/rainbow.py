@@ -34,6 +34,7 @@ The math, as written in the code below. A stored transition is an n-step one (s_
                   (the KL for C51, as the paper; |delta| for the expected loss, as Schaul et al.),
                   new transitions get max_i p_i;  w_i = (N P(i))^-beta / max_j w_j, beta: beta_start -> 1
     dueling       Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')   (per atom on the logits when distributional)
+    target net    theta' <- tau * theta + (1 - tau) * theta' every target_network_frequency steps (tau=1: copy)
     noisy layer   y = (mu_w + sigma_w * eps_w) x + mu_b + sigma_b * eps_b,
                   eps_w = f(eps_out) f(eps_in)^T, eps_b = f(eps_out), f(x) = sign(x) sqrt(|x|)   (factorised)
                   noise is resampled before every gradient step and every action; eval() uses mu only.
@@ -48,23 +49,10 @@ over the environments, as in dqn.py.
 Network for flat observations (the Atari torso of the paper is convolutional and not noisy): the first
 hidden layer is an ordinary Linear layer (the "torso"); the further hidden layers and the heads are noisy.
 
-The defaults are tuned here for CartPole-v1 in 100k steps (measured results below); the paper's Atari
-values are alpha 0.5, beta 0.4 -> 1, n 3, 51 atoms, sigma_0 0.5, Adam eps 1.5e-4.
-Measured here with `python algorithms/rainbow.py --seed S --total-timesteps 100000` (one torch thread, 2-core
-machine shared with other jobs, defaults, CartPole-v1, greedy evaluation over 10 episodes): seeds 1-5 ->
-500, 500, 500, 500, 500 (mean 500); about 205 s per run (185-235 s).
-LunarLander-v3 with the arguments in the second Run line above (run_all.sh's RAINBOW_LUNAR), 300k steps,
-seeds 1-3, two runs at a time on the 2 cores (`./run_all.sh value`): 252.6 / 236.9 / 273.1 (mean 254.2);
-1264-1552 s per run.
-Those settings were chosen on test runs: seed 1 at 200k steps with a gradient step every 4 env steps gave
-180.7 (this fixed the budget; the support was not varied); seed 7 at 300k gave 158.4 with a step every 4 env steps and
-254.5 with one every 2. With the default 128-128 network (the second Run line without --hidden-sizes) seeds 1-3
-gave 143.1 / 241.5 / 199.1 (mean 194.5; seed 1 learned late); the second Run line with --seed 6, 8 and 9 then gave
-261.1 / 238.3 / 264.2 (256-256), against 203.0 on seed 6 without --hidden-sizes (128-128), two runs at a time,
-before the 256-256 network was run on seeds 1-3.
-Ablation (`./run_all.sh value`, CartPole-v1, 100k steps, seeds 1-3, each component switched off in turn): mean
-training return over the run 440.4 with all six; without n-step returns 249.1, distributional 364.0, prioritised
-replay 376.0, dueling 392.4, double Q 426.2, noisy nets 436.5 (benchmark_results/rainbow_ablation_CartPole-v1*).
+The defaults are chosen for CartPole-v1 in 100k steps; the paper's Atari values are alpha 0.5, beta 0.4 -> 1,
+n 3, 51 atoms, sigma_0 0.5, Adam eps 1.5e-4.
+Tested: all six parts on, seed 1 reaches a greedy return of 475 on CartPole-v1 in 100k steps (tests/test_rainbow.py).
+Results: benchmark_results/rainbow.md
 """
 
 from __future__ import annotations
@@ -95,7 +83,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    """torch CPU threads; small networks run fastest on one"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -121,8 +109,10 @@ class Args:
     """the replay memory's capacity in transitions"""
     gamma: float = 0.99
     """the discount factor"""
+    tau: float = 1.0
+    """target network update rate: 1.0 copies the online network (as the paper), < 1 is Polyak averaging"""
     target_network_frequency: int = 500
-    """environment steps between copies of the online network into the target network"""
+    """environment steps between target network updates"""
     batch_size: int = 128
     """transitions per gradient step"""
     learning_starts: int = 1000
@@ -181,23 +171,25 @@ def fail(message: str) -> None:
 
 
 def check_args(args: Args) -> None:
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
-                 "gradient_steps", "target_network_frequency", "eval_episodes", "n_step", "learning_rate",
-                 "adam_eps", "prior_eps", "max_grad_norm", "log_every", "torch_threads"):
-        if getattr(args, name) <= 0:
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency", "gradient_steps",
+                 "target_network_frequency", "learning_rate", "max_grad_norm", "adam_eps", "eval_episodes",
+                 "log_every", "torch_threads", "n_step", "prior_eps"):
+        if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
-        fail(f"--hidden-sizes needs one or more positive widths, got {args.hidden_sizes}")
-    if args.learning_starts < 0 or not 0 < args.gamma <= 1:
-        fail("need --learning-starts >= 0 and 0 < --gamma <= 1")
-    if args.alpha < 0 or not 0 <= args.beta_start <= 1:
+    if not (args.hidden_sizes and all(h > 0 for h in args.hidden_sizes)):
+        fail(f"--hidden-sizes needs one or more positive widths, got {' '.join(map(str, args.hidden_sizes))}")
+    if not (args.learning_starts >= 0 and 0 < args.tau <= 1 and 0 < args.gamma <= 1):
+        fail("need --learning-starts >= 0, 0 < --tau <= 1 and 0 < --gamma <= 1")
+    if not (0 <= args.start_e <= 1 and 0 <= args.end_e <= 1 and 0 < args.exploration_fraction <= 1):
+        fail("need --start-e and --end-e in [0, 1] and 0 < --exploration-fraction <= 1")
+    if args.n_atoms < 2:
+        fail(f"--n-atoms must be at least 2 (the support needs two ends), got {args.n_atoms}")
+    if not args.v_min < args.v_max:
+        fail(f"need --v-min < --v-max, got {args.v_min} and {args.v_max}")
+    if not (args.alpha >= 0 and 0 <= args.beta_start <= 1):
         fail(f"need --alpha >= 0 and 0 <= --beta-start <= 1, got {args.alpha} and {args.beta_start}")
-    if args.n_atoms < 2 or not args.v_min < args.v_max:
-        fail(f"need --n-atoms >= 2 and --v-min < --v-max, got {args.n_atoms}, {args.v_min}, {args.v_max}")
-    if args.sigma_0 < 0:
+    if not args.sigma_0 >= 0:
         fail(f"--sigma-0 must be >= 0, got {args.sigma_0}")
-    if not (0 <= args.end_e <= 1 and 0 <= args.start_e <= 1 and 0 < args.exploration_fraction <= 1):
-        fail("need epsilons in [0, 1] and 0 < --exploration-fraction <= 1")
     try:
         gym.spec(args.env_id)
     except gym.error.Error:
@@ -205,12 +197,10 @@ def check_args(args: Args) -> None:
     probe = gym.make(args.env_id)
     action_space, obs_space = probe.action_space, probe.observation_space
     probe.close()
-    if not isinstance(action_space, gym.spaces.Discrete):
-        fail(f"rainbow.py needs a Discrete action space, {args.env_id} has {action_space}; "
-             "use a discrete environment such as CartPole-v1 (continuous actions: ddpg.py, td3.py, sac.py)")
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        fail(f"rainbow.py needs a flat Box observation, {args.env_id} has {obs_space}; "
-             "use an environment such as CartPole-v1")
+    flat_box = isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1
+    if not (isinstance(action_space, gym.spaces.Discrete) and flat_box):
+        fail(f"rainbow.py needs Discrete actions and flat Box observations, {args.env_id} has {action_space} and "
+             f"{obs_space}; use e.g. CartPole-v1 (Box actions: ddpg.py, td3.py, sac.py)")
 
 
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
@@ -263,14 +253,16 @@ class NoisyLinear(nn.Module):
 
 
 def dueling_aggregate(value: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
-    """V + A - mean_a' A over the action dimension (dim 1): value [B, 1, ...], advantages [B, n_actions, ...].
+    """Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a'), the mean over the action dimension (dim 1).
 
-    With a trailing atom dimension the mean is taken per atom, on the logits (Hessel et al., section 3).
+    value [B, 1], advantages [B, n_actions]; with a trailing atom dimension ([B, 1, n_atoms] and
+    [B, n_actions, n_atoms]) the mean is taken per atom. Subtracting the mean makes V and A identifiable
+    (Wang et al., 2016, eq. 9).
     """
     return value + advantages - advantages.mean(dim=1, keepdim=True)
 
 
-class RainbowNetwork(nn.Module):
+class QNetwork(nn.Module):
     """MLP whose output is logits [B, n_actions, n_atoms] (distributional) or Q values [B, n_actions]."""
 
     def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: tuple[int, ...] = (128, 128), dueling: bool = True,
@@ -307,34 +299,21 @@ class RainbowNetwork(nn.Module):
     def q_values(self, x: torch.Tensor) -> torch.Tensor:
         """Q(s, a) [B, n_actions]: the expectation sum_i z_i p_i(s, a) when distributional."""
         out = self(x)
-        return (out.softmax(-1) * self.support).sum(-1) if self.distributional else out
+        return q_from_distribution(out.softmax(-1), self.support) if self.distributional else out
+
+    @torch.no_grad()
+    def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
+        """argmax_a Q(s, a) with the noisy layers at their mean weights (as in eval()): x [B, obs_dim] -> [B]."""
+        training = self.training
+        self.eval()
+        actions = self.q_values(x).argmax(dim=1)
+        self.train(training)
+        return actions
 
     def reset_noise(self) -> None:
         for m in self.modules():
             if isinstance(m, NoisyLinear):
                 m.reset_noise()
-
-
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
-
-    Why: with small networks on a CPU the optimiser step and gradient clipping, which loop over many
-    small tensors, cost a large share of each update. Each parameter becomes a view into one flat
-    tensor (and each .grad a view into one flat gradient), so Adam and clip_grad_norm_ run once on one
-    tensor. The arithmetic is unchanged: Adam is elementwise and the clipping norm is global. Autograd
-    accumulates into an existing .grad in place, so gradients land in the flat buffer; zero them with
-    `flat.grad.zero_()`, never by setting them to None.
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
-        p.grad = flat.grad[offset : offset + n].view_as(p)
-        offset += n
-    return flat
 
 
 class SumTree:
@@ -387,39 +366,40 @@ def importance_weights(probs: np.ndarray, n: int, beta: float) -> np.ndarray:
     return w / w.max()
 
 
-class ReplayBuffer:
-    """n-step transitions (obs, action, return, next_obs, done, discount) in preallocated numpy arrays.
+class PrioritizedReplayBuffer:
+    """n-step transitions (obs, action, R, next_obs, terminated, discount) in preallocated numpy arrays.
 
-    Prioritised (proportional, a SumTree of p^alpha) or uniform. Prioritised sampling is stratified: the
-    total mass is cut into batch_size equal segments and one value is drawn uniformly in each.
+    Prioritised (proportional, a SumTree of p^alpha) or, with prioritized=False, uniform (weights 1).
+    Prioritised sampling is stratified: the total mass is cut into batch_size equal segments and one value
+    is drawn uniformly in each.
     """
 
     def __init__(self, capacity: int, obs_dim: int, seed: int, prioritized: bool = True, alpha: float = 0.5):
         self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
         self.actions = np.zeros(capacity, dtype=np.int64)
-        self.returns = np.zeros(capacity, dtype=np.float32)
-        self.dones = np.zeros(capacity, dtype=np.float32)
-        self.discounts = np.zeros(capacity, dtype=np.float32)
+        self.rewards = np.zeros(capacity, dtype=np.float32)  # the n-step return R
+        self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
+        self.terminations = np.zeros(capacity, dtype=np.float32)
+        self.discounts = np.zeros(capacity, dtype=np.float32)  # gamma^m, m <= n the steps summed in R
         self.capacity, self.pos, self.size = capacity, 0, 0
         self.rng = np.random.default_rng(seed)
         self.prioritized, self.alpha = prioritized, alpha
         self.tree = SumTree(capacity) if prioritized else None
         self.max_priority = 1.0  # the largest priority p seen so far: new transitions get it
 
-    def add(self, obs, actions, returns, next_obs, dones, discounts) -> None:
+    def add(self, obs, actions, rewards, next_obs, terminations, discounts) -> None:
         """Add a batch of transitions (arrays with a leading dimension)."""
         n = len(actions)
         idx = (self.pos + np.arange(n)) % self.capacity
-        self.obs[idx], self.actions[idx], self.returns[idx] = obs, actions, returns
-        self.next_obs[idx], self.dones[idx], self.discounts[idx] = next_obs, dones, discounts
+        self.obs[idx], self.actions[idx], self.rewards[idx] = obs, actions, rewards
+        self.next_obs[idx], self.terminations[idx], self.discounts[idx] = next_obs, terminations, discounts
         if self.prioritized:
             self.tree.update(idx, np.full(n, self.max_priority**self.alpha))
         self.pos = int((self.pos + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
 
-    def sample(self, batch_size: int, beta: float) -> tuple:
-        """Returns (obs, actions, returns, next_obs, dones, discounts, weights) as tensors, and the indices."""
+    def sample(self, batch_size: int, beta: float, device: torch.device | str = "cpu") -> tuple:
+        """((obs, actions, rewards, next_obs, terminations, discounts, weights) as tensors, the indices)."""
         if self.prioritized:
             total = self.tree.total
             u = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
@@ -428,9 +408,9 @@ class ReplayBuffer:
         else:
             idx = self.rng.integers(0, self.size, size=batch_size)
             weights = np.ones(batch_size)
-        batch = tuple(torch.from_numpy(a[idx]) for a in
-                      (self.obs, self.actions, self.returns, self.next_obs, self.dones, self.discounts))
-        return (*batch, torch.from_numpy(weights.astype(np.float32))), idx
+        batch = (self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx],
+                 self.discounts[idx], weights.astype(np.float32))
+        return tuple(torch.from_numpy(a).to(device) for a in batch), idx
 
     def update_priorities(self, idx: np.ndarray, priorities: np.ndarray) -> None:
         """priorities: the per-sample losses plus eps; stored as p^alpha."""
@@ -444,7 +424,7 @@ class NStepQueue:
     Each call gets one vector step and returns the n-step transitions it completes: the oldest step of a
     full queue (n rewards summed, bootstrapping from the latest next observation with gamma^n), or, at an
     episode end, every step still queued, each summed to the end (m <= n rewards, gamma^m). A terminated end
-    sets done = 1; a truncated end leaves done = 0, so the target bootstraps from the real final observation.
+    sets terminated = 1; a truncated end leaves it 0, so the target bootstraps from the real final observation.
     """
 
     def __init__(self, n_step: int, gamma: float, num_envs: int):
@@ -469,81 +449,130 @@ class NStepQueue:
         return out
 
 
-def project_distribution(next_probs: torch.Tensor, rewards: torch.Tensor, dones: torch.Tensor,
-                         gamma: float | torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """The C51 projection of the target distribution onto the support (Bellemare et al., 2017, eq. 7).
+def linear_schedule(start: float, end: float, duration: float, t: int) -> float:
+    """start -> end linearly over `duration` steps, then end (it decays or grows)."""
+    return start + min(t / duration, 1.0) * (end - start)
 
-    next_probs [B, n_atoms] (p_j(s', a*)), rewards [B], dones [B] (1.0 for terminated: all mass on r),
-    gamma a float or a Tensor[B] (per sample: gamma^m for an n-step sum of m steps), support [n_atoms]
-    evenly spaced. Returns [B, n_atoms]:
-        Tz_j = clip(r + (1 - done) gamma z_j, v_min, v_max)
-        m_i  = sum_j clip(1 - |Tz_j - z_i| / dz, 0, 1) p_j
-    computed in O(B n_atoms), not as that [B, n_atoms, n_atoms] sum: with b_j = (Tz_j - v_min) / dz, p_j goes
-    (u - b_j) p_j to atom l = floor(b_j) and (b_j - l) p_j to atom u = ceil(b_j), all of it to l when l == u.
+
+def q_from_distribution(probs: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Q = sum_i p_i z_i: probs [..., n_atoms] over the support [n_atoms] -> [...]."""
+    return (probs * support).sum(dim=-1)
+
+
+def project_distribution(
+    next_probs: torch.Tensor,
+    rewards: torch.Tensor,
+    dones: torch.Tensor,
+    gamma: float | torch.Tensor,
+    support: torch.Tensor,
+) -> torch.Tensor:
+    """Project the shifted distribution r + gamma * (1 - done) * Z(s', a*) back onto the support.
+
+    next_probs [B, n_atoms] is p'(s', a*); rewards and dones [B] (done = 1.0 for a terminated transition:
+    no bootstrap, all mass at r); gamma a float or one discount per sample [B] (gamma^m for an m-step
+    return); support [n_atoms] evenly spaced from v_min to v_max. Returns the target distribution m
+    [B, n_atoms] (Algorithm 1 of the paper):
+        Tz_j = clamp(r + gamma * (1 - done) * z_j, v_min, v_max),   b_j = (Tz_j - v_min) / delta_z
+        m_l += p'_j * (u - b_j),   m_u += p'_j * (b_j - l),   l = floor(b_j),  u = ceil(b_j)
+    Each shifted atom splits its probability between its two neighbouring atoms in proportion to closeness,
+    which keeps the mean wherever Tz lies inside [v_min, v_max].
     """
-    gamma = torch.as_tensor(gamma, dtype=support.dtype, device=support.device)
-    if gamma.dim() == 1:
-        gamma = gamma.unsqueeze(1)
+    n_atoms = support.shape[0]
     v_min, v_max = support[0], support[-1]
-    dz = support[1] - support[0]
-    tz = (rewards.unsqueeze(1) + (1.0 - dones.unsqueeze(1)) * gamma * support.unsqueeze(0)).clamp(v_min, v_max)
-    b = (tz - v_min) / dz  # Tz_j's position on the atoms' index scale, in [0, n_atoms - 1]
-    lower, upper = b.floor().long(), b.ceil().long()
-    exact = (lower == upper).to(next_probs.dtype)  # Tz_j on an atom: all of p_j goes there (u - b = b - l = 0)
+    delta_z = (v_max - v_min) / (n_atoms - 1)
+    gamma = torch.as_tensor(gamma, dtype=support.dtype, device=support.device).reshape(-1, 1)
+    tz = (rewards.unsqueeze(1) + gamma * (1.0 - dones).unsqueeze(1) * support.unsqueeze(0)).clamp(v_min, v_max)
+    # clamp b too: rounding in (Tz - v_min) / delta_z could put it a hair past the last atom's index
+    b = ((tz - v_min) / delta_z).clamp(0, n_atoms - 1)
+    lower, upper = b.floor(), b.ceil()
+    # When b is exactly an atom, l == u and both (u - b) and (b - l) are 0: the "+ (l == u)" gives that atom
+    # the whole probability instead of losing it.
+    weight_lower = (upper - b) + (lower == upper).to(b.dtype)
+    weight_upper = b - lower
     m = torch.zeros_like(next_probs)
-    m.scatter_add_(1, lower, next_probs * (upper - b + exact))
-    m.scatter_add_(1, upper, next_probs * (b - lower))
+    m.scatter_add_(1, lower.long(), next_probs * weight_lower)
+    m.scatter_add_(1, upper.long(), next_probs * weight_upper)
     return m
 
 
-def linear_schedule(start: float, end: float, duration: float, t: int) -> float:
-    """start -> end linearly over `duration` steps, then end (epsilon decays, beta grows)."""
-    frac = min(t / duration, 1.0)
-    return start + frac * (end - start)
+def dqn_target(
+    rewards: torch.Tensor,
+    terminations: torch.Tensor,
+    next_q_target: torch.Tensor,
+    next_q_online: torch.Tensor | None,
+    gamma: float | torch.Tensor,
+) -> torch.Tensor:
+    """TD target y = r + gamma * (1 - terminated) * Q_target(s', a*).
+
+    a* is the target network's argmax (DQN), or the online network's argmax when next_q_online is
+    given (double DQN: the online network selects the action, the target network evaluates it).
+    gamma is a float or one discount per sample [B] (gamma^m for an m-step return).
+    """
+    if next_q_online is None:
+        next_value = next_q_target.max(dim=1).values
+    else:
+        next_value = next_q_target.gather(1, next_q_online.argmax(dim=1, keepdim=True)).squeeze(1)
+    return rewards + gamma * (1.0 - terminations) * next_value
 
 
-def save_checkpoint(network: RainbowNetwork, path: str, meta: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
-    state = {k: v.detach().clone() for k, v in network.state_dict().items()}  # clone: detach from the flat buffer
+@torch.no_grad()
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """Polyak averaging, target <- tau * online + (1 - tau) * target (tau = 1: a copy)."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.lerp_(o, tau)
+
+
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save({"model": state, **meta}, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_network(path: str) -> tuple[RainbowNetwork, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    net = RainbowNetwork(ckpt["obs_dim"], ckpt["n_actions"], tuple(ckpt["hidden_sizes"]), ckpt["dueling"],
-                         ckpt["noisy"], ckpt["distributional"], ckpt["n_atoms"], ckpt["v_min"], ckpt["v_max"])
-    net.load_state_dict(ckpt["model"])
-    return net, ckpt
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
 
 
-def evaluate(net_or_path: RainbowNetwork | str, env_id: str, eval_episodes: int, seed: int,
-             device: str = "cpu") -> list[float]:
-    """Greedy evaluation on a fresh environment, noisy layers at their mean weights; one return per episode."""
-    network = load_network(net_or_path)[0] if isinstance(net_or_path, str) else net_or_path
-    was_training = network.training
-    network.eval()
+def load_model(path: str) -> tuple[QNetwork, dict]:
+    ckpt = load_checkpoint(path, "rainbow")
+    q_network = QNetwork(**ckpt["model_args"])
+    q_network.load_state_dict(ckpt["model"])
+    return q_network, ckpt
+
+
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment; returns one return per episode."""
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = gym.make(env_id)
     returns = []
     for ep in range(eval_episodes):
         obs, _ = env.reset(seed=seed + ep)
         done, total = False, 0.0
         while not done:
-            with torch.no_grad():
-                action = network.q_values(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)).argmax(-1)
-            obs, reward, terminated, truncated, _ = env.step(int(action.item()))
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
     env.close()
-    network.train(was_training)
     return returns
 
 
 def main(args: Args) -> dict:
     check_args(args)
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     if args.track:
         import wandb
@@ -574,19 +603,18 @@ def main(args: Args) -> dict:
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     n_actions = int(envs.single_action_space.n)
 
-    net_kwargs = dict(hidden_sizes=args.hidden_sizes, dueling=args.dueling, noisy=args.noisy,
-                      distributional=args.distributional, n_atoms=args.n_atoms, v_min=args.v_min, v_max=args.v_max,
-                      sigma_0=args.sigma_0)
-    q_network = RainbowNetwork(obs_dim, n_actions, **net_kwargs).to(device)
-    target_network = RainbowNetwork(obs_dim, n_actions, **net_kwargs).to(device)
+    model_args = dict(obs_dim=obs_dim, n_actions=n_actions, hidden_sizes=list(args.hidden_sizes), dueling=args.dueling,
+                      noisy=args.noisy, distributional=args.distributional, n_atoms=args.n_atoms, v_min=args.v_min,
+                      v_max=args.v_max, sigma_0=args.sigma_0)
+    q_network = QNetwork(**model_args).to(device)
+    target_network = QNetwork(**model_args).to(device)
     target_network.load_state_dict(q_network.state_dict())
-    flat_params = flatten_parameters(q_network)
-    flat_target = flatten_parameters(target_network)  # so the target copy is one operation too
-    optimizer = torch.optim.Adam([flat_params], lr=args.learning_rate, eps=args.adam_eps)
-    support = q_network.support
-    rb = ReplayBuffer(args.buffer_size, obs_dim, args.seed, args.prioritized, args.alpha)
+    # fused: one kernel updates every parameter (a loop over the tensors without it; the same arithmetic)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps, fused=True)
+    rb = PrioritizedReplayBuffer(args.buffer_size, obs_dim, args.seed, args.prioritized, args.alpha)
     n_step_queue = NStepQueue(args.n_step, args.gamma, args.num_envs)
-    batch_range = torch.arange(args.batch_size, device=device)
+    support = q_network.support
+    batch_index = torch.arange(args.batch_size, device=device)
 
     global_step = 0
     start_time = time.time()
@@ -595,24 +623,24 @@ def main(args: Args) -> dict:
     next_train = args.train_frequency  # training phases at multiples of train_frequency, after learning_starts
     next_target = args.target_network_frequency
     loss = q_values = None
-    epsilon = beta = 0.0
     obs, _ = envs.reset(seed=args.seed)
 
     while global_step < args.total_timesteps:
+        # with noisy layers, exploration comes from fresh noise for every action, not from epsilon
+        epsilon = 0.0 if args.noisy else linear_schedule(args.start_e, args.end_e,
+                                                         args.exploration_fraction * args.total_timesteps, global_step)
         beta = linear_schedule(args.beta_start, 1.0, args.total_timesteps, global_step)
         if global_step < args.learning_starts:
             actions = envs.action_space.sample()
         else:
             if args.noisy:
-                q_network.reset_noise()  # exploration comes from fresh noise, not from epsilon
-            with torch.no_grad():
-                actions = q_network.q_values(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax(-1).cpu().numpy()
-            if not args.noisy:
-                epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps,
-                                          global_step)
-                explore = rng.random(args.num_envs) < epsilon  # epsilon-greedy, decided per environment
-                if explore.any():
-                    actions = np.where(explore, envs.action_space.sample(), actions)
+                q_network.reset_noise()
+            with torch.no_grad():  # not greedy_action: that one acts with the noisy layers' mean weights
+                actions = q_network.q_values(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax(dim=1)
+            actions = actions.cpu().numpy()
+            explore = rng.random(args.num_envs) < epsilon  # epsilon-greedy, decided per environment
+            if explore.any():
+                actions = np.where(explore, envs.action_space.sample(), actions)
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         global_step += args.num_envs
 
@@ -621,9 +649,9 @@ def main(args: Args) -> dict:
         if "final_obs" in infos:
             for i in np.flatnonzero(infos["_final_obs"]):
                 real_next_obs[i] = infos["final_obs"][i]
-        done_transitions = n_step_queue.step(obs, actions, rewards, real_next_obs, terminations, truncations)
-        if done_transitions:
-            rb.add(*(np.array(column) for column in zip(*done_transitions, strict=True)))
+        transitions = n_step_queue.step(obs, actions, rewards, real_next_obs, terminations, truncations)
+        if transitions:
+            rb.add(*(np.array(column) for column in zip(*transitions, strict=True)))
         obs = next_obs
 
         if "episode" in infos:
@@ -641,35 +669,31 @@ def main(args: Args) -> dict:
                 if args.noisy:  # fresh noise for every gradient step, independently in both networks
                     q_network.reset_noise()
                     target_network.reset_noise()
-                (b_obs, b_actions, b_returns, b_next_obs, b_dones, b_discounts, b_weights), idx = rb.sample(
-                    args.batch_size, beta)
+                batch, idx = rb.sample(args.batch_size, beta, device)
+                b_obs, b_actions, b_rewards, b_next_obs, b_terminations, b_discounts, b_weights = batch
                 with torch.no_grad():
-                    next_out = target_network(b_next_obs)
-                    if args.double:
-                        next_actions = q_network.q_values(b_next_obs).argmax(-1)
-                    elif args.distributional:
-                        next_actions = (next_out.softmax(-1) * support).sum(-1).argmax(-1)
+                    next_out = target_network(b_next_obs)  # logits [B, n_actions, n_atoms], or Q [B, n_actions]
+                    next_q_online = q_network.q_values(b_next_obs) if args.double else None
+                    if args.distributional:  # a*: argmax of the online network's Q (double), else of the target's
+                        next_q = next_q_online if args.double else q_from_distribution(next_out.softmax(-1), support)
+                        next_probs = next_out[batch_index, next_q.argmax(dim=1)].softmax(-1)
+                        target = project_distribution(next_probs, b_rewards, b_terminations, b_discounts, support)
                     else:
-                        next_actions = next_out.argmax(-1)
-                    if args.distributional:
-                        next_probs = next_out[batch_range, next_actions].softmax(-1)
-                        target = project_distribution(next_probs, b_returns, b_dones, b_discounts, support)
-                    else:
-                        target = b_returns + b_discounts * (1.0 - b_dones) * next_out[batch_range, next_actions]
-                out = q_network(b_obs)[batch_range, b_actions]
+                        target = dqn_target(b_rewards, b_terminations, next_out, next_q_online, b_discounts)
+                out = q_network(b_obs)[batch_index, b_actions]  # logits [B, n_atoms], or Q [B]
                 if args.distributional:
                     log_p = out.log_softmax(-1)
                     per_sample = (torch.special.xlogy(target, target) - target * log_p).sum(-1)  # KL(target || p)
                     priorities = per_sample.detach()
-                    q_taken = (log_p.exp() * support).sum(-1).detach()
+                    q_taken = q_from_distribution(log_p.detach().exp(), support)
                 else:
                     per_sample = F.smooth_l1_loss(out, target, reduction="none")
                     priorities = (out - target).detach().abs()
                     q_taken = out.detach()
-                loss = (b_weights * per_sample).mean()
-                flat_params.grad.zero_()
+                loss = (b_weights * per_sample).mean()  # importance weights correct the prioritised sampling
+                optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_([flat_params], args.max_grad_norm)
+                nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm, foreach=True)
                 optimizer.step()
                 if args.prioritized:
                     rb.update_priorities(idx, priorities.cpu().numpy().astype(np.float64) + args.prior_eps)
@@ -677,17 +701,15 @@ def main(args: Args) -> dict:
 
         if global_step >= next_target:
             next_target += args.target_network_frequency
-            with torch.no_grad():
-                flat_target.data.copy_(flat_params.data)
+            soft_update(target_network, q_network, args.tau)
 
         if global_step >= next_log:
             next_log += args.log_every
             sps = int(global_step / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
-            if args.prioritized:
-                writer.add_scalar("charts/beta", beta, global_step)
-            if not args.noisy:
-                writer.add_scalar("charts/epsilon", epsilon, global_step)
+            writer.add_scalar("charts/epsilon", epsilon, global_step)
+            writer.add_scalar("charts/beta", beta, global_step)
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
             if loss is not None:
                 writer.add_scalar("losses/loss", loss.item(), global_step)
                 writer.add_scalar("losses/q_values", q_values.item(), global_step)
@@ -698,6 +720,7 @@ def main(args: Args) -> dict:
     train_time = time.time() - start_time
     envs.close()
     writer.add_scalar("charts/SPS", int(global_step / train_time), global_step)
+    writer.add_scalar("charts/epsilon", epsilon, global_step)
     if loss is not None:
         writer.add_scalar("losses/loss", loss.item(), global_step)
         writer.add_scalar("losses/q_values", q_values.item(), global_step)
@@ -711,10 +734,8 @@ def main(args: Args) -> dict:
     model_path = None
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(q_network, model_path, {
-            "obs_dim": obs_dim, "n_actions": n_actions, "hidden_sizes": list(args.hidden_sizes),
-            "dueling": args.dueling, "noisy": args.noisy, "distributional": args.distributional,
-            "n_atoms": args.n_atoms, "v_min": args.v_min, "v_max": args.v_max, "env_id": args.env_id})
+        save_checkpoint(model_path, {"algo": "rainbow", "env_id": args.env_id, "model_args": model_args,
+                                     "model": q_network.state_dict()})
         print(f"model saved to {model_path}")
     writer.close()
     if args.track:

@@ -45,18 +45,12 @@ end: the steps after the cut would have added rewards.
     the episode gone on: the missing tail weighs gamma^(T-t), 0.37 at 100 steps before the cut with
     gamma = 0.99. On CartPole that only matters once the policy already balances for 500 steps.
 
-Measured here on CartPole-v1 (defaults: 4 episodes per update, Adam 1e-3, gamma 0.99, 64-64 tanh MLPs;
-100k steps; final deterministic evaluation, mean of 10 episodes; seeds 1 / 2 / 3):
-    no baseline                          500.0 / 500.0 / 500.0
-    --baseline                           492.2 / 459.8 / 500.0
-    --baseline --normalize-returns       500.0 / 500.0 / 500.0
-    --baseline --value-epochs 4          495.6 / 472.6 / 500.0
-The stochastic policy's training return (mean of the last 20 episodes) was 390-490 at 100k steps and about
-200-300 at 30k. Each run took 2-4 minutes on a 2-core machine shared with other jobs (400-1,000 steps/s),
-about 35 s when it was less busy (about 3,000 steps/s).
-
 One environment, not vectorised: an episode is a plain list of steps, so the file reads like the
 book's pseudocode. Its statistics come from RecordEpisodeStatistics (info["episode"]).
+
+Tested: a deterministic evaluation of >= 400 on CartPole-v1 in 100k steps, with and without --baseline
+(tests/test_reinforce.py).
+Results: benchmark_results/reinforce.md
 """
 
 from __future__ import annotations
@@ -87,7 +81,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    """torch CPU threads; small networks run fastest on one"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -138,12 +132,12 @@ def check_args(args: Args) -> None:
                  "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.learning_rate <= 0 or args.critic_learning_rate <= 0:
+    if not (args.learning_rate > 0 and args.critic_learning_rate > 0):
         fail(f"need --learning-rate > 0 and --critic-learning-rate > 0, got {args.learning_rate} and "
              f"{args.critic_learning_rate}")
     if not 0 < args.gamma <= 1:
         fail(f"need 0 < --gamma <= 1, got {args.gamma}")
-    if args.ent_coef < 0:
+    if not args.ent_coef >= 0:
         fail(f"--ent-coef must be >= 0, got {args.ent_coef}")
     try:
         gym.spec(args.env_id)
@@ -161,23 +155,27 @@ def check_args(args: Args) -> None:
              "use e.g. CartPole-v1 or Pendulum-v1")
 
 
-def make_env(env_id: str, capture_video: bool, run_name: str) -> gym.Env:
-    if capture_video:
-        env = gym.make(env_id, render_mode="rgb_array")
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
-    else:
-        env = gym.make(env_id)
-    return gym.wrappers.RecordEpisodeStatistics(env)
+def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        return env
+
+    return thunk
 
 
-def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
-    """Orthogonal weights, zero bias (as ppo.py)."""
+def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
+    """Orthogonal weights, constant bias: the initialisation of the PPO implementations (and SB3)."""
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
 
 
-def mlp(in_dim: int, out_dim: int, hidden_size: int, last_std: float) -> nn.Sequential:
+def tanh_mlp(in_dim: int, out_dim: int, hidden_size: int, last_std: float) -> nn.Sequential:
+    """Two tanh hidden layers of hidden_size units; orthogonal initialisation, the last layer's scaled by last_std."""
     return nn.Sequential(
         layer_init(nn.Linear(in_dim, hidden_size)), nn.Tanh(),
         layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
@@ -193,28 +191,37 @@ def categorical_log_prob_entropy(logits: torch.Tensor, actions: torch.Tensor) ->
 
 
 def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """log N(a; mu, diag(sigma^2)), summed over the last (action) dimension."""
-    return (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    """log N(a; mu, diag(sigma^2)) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi) / 2 ].
+
+    Written out instead of torch.distributions.Normal: the same numbers, without its per-call checks.
+    """
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    """H[N(mu, diag(sigma^2))] = sum_i (log sigma_i + log(2 pi e) / 2), which does not depend on mu."""
-    return (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+    """Entropy of a diagonal Gaussian: sum_i [ log sigma_i + (1 + log(2 pi)) / 2 ] (independent of the mean)."""
+    return (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
 
 
 class Policy(nn.Module):
     """pi(a|s): logits of a Categorical (Discrete actions), or the mean of a Gaussian with a
-    state-independent log standard deviation (Box actions)."""
+    state-independent, learned log standard deviation (Box actions; the space's bounds are buffers, so
+    they move with .to(device) and travel in the state_dict)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, hidden_size: int = 64):
+    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, hidden_size: int = 64,
+                 action_low: list[float] | None = None, action_high: list[float] | None = None):
         super().__init__()
         self.discrete = discrete
         # a small last layer starts the policy near uniform (discrete) or near mean 0 (Box)
-        self.net = mlp(obs_dim, act_dim, hidden_size, last_std=0.01)
+        self.net = tanh_mlp(obs_dim, act_dim, hidden_size, last_std=0.01)
         if not discrete:
             self.log_std = nn.Parameter(torch.zeros(act_dim))
+            self.register_buffer("action_low", torch.tensor(action_low, dtype=torch.float32))
+            self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32))
 
     def log_prob_entropy(self, x: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(a|x) and H[pi(.|x)], differentiable, for the update."""
         out = self.net(x)
         if self.discrete:
             return categorical_log_prob_entropy(out, actions)
@@ -222,23 +229,25 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def sample(self, x: torch.Tensor) -> torch.Tensor:
+        """a ~ pi(.|x); a Gaussian sample is unclipped: its log-probability is the one trained on."""
         out = self.net(x)
         if self.discrete:
             return torch.multinomial(torch.softmax(out, dim=-1), 1).squeeze(-1)
-        return out + self.log_std.exp() * torch.randn_like(out)  # unclipped: its log-prob is the one trained on
+        return out + self.log_std.exp() * torch.randn_like(out)
 
     @torch.no_grad()
-    def greedy(self, x: torch.Tensor) -> torch.Tensor:
+    def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
+        """The deterministic action: the argmax, or the Gaussian's mean clipped to the action bounds."""
         out = self.net(x)
-        return out.argmax(-1) if self.discrete else out
+        return out.argmax(-1) if self.discrete else torch.clamp(out, self.action_low, self.action_high)
 
 
-class Critic(nn.Module):
-    """V(s), the baseline."""
+class ValueNetwork(nn.Module):
+    """V(s), the state-value critic."""
 
     def __init__(self, obs_dim: int, hidden_size: int = 64):
         super().__init__()
-        self.net = mlp(obs_dim, 1, hidden_size, last_std=1.0)
+        self.net = tanh_mlp(obs_dim, 1, hidden_size, last_std=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
@@ -254,7 +263,7 @@ def discounted_returns(rewards: torch.Tensor, gamma: float, bootstrap: float | t
     return returns
 
 
-def episode_returns(rewards: torch.Tensor, gamma: float, terminated: bool, last_value: torch.Tensor | None) -> torch.Tensor:
+def returns_to_go(rewards: torch.Tensor, gamma: float, terminated: bool, last_value: torch.Tensor | None) -> torch.Tensor:
     """The returns G_t of one episode, with the end handled as the module docstring says.
 
     terminated: the return after the last step is 0. Otherwise the episode was cut (a time limit, or the
@@ -278,32 +287,47 @@ def policy_gradient_weights(returns: torch.Tensor, values: torch.Tensor | None, 
     return weights
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save(state, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_policy(path: str) -> tuple[Policy, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    policy = Policy(ckpt["obs_dim"], ckpt["act_dim"], ckpt["discrete"], ckpt["hidden_size"])
-    policy.load_state_dict(ckpt["policy"])
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
+
+
+def load_model(path: str) -> tuple[nn.Module, dict]:
+    ckpt = load_checkpoint(path, "reinforce")
+    policy = Policy(**ckpt["model_args"])
+    policy.load_state_dict(ckpt["model"])
     return policy, ckpt
 
 
-def evaluate(policy_or_path: Policy | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
-    """Deterministic evaluation (argmax, or the mean clipped to the bounds) on a fresh environment."""
-    policy = load_policy(policy_or_path)[0].to(device) if isinstance(policy_or_path, str) else policy_or_path
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment; returns one return per episode."""
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = gym.make(env_id)
     returns = []
     for ep in range(eval_episodes):
         obs, _ = env.reset(seed=seed + ep)
         done, total = False, 0.0
         while not done:
-            out = policy.greedy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
-            action = int(out) if policy.discrete else np.clip(out, env.action_space.low, env.action_space.high)
-            obs, reward, terminated, truncated, _ = env.step(action)
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -332,20 +356,22 @@ def main(args: Args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    env = make_env(args.env_id, args.capture_video, run_name)
+    env = gym.wrappers.RecordEpisodeStatistics(make_env(args.env_id, 0, args.capture_video, run_name)())
     env.action_space.seed(args.seed)
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
     obs_dim = int(np.prod(env.observation_space.shape))
     act_dim = int(env.action_space.n) if discrete else int(env.action_space.shape[0])
     if not discrete:
         low, high = env.action_space.low, env.action_space.high
+    model_args = {"obs_dim": obs_dim, "act_dim": act_dim, "discrete": discrete, "hidden_size": args.hidden_size,
+                  "action_low": None if discrete else low.tolist(), "action_high": None if discrete else high.tolist()}
 
-    policy = Policy(obs_dim, act_dim, discrete, args.hidden_size).to(device)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
+    policy = Policy(**model_args).to(device)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate, fused=True)
     critic = critic_optimizer = None
     if args.baseline:
-        critic = Critic(obs_dim, args.hidden_size).to(device)
-        critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate)
+        critic = ValueNetwork(obs_dim, args.hidden_size).to(device)
+        critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, fused=True)
 
     global_step = 0
     start_time = time.time()
@@ -389,7 +415,7 @@ def main(args: Args) -> dict:
             if critic is not None and not ep_terminated:
                 with torch.no_grad():
                     last_value = critic(torch.as_tensor(last_obs, dtype=torch.float32, device=device).unsqueeze(0))[0]
-            returns.append(episode_returns(torch.tensor(ep_rewards, device=device), args.gamma, ep_terminated, last_value))
+            returns.append(returns_to_go(torch.tensor(ep_rewards, device=device), args.gamma, ep_terminated, last_value))
         b_returns = torch.cat(returns)
 
         # 3. One policy gradient step (the baseline is V before this batch's critic update).
@@ -434,11 +460,10 @@ def main(args: Args) -> dict:
     model_path = None
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        state = {"policy": policy.state_dict(), "obs_dim": obs_dim, "act_dim": act_dim, "discrete": discrete,
-                 "hidden_size": args.hidden_size, "env_id": args.env_id}
+        checkpoint = {"algo": "reinforce", "env_id": args.env_id, "model_args": model_args, "model": policy.state_dict()}
         if critic is not None:
-            state["critic"] = critic.state_dict()
-        save_checkpoint(model_path, state)
+            checkpoint["critic"] = critic.state_dict()
+        save_checkpoint(model_path, checkpoint)
         print(f"model saved to {model_path}")
     writer.close()
     if args.track:

@@ -1,25 +1,30 @@
 """Soft Actor-Critic (SAC) for continuous actions, with automatic entropy temperature.
 
-Papers: Haarnoja, Zhou, Abbeel, Levine (2018), "Soft Actor-Critic: Off-Policy Maximum Entropy Deep
-Reinforcement Learning with a Stochastic Actor", https://arxiv.org/abs/1801.01290; Haarnoja et al. (2018),
+Papers: Haarnoja, Zhou, Abbeel, Levine (2018a), "Soft Actor-Critic: Off-Policy Maximum Entropy Deep
+Reinforcement Learning with a Stochastic Actor", https://arxiv.org/abs/1801.01290; Haarnoja et al. (2018b),
 "Soft Actor-Critic Algorithms and Applications", https://arxiv.org/abs/1812.05905 (twin critics, learned
-temperature).
+temperature). The replay, the loop and the checkpoints are those of ddpg.py and td3.py.
 
 Run:
     python algorithms/sac.py                                   # Pendulum-v1, 20k steps
-    python algorithms/sac.py --torch-threads 2                 # faster on a 2-core machine to itself
+    python algorithms/sac.py --torch-threads 2                 # on a 2-core machine to itself
     python algorithms/sac.py --env-id HalfCheetah-v5 --total-timesteps 1000000 --learning-starts 5000
+    python algorithms/sac.py --save-model --save-buffer         # a checkpoint that can resume
+    python algorithms/sac.py --resume runs/<run>/sac.pt --total-timesteps 40000
     python algorithms/sac.py --help
 
 Defaults are CleanRL's / Stable-Baselines3's MuJoCo settings (256-256 MLPs, buffer 1e6, batch 256, lr 3e-4
 for actor, critics and temperature, tau 0.005, gamma 0.99, one gradient step per environment step, the actor
 updated every step as in SB3) except two, chosen for the default environment Pendulum-v1:
 learning_starts 1000 (MuJoCo: 5000) and total_timesteps 20k (MuJoCo: 1e6).
+Tested: seed 1 reaches a mean evaluation return >= -200 on Pendulum-v1 in 20k steps (tests/test_sac.py, slow).
+Results: benchmark_results/sac.md
 
 The math, as written in the code below, for a batch (s, a, r, s', terminated); Q_1, Q_2 are the twin
-critics, Q'_1, Q'_2 their Polyak-averaged targets, alpha = exp(log_alpha):
-    action        u = mu(s) + sigma(s) * eps,  eps ~ N(0, I);  a = low + (high - low) * (tanh(u) + 1) / 2
-    log-prob      log pi(a|s) = sum_i [ log N(u_i; mu_i, sigma_i) - log(1 - tanh(u_i)^2) - log((high_i - low_i)/2) ]
+critics, Q'_1, Q'_2 their Polyak-averaged targets, alpha = exp(log_alpha); actions are in the environment's
+units, scale = (high - low) / 2 and bias = (high + low) / 2:
+    action        u = mu(s) + sigma(s) * eps,  eps ~ N(0, I);  a = scale * tanh(u) + bias
+    log-prob      log pi(a|s) = sum_i [ log N(u_i; mu_i, sigma_i) - log(1 - tanh(u_i)^2) - log(scale_i) ]
                   with log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u))   (exact, no NaN when |u| is large)
     soft target   y = r + gamma * (1 - terminated) * ( min(Q'_1, Q'_2)(s', a') - alpha * log pi(a'|s') ),  a' ~ pi(.|s')
     critic loss   J_Q  = 1/2 * sum_j mean( (Q_j(s, a) - y)^2 )                          (2018a, eq. 5)
@@ -27,39 +32,39 @@ critics, Q'_1, Q'_2 their Polyak-averaged targets, alpha = exp(log_alpha):
     temperature   J_alpha = -mean( alpha * (log pi(a~|s) + target_entropy) ), gradient step on log_alpha
                   (2018b, eq. 18; alpha, not log_alpha, in the product as CleanRL PR #414), target_entropy = -|A|
     target nets   theta' <- tau * theta + (1 - tau) * theta' after every gradient step
-
 --no-autotune keeps alpha fixed at --alpha.
 
-Time limits: only `terminated` is stored; a time-limit end (`truncated`) is stored with its real last
-observation (info["final_obs"], Gymnasium's same-step autoreset) and bootstraps. --num-envs > 1 runs
-environments in parallel; learning_starts and train_frequency count environment steps summed over the
-environments, and every train_frequency of them crossed earns gradient_steps updates, so the number of
-updates per environment step does not depend on --num-envs.
+Time limits: only `terminated` is stored as the transition's end. An episode cut by a time limit
+(`truncated`, as every Pendulum episode is at step 200) is stored with its real last observation
+(info["final_obs"], Gymnasium's same-step autoreset mode) and terminated=0, so its target bootstraps.
+More than one environment may run in parallel (--num-envs); every count (learning_starts,
+train_frequency, log_every, total_timesteps) is in environment steps summed over the environments, and
+every train_frequency of them crossed brings gradient_steps updates, so the number of updates per
+environment step does not depend on --num-envs.
 
-Speed: the twin critics are one module holding both networks' weights stacked ([2, in, out]), evaluated with
-one batched matrix product per layer; actor and critic parameters each live in one flat buffer (as in
-dqn.py), so each optimiser step is one fused Adam call on one tensor; the critics' one-unit output layer
-is a multiply-and-sum, because a matrix product with an inner dimension of 1 (its backward pass) is slow
-on the CPU; the actor's loss evaluates the critics with detached weights, so its backward pass computes no
-critic weight gradients; the sampled action's log-probability is computed from the noise eps with its
-constants summed once (Actor.sample), acting in the environment skips it (Actor.act), and the temperature's
-gradient is written out (it equals the temperature loss itself), so it needs no backward pass; losses are copied
-to the host only every --log-every steps. Not compiled: torch.compile of the losses made runs slower here
-(compile time, and no faster update after it; README, footnote 9).
-Measured against SB3's SAC on the same settings (README, footnote 9; run_all.sh offpolicy, its two speed
-commands, Pendulum-v1, 5k steps, seeds 1-3): 1.63x its steps per second with two torch threads on each side,
-1.33x with one.
+Speed (small networks on a CPU, where each operator call's overhead dominates): the twin critics are one
+module holding both networks' weights stacked ([2, in, out]), evaluated with one batched matrix product per
+layer (two separate networks, as in td3.py, take twice the operator calls); the critics' one-unit output
+layer is a multiply-and-sum, because a matrix product with an inner dimension of 1 (its backward pass) takes
+the CPU BLAS's slow path; the actor's loss evaluates the critics with detached weights, so its backward pass
+computes no critic weight gradients; the sampled action's log-probability is computed from the noise eps
+with its constants summed once (Actor.sample), and acting in the environment skips it (Actor.act); Adam is
+fused (one kernel for all parameters); losses are copied to the host only every --log-every steps. Each of
+these is ordinary code that survives the usual edits; removing one makes every update slower, not wrong.
 
-Checkpoints (--save-model) hold the networks, the optimisers, alpha, the step counter and the RNG states
-(torch, Python, the replay buffer's sampler, the action space's sampler); --save-buffer adds the replay
-buffer. --resume PATH continues such a run up to --total-timesteps (the total, counted from the first run's
-start); without a saved buffer, updates resume once batch_size new transitions are collected. The
-environments' internal states (physics, time-limit counters) are not saved: a resumed run
-starts fresh episodes, reset with seed + global_step, so it does not replay the uninterrupted run exactly.
+Checkpoints and resuming: --save-model writes the actor (what `evaluate` needs, under "model") and the
+training state: the twin critic, its target, log_alpha, the three Adam states, the step counter and the
+random generators (Python's, torch's, the replay sampler's, the action space's). The replay buffer is
+included only with --save-buffer (it can be large: 1e6 MuJoCo transitions are about 100 MB). --resume PATH
+continues from the checkpoint's step up to --total-timesteps (the total, not the extra steps); without
+the buffer, updates wait until the empty buffer holds batch_size transitions. The environments' internal
+states (physics, time-limit counters) cannot be saved generically: a resumed run starts fresh episodes,
+reset with seed + global_step.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -87,7 +92,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is robust when other jobs share the cores; 2 was 1.4x faster on an idle 2-core machine"""
+    """torch CPU threads; 1 suits small networks on a shared machine"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -97,16 +102,16 @@ class Args:
     capture_video: bool = False
     """if toggled, record videos of the first environment into videos/{run_name}"""
     save_model: bool = False
-    """if toggled, save a checkpoint (model and training state) to runs/{run_name}/{exp_name}.pt"""
+    """if toggled, save the model and training state to runs/{run_name}/{exp_name}.pt"""
     save_buffer: bool = False
-    """if toggled (with --save-model), the checkpoint also holds the replay buffer, for an exact resume"""
+    """if toggled (with --save-model), the checkpoint also holds the replay buffer"""
     resume: str | None = None
-    """a checkpoint written by --save-model: continue that run up to --total-timesteps"""
+    """a checkpoint written by --save-model: continue its training up to --total-timesteps"""
 
     env_id: str = "Pendulum-v1"
-    """the Gymnasium id of the environment (Box actions, flat Box observations)"""
+    """the Gymnasium id of the environment (bounded Box actions, flat Box observations)"""
     total_timesteps: int = 20_000
-    """total environment steps, summed over the parallel environments (MuJoCo: 1000000)"""
+    """total environment steps, summed over the parallel environments (MuJoCo: 1e6)"""
     num_envs: int = 1
     """the number of parallel environments"""
     buffer_size: int = 1_000_000
@@ -114,11 +119,11 @@ class Args:
     gamma: float = 0.99
     """the discount factor"""
     tau: float = 0.005
-    """target network Polyak rate: theta' <- tau * theta + (1 - tau) * theta'"""
+    """target smoothing coefficient: theta' <- tau * theta + (1 - tau) * theta'"""
     batch_size: int = 256
     """transitions per gradient step"""
     learning_starts: int = 1000
-    """environment steps of uniform random actions before learning starts (MuJoCo: 5000)"""
+    """environment steps of uniformly random actions before learning starts (MuJoCo: 5000)"""
     policy_lr: float = 3e-4
     """the actor's Adam learning rate"""
     q_lr: float = 3e-4
@@ -136,12 +141,9 @@ class Args:
     hidden_sizes: tuple[int, ...] = (256, 256)
     """widths of the ReLU hidden layers of the actor and of each critic"""
     eval_episodes: int = 10
-    """episodes of the final deterministic evaluation (the mean action)"""
-    log_every: int = 1000
-    """write losses and SPS, and print a progress line, every this many environment steps"""
-
-
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # SB3's and the authors' clipping of the policy's log standard deviation
+    """episodes of the final deterministic evaluation"""
+    log_every: int = 1_000
+    """write the losses and SPS, and print a progress line, every this many environment steps"""
 
 
 def fail(message: str) -> None:
@@ -151,32 +153,57 @@ def fail(message: str) -> None:
 
 
 def check_args(args: Args) -> None:
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
-                 "gradient_steps", "eval_episodes", "log_every", "torch_threads"):
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency", "gradient_steps",
+                 "eval_episodes", "log_every", "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.learning_starts < 0 or not 0 < args.tau <= 1 or not 0 < args.gamma <= 1:
         fail("need --learning-starts >= 0, 0 < --tau <= 1 and 0 < --gamma <= 1")
-    if min(args.policy_lr, args.q_lr, args.alpha_lr) <= 0 or args.alpha < 0:
+    if not min(args.policy_lr, args.q_lr, args.alpha_lr) > 0 or not args.alpha >= 0:
         fail("need positive --policy-lr, --q-lr, --alpha-lr and --alpha >= 0")
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         fail(f"--hidden-sizes must be positive widths, got {args.hidden_sizes}")
-    if args.resume is not None and not os.path.isfile(args.resume):
-        fail(f"--resume {args.resume}: no such checkpoint file")
+    if args.save_buffer and not args.save_model:
+        fail("--save-buffer needs --save-model")
+    check_env(args.env_id)
+    if args.resume is not None:
+        check_resume(load_checkpoint(args.resume, "sac"), args)
+
+
+def check_env(env_id: str) -> None:
+    """The environment exists and has bounded Box actions and flat Box observations."""
     try:
-        gym.spec(args.env_id)
+        gym.spec(env_id)
     except gym.error.Error:
-        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; try Pendulum-v1 or HalfCheetah-v5")
-    probe = gym.make(args.env_id)
+        fail(f"--env-id {env_id} is not a registered Gymnasium environment; try Pendulum-v1 or HalfCheetah-v5")
+    try:
+        probe = gym.make(env_id)
+    except Exception as error:  # noqa: BLE001 - e.g. a missing optional dependency (mujoco, box2d)
+        fail(f"--env-id {env_id} cannot be created: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     action_space, obs_space = probe.action_space, probe.observation_space
     probe.close()
     if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
-        fail(f"sac.py needs a one-dimensional Box action space, {args.env_id} has {action_space}; "
-             "use a continuous environment such as Pendulum-v1 (discrete actions: dqn.py, ppo.py)")
+        fail(f"--env-id {env_id} has {action_space} actions; this algorithm needs a flat Box (continuous) action "
+             "space, e.g. Pendulum-v1 (discrete actions: dqn.py, ppo.py)")
     if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-        fail(f"sac.py needs finite action bounds, {args.env_id} has {action_space}")
+        fail(f"--env-id {env_id} has unbounded actions {action_space}; tanh needs finite bounds to scale to")
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        fail(f"sac.py needs a flat Box observation, {args.env_id} has {obs_space}; use e.g. Pendulum-v1")
+        fail(f"--env-id {env_id} has {obs_space} observations; this algorithm needs a flat Box observation, "
+             "e.g. Pendulum-v1")
+
+
+def check_resume(ckpt: dict, args: Args) -> None:
+    """A checkpoint to resume holds the training state and fits the arguments."""
+    if "critic" not in ckpt or "global_step" not in ckpt:
+        fail(f"--resume {args.resume} holds no training state; write one with --save-model")
+    if ckpt["env_id"] != args.env_id or tuple(ckpt["model_args"]["hidden_sizes"]) != tuple(args.hidden_sizes):
+        fail(f"--resume {args.resume} was trained on {ckpt['env_id']} with --hidden-sizes "
+             f"{tuple(ckpt['model_args']['hidden_sizes'])}; pass the same --env-id and --hidden-sizes")
+    if ckpt["global_step"] >= args.total_timesteps:
+        fail(f"--total-timesteps {args.total_timesteps} is the total budget and the checkpoint is already at step "
+             f"{ckpt['global_step']}; pass a larger --total-timesteps")
+    if ckpt.get("buffer", {}).get("size", 0) > args.buffer_size:
+        fail(f"--resume {args.resume} holds {ckpt['buffer']['size']} transitions, more than --buffer-size {args.buffer_size}")
 
 
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
@@ -191,60 +218,68 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
     return thunk
 
 
-class Actor(nn.Module):
-    """s -> (mu, log sigma) of the Gaussian over the pre-squash action u."""
+def mlp(in_dim: int, out_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
+    """ReLU hidden layers of the given widths, then a linear output layer (PyTorch's default initialisation)."""
+    layers, width = [], in_dim
+    for h in hidden_sizes:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    return nn.Sequential(*layers, nn.Linear(width, out_dim))
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...], low, high):
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # SB3's and the authors' clipping of the policy's log standard deviation
+
+
+class Actor(nn.Module):
+    """The squashed Gaussian policy: u ~ N(mean(s), sigma(s)^2), a = action_scale * tanh(u) + action_bias."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...], action_low, action_high):
         super().__init__()
-        layers, width = [], obs_dim
-        for h in hidden_sizes:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        self.trunk = nn.Sequential(*layers)
-        self.mean = nn.Linear(width, act_dim)
-        self.log_std = nn.Linear(width, act_dim)
-        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
-        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
-        # constants of the squash and of its log-probability, derived from low and high (so not saved):
-        # a = center + scale * tanh(u), and everything in log pi(a|s) that does not depend on s (see sample)
-        scale = (self.high - self.low) / 2.0
-        self.register_buffer("center", (self.high + self.low) / 2.0, persistent=False)
-        self.register_buffer("scale", scale, persistent=False)
-        log_prob_const = torch.log(scale).sum() + act_dim * (0.5 * math.log(2 * math.pi) + 2.0 * math.log(2.0))
+        self.net = mlp(obs_dim, 2 * act_dim, hidden_sizes)  # the mean and the log standard deviation of u
+        # buffers, not parameters: saved in the state_dict (evaluation needs them), never trained
+        low = torch.as_tensor(action_low, dtype=torch.float32)
+        high = torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2.0)
+        self.register_buffer("action_bias", (high + low) / 2.0)
+        # everything in log pi(a|s) that does not depend on s (see sample), derived from the bounds, so not saved
+        log_prob_const = torch.log(self.action_scale).sum() + act_dim * (0.5 * math.log(2 * math.pi) + 2.0 * math.log(2.0))
         self.register_buffer("log_prob_const", log_prob_const, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.trunk(x)
-        return self.mean(h), self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
-    def sample(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A reparameterised action in [low, high] and its log-probability.
 
-        The log-probability is squashed_gaussian_log_prob(u, mean, log_std, low, high) (the tests check they
+        The log-probability is squashed_gaussian_log_prob(u, mean, log_std, action_scale) (the tests check they
         agree), regrouped to take fewer operations in this hot path: u - mean = sigma * eps, so
         log N(u; mean, sigma) = -eps^2 / 2 - log sigma - log(2 pi) / 2, and
         -log(1 - tanh(u)^2) = 2 * (u + softplus(-2u)) - 2 log 2; the terms without s are in log_prob_const.
         """
-        mean, log_std = self(x)
+        mean, log_std = self(obs)
         eps = torch.randn_like(mean)
         u = mean + log_std.exp() * eps
         log_pi = (2.0 * (u + F.softplus(-2.0 * u)) - 0.5 * eps.square() - log_std).sum(-1) - self.log_prob_const
-        return torch.addcmul(self.center, self.scale, torch.tanh(u)), log_pi
+        return torch.addcmul(self.action_bias, self.action_scale, torch.tanh(u)), log_pi
 
-    def act(self, x: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
         """A sampled action, as sample() draws it, without its log-probability (for acting in the environment)."""
-        mean, log_std = self(x)
-        return torch.addcmul(self.center, self.scale, torch.tanh(mean + log_std.exp() * torch.randn_like(mean)))
+        mean, log_std = self(obs)
+        return torch.addcmul(self.action_bias, self.action_scale, torch.tanh(mean + log_std.exp() * torch.randn_like(mean)))
 
-    def deterministic(self, x: torch.Tensor) -> torch.Tensor:
-        return squash(self(x)[0], self.low, self.high)
+    @torch.no_grad()
+    def greedy_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The squashed mean, scale * tanh(mean(s)) + bias, in the environment's units (what evaluation plays)."""
+        return self.action_scale * torch.tanh(self(obs)[0]) + self.action_bias
 
 
-class TwinQ(nn.Module):
+class BatchedTwinQCritic(nn.Module):
     """Two critics Q_j(s, a), j = 1, 2, stored as one stack of weights [2, in, out] per layer.
 
-    One batched matrix product per layer evaluates both critics: the arithmetic of two separate MLPs,
-    in half the operator calls. Initialised like nn.Linear (uniform in +-1/sqrt(fan_in)).
+    One batched matrix product per layer evaluates both critics: the arithmetic of two separate MLPs (td3.py's
+    TwinQCritic), in half the operator calls. Initialised like nn.Linear (uniform in +-1/sqrt(fan_in)).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...]):
@@ -266,32 +301,11 @@ class TwinQ(nn.Module):
             if i < last:
                 h = F.relu(torch.baddbmm(b, h, w))
             else:
-                # The output layer has one unit: a dot product. Written as multiply-and-sum because a
-                # matrix product with an inner dimension of 1, which its backward pass would need, takes
-                # the CPU BLAS's slow path (measured: about 1 ms per call at batch 256, vs 0.05 ms here).
+                # The output layer has one unit: a dot product. Written as multiply-and-sum because a matrix
+                # product with an inner dimension of 1, which its backward pass would need, takes the CPU
+                # BLAS's slow path.
                 h = (h * w.transpose(1, 2)).sum(-1) + b.squeeze(-1)
         return h
-
-
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
-
-    Why: with small networks on a CPU the optimiser step, which loops over many small tensors, costs a
-    large share of each update. Each parameter becomes a view into one flat tensor (and each .grad a view
-    into one flat gradient), so Adam runs once on one tensor; Adam is elementwise, so the arithmetic is
-    unchanged. Autograd accumulates into an existing .grad in place, so gradients land in the flat buffer;
-    zero them with `flat.grad.zero_()`, never by setting them to None.
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
-        p.grad = flat.grad[offset : offset + n].view_as(p)
-        offset += n
-    return flat
 
 
 class ReplayBuffer:
@@ -302,7 +316,7 @@ class ReplayBuffer:
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, seed: int):
         self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
         self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.actions = np.zeros((capacity, act_dim), dtype=np.float32)
+        self.actions = np.zeros((capacity, act_dim), dtype=np.float32)  # in the environment's units
         self.rewards = np.zeros(capacity, dtype=np.float32)
         self.terminations = np.zeros(capacity, dtype=np.float32)
         self.capacity, self.pos, self.size = capacity, 0, 0
@@ -318,51 +332,39 @@ class ReplayBuffer:
             self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """A batch (obs, actions, rewards, next_obs, terminations), drawn uniformly with replacement."""
         idx = self.rng.integers(0, self.size, size=batch_size)
         return tuple(torch.from_numpy(getattr(self, f)[idx]) for f in self.FIELDS)
 
     def state_dict(self) -> dict:
+        """The stored part only (the first `size` rows), as tensors so torch.load(weights_only=True) reads it."""
         return {"pos": self.pos, "size": self.size,
                 **{f: torch.from_numpy(getattr(self, f)[: self.size].copy()) for f in self.FIELDS}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.pos, self.size = state["pos"], state["size"]
         for f in self.FIELDS:
-            getattr(self, f)[: self.size] = state[f].numpy()
+            getattr(self, f)[: state["size"]] = state[f].numpy()
+        self.size, self.pos = state["size"], state["pos"] % self.capacity
 
 
-def squash(u: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """a = low + (high - low) * (tanh(u) + 1) / 2: R^n onto the box [low, high]."""
-    return low + (high - low) * (torch.tanh(u) + 1.0) / 2.0
+def squashed_gaussian_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
+                               action_scale: torch.Tensor) -> torch.Tensor:
+    """log pi(a|s) for a = action_scale * tanh(u) + action_bias, u ~ N(mean, exp(log_std)^2); sums over the last
+    (action) dimension.
 
-
-def squashed_gaussian_log_prob(
-    u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, low: torch.Tensor, high: torch.Tensor
-) -> torch.Tensor:
-    """log pi(a|s) for a = squash(u), u ~ N(mean, exp(log_std)^2); sums over the last (action) dimension.
-
-    Change of variables (2018a, appendix C, eq. 21) through tanh and then the affine map to [low, high]:
-    log pi(a) = log N(u) - sum log(1 - tanh(u)^2) - sum log((high - low) / 2).
+    Change of variables (2018a, appendix C, eq. 21) through tanh and then the affine map into the bounds:
+    log pi(a) = log N(u) - sum log(1 - tanh(u)^2) - sum log(action_scale).
     log(1 - tanh(u)^2) = log(4 / (e^u + e^-u)^2) = 2 * (log 2 - u - softplus(-2u)), exact for every u, where
     the naive form reaches log(0) = -inf once tanh(u) rounds to 1 (|u| > ~9 in float32).
     """
     log_normal = -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
     log_det_tanh = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
-    log_det_scale = torch.log((high - low) / 2.0)
-    return (log_normal - log_det_tanh - log_det_scale).sum(-1)
+    return (log_normal - log_det_tanh - torch.log(action_scale)).sum(-1)
 
 
-def soft_q_target(
-    rewards: torch.Tensor,
-    terminations: torch.Tensor,
-    next_q1: torch.Tensor,
-    next_q2: torch.Tensor,
-    next_log_pi: torch.Tensor,
-    alpha: torch.Tensor | float,
-    gamma: float,
-) -> torch.Tensor:
-    """y = r + gamma * (1 - terminated) * (min(Q'_1, Q'_2)(s', a') - alpha * log pi(a'|s'))."""
-    return rewards + gamma * (1.0 - terminations) * (torch.minimum(next_q1, next_q2) - alpha * next_log_pi)
+def td_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """y = r + gamma * (1 - terminated) * next_q, where next_q is the target networks' value of s'."""
+    return rewards + gamma * (1.0 - terminations) * next_q
 
 
 def temperature_loss(log_alpha: torch.Tensor, log_pi: torch.Tensor, target_entropy: float) -> torch.Tensor:
@@ -374,41 +376,67 @@ def temperature_loss(log_alpha: torch.Tensor, log_pi: torch.Tensor, target_entro
     return -(log_alpha.exp() * (log_pi + target_entropy).detach()).mean()
 
 
-def polyak_update(target_flat: torch.Tensor, online_flat: torch.Tensor, tau: float) -> None:
-    """theta' <- tau * theta + (1 - tau) * theta', in place (lerp: theta' + tau * (theta - theta'))."""
-    with torch.no_grad():
-        target_flat.lerp_(online_flat, tau)
+@torch.no_grad()
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """Polyak averaging, target <- tau * online + (1 - tau) * target (tau = 1: a copy)."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.lerp_(o, tau)
 
 
-def clone_state(module: nn.Module) -> dict:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}  # clone: detach from the flat buffer
+def rng_state(generators: dict[str, np.random.Generator]) -> dict:
+    """Python's, torch's and the named numpy generators' states, in types torch.load(weights_only=True) reads."""
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            **{name: g.bit_generator.state for name, g in generators.items()}}
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
+def set_rng_state(state: dict, generators: dict[str, np.random.Generator]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    for name, g in generators.items():
+        g.bit_generator.state = state[name]
+
+
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save(state, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_actor(path: str) -> tuple[Actor, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    actor = Actor(ckpt["obs_dim"], ckpt["act_dim"], tuple(ckpt["hidden_sizes"]), ckpt["action_low"], ckpt["action_high"])
-    actor.load_state_dict(ckpt["actor"])
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
+
+
+def load_model(path: str) -> tuple[Actor, dict]:
+    ckpt = load_checkpoint(path, "sac")
+    actor = Actor(**ckpt["model_args"])
+    actor.load_state_dict(ckpt["model"])
     return actor, ckpt
 
 
-def evaluate(actor_or_path: Actor | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
-    """Deterministic evaluation (the squashed mean action) on a fresh environment; one return per episode."""
-    actor = load_actor(actor_or_path)[0].to(device) if isinstance(actor_or_path, str) else actor_or_path
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment; returns one return per episode."""
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = gym.make(env_id)
     returns = []
     for ep in range(eval_episodes):
         obs, _ = env.reset(seed=seed + ep)
         done, total = False, 0.0
         while not done:
-            with torch.no_grad():
-                action = actor.deterministic(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
             obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
@@ -419,21 +447,6 @@ def evaluate(actor_or_path: Actor | str, env_id: str, eval_episodes: int, seed: 
 
 def main(args: Args) -> dict:
     check_args(args)
-    ckpt = None
-    if args.resume is not None:
-        try:
-            ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
-            resumable = "critic_optimizer" in ckpt
-        except Exception as e:  # noqa: BLE001 - any unreadable file is the same bad input
-            fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__})")
-        if not resumable:
-            fail(f"--resume {args.resume} holds no training state")
-        if ckpt["env_id"] != args.env_id:
-            fail(f"--resume {args.resume} was trained on {ckpt['env_id']}; pass --env-id {ckpt['env_id']}")
-        if ckpt["global_step"] >= args.total_timesteps:
-            fail(f"--total-timesteps {args.total_timesteps} is not beyond the checkpoint's step "
-                 f"{ckpt['global_step']}; --total-timesteps is the total, not the extra steps")
-        args.hidden_sizes = tuple(ckpt["hidden_sizes"])
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     if args.track:
@@ -464,61 +477,52 @@ def main(args: Args) -> dict:
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     act_dim = int(np.prod(envs.single_action_space.shape))
     low, high = envs.single_action_space.low, envs.single_action_space.high
+    model_args = {"obs_dim": obs_dim, "act_dim": act_dim, "hidden_sizes": list(args.hidden_sizes),
+                  "action_low": low.tolist(), "action_high": high.tolist()}
 
-    actor = Actor(obs_dim, act_dim, args.hidden_sizes, low, high).to(device)
-    critic = TwinQ(obs_dim, act_dim, args.hidden_sizes).to(device)
-    critic_target = TwinQ(obs_dim, act_dim, args.hidden_sizes).to(device)
-    critic_target.load_state_dict(critic.state_dict())
+    actor = Actor(**model_args).to(device)
+    critic = BatchedTwinQCritic(obs_dim, act_dim, args.hidden_sizes).to(device)
+    critic_target = copy.deepcopy(critic)
     target_entropy = -float(act_dim)
-    # SB3 starts the learned temperature at 1; CleanRL at 1 as well (log_alpha = 0)
-    log_alpha = torch.zeros(1, device=device) if args.autotune else torch.full((1,), math.log(max(args.alpha, 1e-12)), device=device)
-    if ckpt is not None:
-        actor.load_state_dict(ckpt["actor"])
-        critic.load_state_dict(ckpt["critic"])
-        critic_target.load_state_dict(ckpt["critic_target"])
-        log_alpha.copy_(ckpt["log_alpha"])
-    log_alpha.requires_grad_(args.autotune)
-    flat_actor = flatten_parameters(actor)
-    flat_critic = flatten_parameters(critic)
-    flat_target = flatten_parameters(critic_target)  # so the Polyak update is one operation
-    # fused=True: Adam's arithmetic in one kernel per tensor instead of a dozen elementwise passes
-    # (same update; measured 0.19 ms vs 0.58 ms per step on the critics' 134k parameters)
-    actor_optimizer = torch.optim.Adam([flat_actor], lr=args.policy_lr, fused=True)
-    critic_optimizer = torch.optim.Adam([flat_critic], lr=args.q_lr, fused=True)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=True) if args.autotune else None
+    # SB3 and CleanRL start the learned temperature at 1 (log_alpha = 0)
+    log_alpha = torch.tensor([0.0 if args.autotune else math.log(max(args.alpha, 1e-12))], device=device,
+                             requires_grad=args.autotune)
+    # fused=True: Adam's arithmetic for all parameters in one kernel, instead of a dozen elementwise passes each
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr, fused=True)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=True)
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, args.seed)
+    generators = {"buffer": rb.rng, "action_space": envs.action_space.np_random}
 
     global_step = 0
-    if ckpt is not None:
-        actor_optimizer.load_state_dict(ckpt["actor_optimizer"])
-        critic_optimizer.load_state_dict(ckpt["critic_optimizer"])
-        if alpha_optimizer is not None and "alpha_optimizer" in ckpt:
-            alpha_optimizer.load_state_dict(ckpt["alpha_optimizer"])
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume, "sac")
+        for name, obj in (("model", actor), ("critic", critic), ("critic_target", critic_target),
+                          ("actor_optimizer", actor_optimizer), ("critic_optimizer", critic_optimizer),
+                          ("alpha_optimizer", alpha_optimizer)):
+            obj.load_state_dict(ckpt[name])
+        with torch.no_grad():
+            log_alpha.copy_(ckpt["log_alpha"])
+        set_rng_state(ckpt["rng"], generators)
+        global_step = ckpt["global_step"]
         if "buffer" in ckpt:
             rb.load_state_dict(ckpt["buffer"])
-        global_step = int(ckpt["global_step"])
-        rng = ckpt["rng"]
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        rb.rng.bit_generator.state = rng["buffer"]
-        envs.action_space.np_random.bit_generator.state = rng["action_space"]
-        print(f"resumed {args.resume} at step {global_step:,}" + (" with its replay buffer" if "buffer" in ckpt else
-                                                                 " (no replay buffer saved: refilling it)"))
+        print(f"resumed from {args.resume} at step {global_step:,} (replay buffer: {rb.size:,} transitions)", flush=True)
 
+    # gradient_steps updates per train_frequency environment steps after learning_starts (or the resumed step)
+    next_train = max(args.learning_starts, global_step) + args.train_frequency
     start_step, start_time = global_step, time.time()
     recent_returns: deque[float] = deque(maxlen=20)
     next_log = (global_step // args.log_every + 1) * args.log_every
-    next_train = (global_step // args.train_frequency + 1) * args.train_frequency
+    losses: dict[str, torch.Tensor] = {}  # the latest losses, detached; copied to the host only when logged
     # the first run resets with the seed; a resumed one starts fresh episodes with seed + global_step
     obs, _ = envs.reset(seed=args.seed + global_step)
-    losses = None  # detached loss tensors of the latest update, copied to the host only when logged
 
     while global_step < args.total_timesteps:
         if global_step < args.learning_starts:
             actions = envs.action_space.sample()
         else:
-            with torch.no_grad():
-                actions = actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+            actions = actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         global_step += args.num_envs
 
@@ -537,95 +541,78 @@ def main(args: Args) -> dict:
                 writer.add_scalar("charts/episodic_return", ep_r, global_step)
                 writer.add_scalar("charts/episodic_length", ep_l, global_step)
 
-        n_phases = 0
-        while global_step >= next_train:  # every train_frequency env steps crossed earns one phase
+        while next_train <= global_step:
             next_train += args.train_frequency
-            n_phases += 1
-        if global_step <= args.learning_starts or rb.size < args.batch_size:
-            n_phases = 0
-        for _ in range(n_phases * args.gradient_steps):
-            b_obs, b_actions, b_rewards, b_next_obs, b_terminations = (t.to(device) for t in rb.sample(args.batch_size))
-            alpha = log_alpha.detach().exp()
+            if rb.size < args.batch_size:  # only after resuming without the buffer
+                continue
+            for _ in range(args.gradient_steps):
+                b_obs, b_actions, b_rewards, b_next_obs, b_terminations = (t.to(device) for t in rb.sample(args.batch_size))
+                alpha = log_alpha.detach().exp()
 
-            # critics: regress both onto the soft target of the target networks (2018a, eq. 5-6)
-            with torch.no_grad():
-                next_actions, next_log_pi = actor.sample(b_next_obs)
-                next_q = critic_target(b_next_obs, next_actions)
-                target = soft_q_target(b_rewards, b_terminations, next_q[0], next_q[1], next_log_pi, alpha, args.gamma)
-            q = critic(b_obs, b_actions)
-            qf_losses = 0.5 * ((q - target) ** 2).mean(dim=1)  # [2]: one loss per critic
-            qf_loss = qf_losses.sum()
-            flat_critic.grad.zero_()
-            qf_loss.backward()
-            critic_optimizer.step()
+                # critics: regress both onto the soft target of the target networks (2018a, eq. 5-6)
+                with torch.no_grad():
+                    next_actions, next_log_pi = actor.sample(b_next_obs)
+                    next_q = critic_target(b_next_obs, next_actions)
+                    y = td_target(b_rewards, b_terminations, torch.min(next_q[0], next_q[1]) - alpha * next_log_pi, args.gamma)
+                q = critic(b_obs, b_actions)
+                qf_losses = 0.5 * ((q - y) ** 2).mean(dim=1)  # [2]: one loss per critic
+                qf_loss = qf_losses.sum()
+                critic_optimizer.zero_grad()
+                qf_loss.backward()
+                critic_optimizer.step()
 
-            # actor: the critics' weights are detached, so only the actor's gradient is computed
-            pi_actions, log_pi = actor.sample(b_obs)
-            q_pi = critic(b_obs, pi_actions, detach_params=True)
-            actor_loss = (alpha * log_pi - torch.minimum(q_pi[0], q_pi[1])).mean()
-            flat_actor.grad.zero_()
-            actor_loss.backward()
-            actor_optimizer.step()
+                # actor: the critics' weights are detached, so only the actor's gradient is computed
+                pi_actions, log_pi = actor.sample(b_obs)
+                q_pi = critic(b_obs, pi_actions, detach_params=True)
+                actor_loss = (alpha * log_pi - torch.min(q_pi[0], q_pi[1])).mean()
+                actor_optimizer.zero_grad()
+                actor_loss.backward()
+                actor_optimizer.step()
 
-            alpha_loss = None
-            if alpha_optimizer is not None:
-                alpha_loss = temperature_loss(log_alpha.detach(), log_pi.detach(), target_entropy)
-                # d J_alpha / d log_alpha = -exp(log_alpha) * mean(log pi + target_entropy) = J_alpha itself (the
-                # derivative of exp is exp), so the gradient is the loss value and needs no backward pass
-                log_alpha.grad = alpha_loss.reshape(1)
-                alpha_optimizer.step()
+                if args.autotune:
+                    alpha_loss = temperature_loss(log_alpha, log_pi, target_entropy)
+                    alpha_optimizer.zero_grad()
+                    alpha_loss.backward()
+                    alpha_optimizer.step()
+                    losses.update(alpha_loss=alpha_loss.detach())
 
-            polyak_update(flat_target, flat_critic, args.tau)
-            losses = {"qf1_loss": qf_losses[0], "qf2_loss": qf_losses[1], "qf_loss": qf_loss,
-                      "q_values": q[0].mean(), "actor_loss": actor_loss,
-                      "alpha": alpha[0], "entropy": -log_pi.mean()}
-            if alpha_loss is not None:
-                losses["alpha_loss"] = alpha_loss
+                soft_update(critic_target, critic, args.tau)
+                losses.update(qf1_loss=qf_losses[0].detach(), qf2_loss=qf_losses[1].detach(), qf_loss=qf_loss.detach(),
+                              q_values=q[0].detach().mean(), actor_loss=actor_loss.detach(), alpha=alpha[0],
+                              entropy=-log_pi.detach().mean())
 
-        if global_step >= next_log:
-            next_log += args.log_every
+        if global_step >= next_log or global_step >= args.total_timesteps:
+            next_log = (global_step // args.log_every + 1) * args.log_every
             sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
-            if losses is not None:
-                for k, v in losses.items():
-                    writer.add_scalar(f"losses/{k}", v.item(), global_step)
+            for key, value in losses.items():
+                writer.add_scalar(f"losses/{key}", value.item(), global_step)
             recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
-            alpha_now = f"{log_alpha.exp().item():.3f}"
-            print(f"step {global_step:>9,}  SPS {sps:>6,}  alpha {alpha_now}  return(last 20 episodes) {recent}",
-                  flush=True)
+            print(f"step {global_step:>9,}  SPS {sps:>6,}  alpha {log_alpha.exp().item():.3f}  return(last 20 episodes) "
+                  f"{recent}", flush=True)
 
     train_time = time.time() - start_time
-    sps = int((global_step - start_step) / train_time)
     envs.close()
-    writer.add_scalar("charts/SPS", sps, global_step)
-    if losses is not None:
-        for k, v in losses.items():
-            writer.add_scalar(f"losses/{k}", v.item(), global_step)
+
+    model_path = None
+    if args.save_model:  # the training state is taken here, before evaluation
+        model_path = f"runs/{run_name}/{args.exp_name}.pt"
+        checkpoint = {"algo": "sac", "env_id": args.env_id, "model_args": model_args, "model": actor.state_dict(),
+                      "critic": critic.state_dict(), "critic_target": critic_target.state_dict(),
+                      "log_alpha": log_alpha.detach().clone(), "actor_optimizer": actor_optimizer.state_dict(),
+                      "critic_optimizer": critic_optimizer.state_dict(), "alpha_optimizer": alpha_optimizer.state_dict(),
+                      "global_step": global_step, "rng": rng_state(generators)}
+        if args.save_buffer:
+            checkpoint["buffer"] = rb.state_dict()
+        save_checkpoint(model_path, checkpoint)
 
     eval_returns = evaluate(actor, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
     for i, r in enumerate(eval_returns):
         writer.add_scalar("eval/episodic_return", r, i)
     print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
           f"(deterministic); trained {global_step - start_step:,} steps in {train_time:.1f}s")
-
-    model_path = None
-    if args.save_model:
-        model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        state = {
-            "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim, "hidden_sizes": list(args.hidden_sizes),
-            "action_low": torch.as_tensor(low), "action_high": torch.as_tensor(high),
-            "actor": clone_state(actor), "critic": clone_state(critic), "critic_target": clone_state(critic_target),
-            "log_alpha": log_alpha.detach().clone(), "global_step": global_step,
-            "actor_optimizer": actor_optimizer.state_dict(), "critic_optimizer": critic_optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "buffer": rb.rng.bit_generator.state,
-                    "action_space": envs.action_space.np_random.bit_generator.state},
-        }
-        if alpha_optimizer is not None:
-            state["alpha_optimizer"] = alpha_optimizer.state_dict()
-        if args.save_buffer:
-            state["buffer"] = rb.state_dict()
-        save_checkpoint(model_path, state)
-        print(f"model saved to {model_path}")
+    if model_path:
+        print(f"model saved to {model_path}" + (" (with the replay buffer)" if args.save_buffer else ""))
     writer.close()
     if args.track:
         import wandb
@@ -635,7 +622,7 @@ def main(args: Args) -> dict:
         "eval_return_mean": float(np.mean(eval_returns)),
         "eval_return_std": float(np.std(eval_returns)),
         "eval_returns": eval_returns,
-        "sps": sps,
+        "sps": int((global_step - start_step) / train_time),
         "train_time": train_time,
         "global_step": global_step,
         "run_dir": f"runs/{run_name}",

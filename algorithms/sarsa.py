@@ -1,7 +1,8 @@
 """SARSA: on-policy TD control, tabular, with an epsilon-greedy policy.
 
 Sutton & Barto, Reinforcement Learning: An Introduction (2nd ed., 2018), Section 6.4, Example 6.5
-(the windy gridworld and its figure of episodes completed against time steps).
+(the windy gridworld and its figure of episodes completed against time steps),
+http://incompleteideas.net/book/the-book-2nd.html
 
 Run:
     python algorithms/sarsa.py                                  # windy gridworld, the Example 6.5 figure
@@ -15,16 +16,18 @@ The update (the book's pseudocode, as in `sarsa_episode` below):
 A terminal S' has value 0, so there is no bootstrap on termination; an episode cut by a time limit
 (truncated, e.g. FrozenLake's 100 steps) still bootstraps from Q(S', A'), because S' is not terminal.
 
-Measured (Example 6.5, 20 runs of 170 episodes): about 8200 time steps per run, as in the book's figure;
-the greedy path of the run-averaged Q is the optimal 15 steps (drawn as the figure's inset), but one run's
-greedy path is 15 steps in a minority of runs only, and loops in about half: with a constant alpha = 0.5
-a run's Q keeps fluctuating by about one step's reward, so nearly tied actions swap places.
+One run's greedy path can loop: with a constant alpha = 0.5 a run's Q keeps fluctuating by about one
+step's reward, so nearly tied actions swap places. The mean of the runs' Q tables estimates E[Q] without
+that noise; the figure's inset draws its greedy path.
 
 Environments: the windy gridworld (written below as a gymnasium.Env, id "WindyGridworld"),
 CliffWalking-v1, FrozenLake-v1 and Taxi-v4 (Gymnasium 1.4 registers Taxi-v4; Taxi-v3 is deprecated
 there). Any Gymnasium id with Discrete observation and action spaces is accepted.
 Gymnasium's CliffWalking-v1 has the book's semantics: no time limit, and stepping into the cliff gives
 -100 and puts the agent back at the start without ending the episode.
+
+Tested: windy gridworld, the run-averaged Q's greedy path is the optimal 15 steps (tests/test_sarsa.py).
+Results: benchmark_results/sarsa.md
 """
 
 from __future__ import annotations
@@ -34,15 +37,10 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import gymnasium as gym
-import matplotlib
 import numpy as np
 import tyro
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 
 
 @dataclass
@@ -117,7 +115,8 @@ BOOK_ENV_IDS = ("WindyGridworld", "CliffWalking-v1", "FrozenLake-v1", "Taxi-v4")
 
 
 def make_env(env_id: str) -> gym.Env:
-    """The book's windy gridworld from this file, or a registered Gymnasium environment (with its time limit)."""
+    """One environment: a book environment written in this file (LOCAL_ENVS), or a registered Gymnasium
+    environment (with its time limit)."""
     if env_id in LOCAL_ENVS:
         return LOCAL_ENVS[env_id]()
     return gym.make(env_id)
@@ -255,52 +254,57 @@ def evaluate_greedy(
 # ----------------------------------------------------------------------------------------------------
 
 
-def validate(args: Args) -> str | None:
-    """The first problem with the arguments, as a one-line message, or None."""
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    """Reject bad input with one line on stderr and exit status 2, before any work."""
     known = ", ".join(BOOK_ENV_IDS)
     if args.env_id not in LOCAL_ENVS:
         try:
             gym.spec(args.env_id)
         except gym.error.Error as error:  # unknown, or deprecated such as Taxi-v3 (Gymnasium 1.4 has Taxi-v4)
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            return f"--env-id {args.env_id} is unknown ({reason}); use one of: {known}"
+            fail(f"--env-id {args.env_id} is unknown ({reason}); use one of: {known}")
     try:
         env = make_env(args.env_id)
     except Exception as error:  # a registered id whose dependencies are missing, for instance
-        return f"--env-id {args.env_id} could not be made ({type(error).__name__}); use one of: {known}"
+        fail(f"--env-id {args.env_id} could not be made ({type(error).__name__}); use one of: {known}")
     observation_space, action_space = env.observation_space, env.action_space
     env.close()
     if not isinstance(observation_space, gym.spaces.Discrete):
-        return (
-            f"--env-id {args.env_id} has a continuous (non-Discrete) observation space {type(observation_space).__name__}{observation_space.shape}; "
-            f"tabular SARSA needs Discrete observations: use one of: {known}"
-        )
+        fail(f"--env-id {args.env_id} has a continuous (non-Discrete) observation space "
+             f"{type(observation_space).__name__}{observation_space.shape}; tabular SARSA needs Discrete "
+             f"observations: use one of: {known}")
     if not isinstance(action_space, gym.spaces.Discrete):
-        return f"--env-id {args.env_id} has a non-Discrete action space {type(action_space).__name__}{action_space.shape}; use one of: {known}"
+        fail(f"--env-id {args.env_id} has a non-Discrete action space "
+             f"{type(action_space).__name__}{action_space.shape}; use one of: {known}")
     if not 0.0 < args.alpha <= 1.0:
-        return f"--alpha {args.alpha} is out of range; use a step size in (0, 1], e.g. 0.5"
+        fail(f"--alpha {args.alpha} is out of range; use a step size in (0, 1], e.g. 0.5")
     if not 0.0 <= args.epsilon <= 1.0:
-        return f"--epsilon {args.epsilon} is not a probability; use a value in [0, 1], e.g. 0.1"
+        fail(f"--epsilon {args.epsilon} is not a probability; use a value in [0, 1], e.g. 0.1")
     if not 0.0 <= args.gamma <= 1.0:
-        return f"--gamma {args.gamma} is out of range; use a discount in [0, 1]"
+        fail(f"--gamma {args.gamma} is out of range; use a discount in [0, 1]")
     for name in ("num_episodes", "num_runs", "eval_episodes"):
         if getattr(args, name) <= 0:
-            return f"--{name.replace('_', '-')} {getattr(args, name)} must be a positive integer"
-    return None
-
-
-def main(args: Args) -> dict:
-    problem = validate(args)
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)} must be a positive integer")
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment (checked last,
+    # so that no other bad input leaves a directory behind).
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
+        fail(f"cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory")
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     start = time.time()
     result = run_sarsa(
@@ -317,7 +321,6 @@ def main(args: Args) -> dict:
     cumulative_steps = np.cumsum(result["lengths"], axis=1)
 
     # Example 6.5's figure: episodes completed (y) against time steps (x); its slope is 1 / episode length.
-    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     episodes = np.arange(1, args.num_episodes + 1)
     for run in range(1, args.num_runs):

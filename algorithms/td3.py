@@ -1,51 +1,53 @@
 """Twin Delayed Deep Deterministic policy gradient (TD3), for continuous (Box) actions.
 
 Paper: Fujimoto, van Hoof, Meger (2018), "Addressing Function Approximation Error in Actor-Critic
-Methods", ICML, https://arxiv.org/abs/1802.09477. It builds on DDPG (Lillicrap et al., 2016,
+Methods", ICML, https://arxiv.org/abs/1802.09477. It is DDPG (ddpg.py; Lillicrap et al., 2016,
 https://arxiv.org/abs/1509.02971) with three changes: twin critics whose minimum forms the target,
-target policy smoothing, and delayed policy (and target network) updates.
+target policy smoothing, and delayed policy (and target network) updates. This file is ddpg.py with
+those three changes and nothing else.
 
 Run:
     python algorithms/td3.py                                   # Pendulum-v1, 20k steps
     python algorithms/td3.py --env-id HalfCheetah-v5 --total-timesteps 1000000 --learning-starts 5000
-    python algorithms/td3.py --save-model --save-buffer         # a checkpoint that can resume exactly
+    python algorithms/td3.py --save-model --save-buffer         # a checkpoint that can resume
     python algorithms/td3.py --resume runs/<run>/td3.pt --total-timesteps 40000
     python algorithms/td3.py --help
 
 Defaults are CleanRL's / Stable-Baselines3's TD3 settings for MuJoCo (256-256 MLPs, Adam lr 3e-4, buffer
 1e6, batch 256, gamma 0.99, tau 0.005, exploration noise 0.1, policy noise 0.2, noise clip 0.5, policy
 delay 2) except for the budget and learning_starts, set for the default environment Pendulum-v1: 20k
-steps with learning_starts 1000 (MuJoCo: --learning-starts 5000 and ~1M steps). With these, the
-deterministic 10-episode evaluation on Pendulum-v1 after 20k steps was -193.7, -198.0, -186.5, -181.1,
--142.5 on seeds 1-5 (mean -180.4; about 220 s per run on a shared 2-core machine, one torch thread).
-The margin over -200 is thin: 20k steps is the edge of what these MuJoCo settings need on Pendulum.
+steps with learning_starts 1000 (MuJoCo: --learning-starts 5000 and ~1M steps).
+Tested: seed 1 reaches a mean evaluation return >= -200 on Pendulum-v1 in 20k steps (tests/test_td3.py, slow).
+Results: benchmark_results/td3.md
 
-The math, as written in the code below, for a sampled batch (s, a, r, s', terminated); actions are in
-the environment's units, the actor's tanh output in [-1, 1] scaled to [low, high]:
-    actor          mu(s) = scale * tanh(f(s)) + bias,   scale = (high - low) / 2,  bias = (high + low) / 2
+Actions are in the environment's units everywhere (the replay buffer, the critics, exploration): the actor
+ends in tanh, scaled into the bounds, mu(s) = scale * tanh(f(s)) + bias with scale = (high - low) / 2 and
+bias = (high + low) / 2; exploration adds scale * N(0, sigma^2) and clips to [low, high].
+
+The math, as written in the code below, for a sampled batch (s, a, r, s', terminated):
     smoothing      a~ = clip(mu'(s') + scale * clip(eps, -c, c), low, high),   eps ~ N(0, sigma)
-                   (sigma = policy_noise and c = noise_clip are in units of the [-1, 1] action)
+                   (sigma = policy_noise and c = noise_clip are in units of half the action range)
     target         y = r + gamma * (1 - terminated) * min(Q1'(s', a~), Q2'(s', a~))      (paper eq. 10)
     critic loss    L_Q = mean( (Q1(s, a) - y)^2 ) + mean( (Q2(s, a) - y)^2 )
     every d = policy_frequency critic updates (delayed policy updates, paper section 5.2):
       actor loss   L_mu = -mean( Q1(s, mu(s)) )                 (deterministic policy gradient through Q1)
       targets      theta' <- tau * theta + (1 - tau) * theta'   for the actor and both critics
-    exploration    a = clip(mu(s) + scale * N(0, exploration_noise), low, high); uniform before learning_starts
 
 Time limits: only `terminated` is stored as the transition's end. An episode cut by a time limit
 (`truncated`, as every Pendulum episode is at step 200) is stored with its real last observation
 (info["final_obs"], Gymnasium's same-step autoreset mode) and terminated=0, so its target bootstraps.
-More than one environment may run in parallel (--num-envs); every count (learning_starts, the log
-interval) is in environment steps summed over the environments, and each environment step brings one
-critic update (the paper's ratio), so a vector step of n environments runs n updates.
+More than one environment may run in parallel (--num-envs); every count (learning_starts,
+train_frequency, log_every, total_timesteps) is in environment steps summed over the environments,
+so the number of gradient steps per environment step does not depend on --num-envs.
 
-Checkpoint and resume: --save-model writes the actor (all evaluation needs) and the training state:
-the four networks, both Adam optimisers, the step and update counters, and the random generators
-(python, numpy, torch, exploration noise, replay sampling, the action space's). The replay buffer is
-included only with --save-buffer (it can be large: 1e6 MuJoCo transitions are ~100 MB). --resume PATH
-continues to --total-timesteps. What is not restored: the environments. Gymnasium has no general API
-to save an environment's internal state (physics, time-limit counter), so a resumed run starts fresh
-episodes (reset with seed + global_step), and a run split in two is not bit-identical to one run.
+Checkpoints and resuming: --save-model writes the actor (what `evaluate` needs, under "model") and the
+training state: the twin critic, both target networks, both Adam states, the step and update counters and
+the random generators (Python's, torch's, the replay sampler's, the action space's). The replay buffer is
+included only with --save-buffer (it can be large: 1e6 MuJoCo transitions are about 100 MB). --resume PATH
+continues from the checkpoint's step up to --total-timesteps (the total, not the extra steps); without
+the buffer, updates wait until the empty buffer holds batch_size transitions. The environments' internal
+states (physics, time-limit counters) cannot be saved generically: a resumed run starts fresh episodes,
+reset with seed + global_step.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    """torch CPU threads; 1 suits small networks on a shared machine"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -89,14 +91,14 @@ class Args:
     save_model: bool = False
     """if toggled, save the model and training state to runs/{run_name}/{exp_name}.pt"""
     save_buffer: bool = False
-    """if toggled (with --save-model), the checkpoint also holds the replay buffer, for an exact resume"""
+    """if toggled (with --save-model), the checkpoint also holds the replay buffer"""
     resume: str | None = None
     """a checkpoint written by --save-model: continue its training up to --total-timesteps"""
 
     env_id: str = "Pendulum-v1"
-    """the Gymnasium id of the environment (Box actions, flat Box observations)"""
+    """the Gymnasium id of the environment (bounded Box actions, flat Box observations)"""
     total_timesteps: int = 20_000
-    """total environment steps, summed over the parallel environments (a resumed run counts from 0)"""
+    """total environment steps, summed over the parallel environments (MuJoCo: 1e6)"""
     num_envs: int = 1
     """the number of parallel environments"""
     learning_rate: float = 3e-4
@@ -106,25 +108,27 @@ class Args:
     gamma: float = 0.99
     """the discount factor"""
     tau: float = 0.005
-    """target networks' Polyak rate: theta' <- tau * theta + (1 - tau) * theta'"""
+    """target smoothing coefficient: theta' <- tau * theta + (1 - tau) * theta'"""
     batch_size: int = 256
     """transitions per gradient step"""
     learning_starts: int = 1000
-    """environment steps of uniform random actions before learning starts (MuJoCo: 5000, as CleanRL/SB3)"""
+    """environment steps of uniformly random actions before learning starts (MuJoCo: 5000)"""
+    train_frequency: int = 1
+    """environment steps per critic gradient step"""
     exploration_noise: float = 0.1
-    """std of the Gaussian exploration noise, in units of the [-1, 1] action"""
+    """std of the Gaussian exploration noise, in units of half the action range"""
     policy_noise: float = 0.2
-    """std sigma of the target policy smoothing noise, in units of the [-1, 1] action"""
+    """std sigma of the target policy smoothing noise, in units of half the action range"""
     noise_clip: float = 0.5
-    """the smoothing noise is clipped to [-noise_clip, noise_clip] (units of the [-1, 1] action)"""
+    """the smoothing noise is clipped to [-noise_clip, noise_clip] (units of half the action range)"""
     policy_frequency: int = 2
-    """critic updates per actor (and target network) update: the policy delay d"""
+    """critic gradient steps per actor step and target update: the policy delay d"""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """widths of the ReLU hidden layers of the actor and of each critic"""
     eval_episodes: int = 10
     """episodes of the final deterministic evaluation"""
     log_every: int = 5_000
-    """print a progress line every this many environment steps"""
+    """write the losses and SPS, and print a progress line, every this many environment steps"""
 
 
 def fail(message: str) -> None:
@@ -133,54 +137,58 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def check_args(args: Args) -> dict | None:
-    """Validate the arguments before anything is written; return the checkpoint to resume from, if any."""
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "policy_frequency", "eval_episodes",
-                 "log_every", "learning_rate", "torch_threads"):
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency", "policy_frequency",
+                 "eval_episodes", "log_every", "torch_threads"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.learning_starts < 0 or not 0 < args.tau <= 1 or not 0 < args.gamma <= 1:
         fail("need --learning-starts >= 0, 0 < --tau <= 1 and 0 < --gamma <= 1")
-    if args.exploration_noise < 0 or args.policy_noise < 0 or args.noise_clip < 0:
-        fail("--exploration-noise, --policy-noise and --noise-clip must be >= 0")
+    if not args.learning_rate > 0 or not min(args.exploration_noise, args.policy_noise, args.noise_clip) >= 0:
+        fail("need --learning-rate > 0 and --exploration-noise, --policy-noise, --noise-clip >= 0")
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         fail(f"--hidden-sizes must be positive widths, got {args.hidden_sizes}")
     if args.save_buffer and not args.save_model:
         fail("--save-buffer needs --save-model")
+    check_env(args.env_id)
+    if args.resume is not None:
+        check_resume(load_checkpoint(args.resume, "td3"), args)
+
+
+def check_env(env_id: str) -> None:
+    """The environment exists and has bounded Box actions and flat Box observations."""
     try:
-        gym.spec(args.env_id)
+        gym.spec(env_id)
     except gym.error.Error:
-        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; try Pendulum-v1 or HalfCheetah-v5")
+        fail(f"--env-id {env_id} is not a registered Gymnasium environment; try Pendulum-v1 or HalfCheetah-v5")
     try:
-        probe = gym.make(args.env_id)
-    except Exception as e:  # e.g. a missing optional dependency (mujoco, box2d)
-        fail(f"--env-id {args.env_id} cannot be created: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        probe = gym.make(env_id)
+    except Exception as error:  # noqa: BLE001 - e.g. a missing optional dependency (mujoco, box2d)
+        fail(f"--env-id {env_id} cannot be created: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     action_space, obs_space = probe.action_space, probe.observation_space
     probe.close()
-    if not isinstance(action_space, gym.spaces.Box):
-        fail(f"td3.py needs a Box (continuous) action space, {args.env_id} has {action_space}; "
-             "use an environment such as Pendulum-v1 (discrete actions: dqn.py, ppo.py)")
+    if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
+        fail(f"--env-id {env_id} has {action_space} actions; this algorithm needs a flat Box (continuous) action "
+             "space, e.g. Pendulum-v1 (discrete actions: dqn.py, ppo.py)")
     if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-        fail(f"td3.py needs bounded actions to scale tanh to, {args.env_id} has {action_space}")
+        fail(f"--env-id {env_id} has unbounded actions {action_space}; tanh needs finite bounds to scale to")
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        fail(f"td3.py needs a flat Box observation, {args.env_id} has {obs_space}; use e.g. Pendulum-v1")
-    if args.resume is None:
-        return None
-    if not os.path.isfile(args.resume):
-        fail(f"--resume {args.resume}: no such file")
-    try:
-        ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
-    except Exception as e:
-        fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__})")
-    if "training" not in ckpt:
-        fail(f"--resume {args.resume} holds no training state; write one with td3.py --save-model")
-    if ckpt["env_id"] != args.env_id or tuple(ckpt["hidden_sizes"]) != tuple(args.hidden_sizes):
-        fail(f"--resume {args.resume} was trained on {ckpt['env_id']} with --hidden-sizes {ckpt['hidden_sizes']}; "
-             "pass the same --env-id and --hidden-sizes")
-    if ckpt["training"]["global_step"] >= args.total_timesteps:
-        fail(f"--total-timesteps {args.total_timesteps} must exceed the checkpoint's step "
-             f"{ckpt['training']['global_step']} to resume")
-    return ckpt
+        fail(f"--env-id {env_id} has {obs_space} observations; this algorithm needs a flat Box observation, "
+             "e.g. Pendulum-v1")
+
+
+def check_resume(ckpt: dict, args: Args) -> None:
+    """A checkpoint to resume holds the training state and fits the arguments."""
+    if "critic" not in ckpt or "global_step" not in ckpt:
+        fail(f"--resume {args.resume} holds no training state; write one with --save-model")
+    if ckpt["env_id"] != args.env_id or tuple(ckpt["model_args"]["hidden_sizes"]) != tuple(args.hidden_sizes):
+        fail(f"--resume {args.resume} was trained on {ckpt['env_id']} with --hidden-sizes "
+             f"{tuple(ckpt['model_args']['hidden_sizes'])}; pass the same --env-id and --hidden-sizes")
+    if ckpt["global_step"] >= args.total_timesteps:
+        fail(f"--total-timesteps {args.total_timesteps} is the total budget and the checkpoint is already at step "
+             f"{ckpt['global_step']}; pass a larger --total-timesteps")
+    if ckpt.get("buffer", {}).get("size", 0) > args.buffer_size:
+        fail(f"--resume {args.resume} holds {ckpt['buffer']['size']} transitions, more than --buffer-size {args.buffer_size}")
 
 
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
@@ -195,7 +203,8 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
     return thunk
 
 
-def mlp(in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int) -> nn.Sequential:
+def mlp(in_dim: int, out_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
+    """ReLU hidden layers of the given widths, then a linear output layer (PyTorch's default initialisation)."""
     layers, width = [], in_dim
     for h in hidden_sizes:
         layers += [nn.Linear(width, h), nn.ReLU()]
@@ -204,64 +213,46 @@ def mlp(in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int) -> nn.Sequenti
 
 
 class Actor(nn.Module):
-    """Deterministic policy mu(s) = scale * tanh(f(s)) + bias: always inside [low, high]."""
+    """The deterministic policy mu(s) = action_scale * tanh(f(s)) + action_bias: always inside [low, high]."""
 
-    def __init__(self, obs_dim: int, act_dim: int, low: np.ndarray, high: np.ndarray, hidden_sizes: tuple[int, ...]):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...], action_low, action_high):
         super().__init__()
-        self.net = mlp(obs_dim, hidden_sizes, act_dim)
-        # buffers, not parameters: saved with the model, never trained, outside the flat parameter buffer
-        self.register_buffer("action_scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
-        self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
+        self.net = mlp(obs_dim, act_dim, hidden_sizes)
+        # buffers, not parameters: saved in the state_dict (evaluation needs them), never trained
+        low = torch.as_tensor(action_low, dtype=torch.float32)
+        high = torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2.0)
+        self.register_buffer("action_bias", (high + low) / 2.0)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.action_scale * torch.tanh(self.net(obs)) + self.action_bias
 
+    @torch.no_grad()
+    def greedy_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """mu(s) in the environment's units, without exploration noise (what evaluation plays)."""
+        return self(obs)
 
-class TwinQ(nn.Module):
-    """The two critics Q1(s, a), Q2(s, a): independent networks, trained on the same target."""
+
+class QCritic(nn.Module):
+    """Q(s, a): the action enters with the observation (as CleanRL and SB3)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...]):
         super().__init__()
-        self.q1 = mlp(obs_dim + act_dim, hidden_sizes, 1)
-        self.q2 = mlp(obs_dim + act_dim, hidden_sizes, 1)
+        self.net = mlp(obs_dim + act_dim, 1, hidden_sizes)
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([obs, actions], dim=1)
-        return self.q1(x).squeeze(1), self.q2(x).squeeze(1)
-
-
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
-
-    Why: with small networks on a CPU the optimiser step, which loops over many small tensors, costs a
-    large share of each update. Each parameter becomes a view into one flat tensor (and each .grad a
-    view into one flat gradient), so Adam runs once on one tensor, and the Polyak update of a target
-    network is one operation. The arithmetic is unchanged: Adam is elementwise. Autograd accumulates
-    into an existing .grad in place, so gradients land in the flat buffer; zero them with
-    `flat.grad.zero_()`, never by setting them to None. `load_state_dict` copies in place, so the views
-    survive loading a checkpoint.
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
-        p.grad = flat.grad[offset : offset + n].view_as(p)
-        offset += n
-    return flat
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, actions], dim=1)).squeeze(1)
 
 
 class ReplayBuffer:
     """A ring buffer of transitions in preallocated numpy arrays; uniform sampling."""
 
-    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminations")
+    FIELDS = ("obs", "actions", "rewards", "next_obs", "terminations")
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, seed: int):
         self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
         self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.actions = np.zeros((capacity, act_dim), dtype=np.float32)
+        self.actions = np.zeros((capacity, act_dim), dtype=np.float32)  # in the environment's units
         self.rewards = np.zeros(capacity, dtype=np.float32)
         self.terminations = np.zeros(capacity, dtype=np.float32)
         self.capacity, self.pos, self.size = capacity, 0, 0
@@ -277,159 +268,109 @@ class ReplayBuffer:
             self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """A batch (obs, actions, rewards, next_obs, terminations), drawn uniformly with replacement."""
         idx = self.rng.integers(0, self.size, size=batch_size)
-        return tuple(torch.from_numpy(a[idx]) for a in
-                     (self.obs, self.actions, self.rewards, self.next_obs, self.terminations))
+        return tuple(torch.from_numpy(getattr(self, f)[idx]) for f in self.FIELDS)
 
     def state_dict(self) -> dict:
         """The stored part only (the first `size` rows), as tensors so torch.load(weights_only=True) reads it."""
-        state = {f: torch.from_numpy(getattr(self, f)[: self.size].copy()) for f in self.FIELDS}
-        return {**state, "pos": self.pos, "size": self.size}
+        return {"pos": self.pos, "size": self.size,
+                **{f: torch.from_numpy(getattr(self, f)[: self.size].copy()) for f in self.FIELDS}}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["size"] > self.capacity:
-            raise ValueError(f"the saved buffer holds {state['size']} transitions, more than --buffer-size {self.capacity}")
         for f in self.FIELDS:
             getattr(self, f)[: state["size"]] = state[f].numpy()
         self.size, self.pos = state["size"], state["pos"] % self.capacity
 
 
-def td3_target(
-    rewards: torch.Tensor,
-    terminations: torch.Tensor,
-    next_obs: torch.Tensor,
-    next_actions: torch.Tensor,
-    noise: torch.Tensor,
-    target_critic,
-    gamma: float,
-    noise_clip: float,
-    action_scale: torch.Tensor,
-    action_low: torch.Tensor,
-    action_high: torch.Tensor,
-) -> torch.Tensor:
-    """y = r + gamma * (1 - terminated) * min(Q1'(s', a~), Q2'(s', a~)),
-    a~ = clip(mu'(s') + scale * clip(eps, -c, c), low, high).
+class TwinQCritic(nn.Module):
+    """The two critics Q1(s, a), Q2(s, a): independent networks, trained on the same target."""
 
-    next_actions is mu'(s') in the environment's units; noise is eps ~ N(0, sigma), drawn by the caller
-    (so a test can inject it), in units of the [-1, 1] action; target_critic(s', a) returns (Q1', Q2').
-    Clipping the noise keeps the smoothed action near mu'(s') (paper eq. 14); clipping the sum keeps it a
-    legal action.
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...]):
+        super().__init__()
+        self.q1, self.q2 = QCritic(obs_dim, act_dim, hidden_sizes), QCritic(obs_dim, act_dim, hidden_sizes)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.q1(obs, actions), self.q2(obs, actions)
+
+
+def smoothed_target_action(next_actions: torch.Tensor, noise: torch.Tensor, noise_clip: float, action_scale: torch.Tensor,
+                           action_low: torch.Tensor, action_high: torch.Tensor) -> torch.Tensor:
+    """a~ = clip(mu'(s') + scale * clip(eps, -c, c), low, high): target policy smoothing (paper eq. 14).
+
+    next_actions is mu'(s'); noise is eps ~ N(0, sigma) in units of half the action range, drawn by the caller
+    (so a test can inject it). Clipping the noise keeps a~ near mu'(s'); clipping the sum keeps it a legal action.
     """
-    smoothed = (next_actions + action_scale * noise.clamp(-noise_clip, noise_clip)).clamp(action_low, action_high)
-    q1_next, q2_next = target_critic(next_obs, smoothed)
-    return rewards + gamma * (1.0 - terminations) * torch.min(q1_next, q2_next)
+    return (next_actions + action_scale * noise.clamp(-noise_clip, noise_clip)).clamp(action_low, action_high)
 
 
-def polyak_update(target: torch.Tensor, online: torch.Tensor, tau: float) -> None:
-    """theta' <- tau * theta + (1 - tau) * theta', in place (on flat parameter buffers: one operation)."""
-    with torch.no_grad():
-        target.mul_(1.0 - tau).add_(tau * online)
+def td_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """y = r + gamma * (1 - terminated) * next_q, where next_q is the target networks' value of s'."""
+    return rewards + gamma * (1.0 - terminations) * next_q
 
 
-class TD3Learner:
-    """The four networks, their flat parameter buffers and the two optimisers, with one TD3 update."""
-
-    def __init__(self, obs_dim: int, act_dim: int, low: np.ndarray, high: np.ndarray,
-                 hidden_sizes: tuple[int, ...], learning_rate: float, device: torch.device):
-        self.actor = Actor(obs_dim, act_dim, low, high, hidden_sizes).to(device)
-        self.critic = TwinQ(obs_dim, act_dim, hidden_sizes).to(device)
-        self.actor_target = copy.deepcopy(self.actor)
-        self.critic_target = copy.deepcopy(self.critic)
-        self.actor_flat = flatten_parameters(self.actor)
-        self.critic_flat = flatten_parameters(self.critic)  # both critics: one Adam over one buffer
-        self.actor_target_flat = flatten_parameters(self.actor_target)
-        self.critic_target_flat = flatten_parameters(self.critic_target)
-        self.actor_optimizer = torch.optim.Adam([self.actor_flat], lr=learning_rate)
-        self.critic_optimizer = torch.optim.Adam([self.critic_flat], lr=learning_rate)
-        self.low = torch.as_tensor(low, dtype=torch.float32, device=device)
-        self.high = torch.as_tensor(high, dtype=torch.float32, device=device)
-
-    def update(self, batch: tuple[torch.Tensor, ...], n_update: int, gamma: float, tau: float, policy_noise: float,
-               noise_clip: float, policy_frequency: int) -> dict:
-        """Critic update number `n_update` (counted from 1); the actor and all targets move when
-        n_update is a multiple of policy_frequency. Returns the losses as tensors (no .item() here)."""
-        obs, actions, rewards, next_obs, terminations = batch
-        with torch.no_grad():
-            next_actions = self.actor_target(next_obs)
-            noise = torch.randn_like(next_actions) * policy_noise  # eps ~ N(0, sigma)
-            y = td3_target(rewards, terminations, next_obs, next_actions, noise, self.critic_target, gamma,
-                           noise_clip, self.actor_target.action_scale, self.low, self.high)
-        q1, q2 = self.critic(obs, actions)
-        qf1_loss, qf2_loss = F.mse_loss(q1, y), F.mse_loss(q2, y)
-        critic_loss = qf1_loss + qf2_loss
-        self.critic_flat.grad.zero_()
-        critic_loss.backward()
-        self.critic_optimizer.step()
-        stats = {"qf1_loss": qf1_loss.detach(), "qf2_loss": qf2_loss.detach(),
-                 "qf_loss": critic_loss.detach() / 2.0,  # the mean of the two critics' losses
-                 "q_values": q1.detach().mean()}
-
-        if n_update % policy_frequency == 0:  # delayed policy updates (paper section 5.2)
-            actor_loss = -self.critic(obs, self.actor(obs))[0].mean()
-            self.actor_flat.grad.zero_()
-            actor_loss.backward()  # also fills the critic's gradients; they are zeroed before the next critic step
-            self.actor_optimizer.step()
-            polyak_update(self.actor_target_flat, self.actor_flat, tau)
-            polyak_update(self.critic_target_flat, self.critic_flat, tau)
-            stats["actor_loss"] = actor_loss.detach()
-        return stats
-
-    def state_dict(self) -> dict:
-        clone = lambda sd: {k: v.detach().clone() for k, v in sd.items()}  # noqa: E731 -- detach from the flat buffers
-        return {"actor": clone(self.actor.state_dict()), "critic": clone(self.critic.state_dict()),
-                "actor_target": clone(self.actor_target.state_dict()), "critic_target": clone(self.critic_target.state_dict()),
-                "actor_optimizer": self.actor_optimizer.state_dict(), "critic_optimizer": self.critic_optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name in ("actor", "critic", "actor_target", "critic_target", "actor_optimizer", "critic_optimizer"):
-            getattr(self, name).load_state_dict(state[name])
+@torch.no_grad()
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """Polyak averaging, target <- tau * online + (1 - tau) * target (tau = 1: a copy)."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.lerp_(o, tau)
 
 
-def rng_state(rngs: dict[str, np.random.Generator]) -> dict:
-    """All random generators' states, in types torch.load(weights_only=True) accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+def rng_state(generators: dict[str, np.random.Generator]) -> dict:
+    """Python's, torch's and the named numpy generators' states, in types torch.load(weights_only=True) reads."""
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            **{k: g.bit_generator.state for k, g in rngs.items()}}
+            **{name: g.bit_generator.state for name, g in generators.items()}}
 
 
-def set_rng_state(state: dict, rngs: dict[str, np.random.Generator]) -> None:
+def set_rng_state(state: dict, generators: dict[str, np.random.Generator]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    for k, g in rngs.items():
-        g.bit_generator.state = state[k]
+    for name, g in generators.items():
+        g.bit_generator.state = state[name]
 
 
 def save_checkpoint(path: str, checkpoint: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_actor(path: str) -> tuple[Actor, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    actor = Actor(ckpt["obs_dim"], ckpt["act_dim"], np.asarray(ckpt["action_low"]), np.asarray(ckpt["action_high"]),
-                  tuple(ckpt["hidden_sizes"]))
-    actor.load_state_dict(ckpt["actor"])
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
+
+
+def load_model(path: str) -> tuple[Actor, dict]:
+    ckpt = load_checkpoint(path, "td3")
+    actor = Actor(**ckpt["model_args"])
+    actor.load_state_dict(ckpt["model"])
     return actor, ckpt
 
 
-def evaluate(actor_or_path: Actor | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
-    """Deterministic evaluation (mu(s), no noise) on a fresh environment; returns one return per episode."""
-    actor = load_actor(actor_or_path)[0].to(device) if isinstance(actor_or_path, str) else actor_or_path
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment; returns one return per episode."""
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = gym.make(env_id)
     returns = []
     for ep in range(eval_episodes):
         obs, _ = env.reset(seed=seed + ep)
         done, total = False, 0.0
         while not done:
-            with torch.no_grad():
-                action = actor(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0]
-            obs, reward, terminated, truncated, _ = env.step(action.cpu().numpy())
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -438,7 +379,7 @@ def evaluate(actor_or_path: Actor | str, env_id: str, eval_episodes: int, seed: 
 
 
 def main(args: Args) -> dict:
-    resume = check_args(args)
+    check_args(args)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     if args.track:
@@ -457,7 +398,6 @@ def main(args: Args) -> dict:
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    noise_rng = np.random.default_rng(args.seed)  # exploration noise
 
     # Same-step autoreset: when an episode ends, step() already returns the next episode's first
     # observation and puts the last one in info["final_obs"], which is what the transition needs.
@@ -469,30 +409,40 @@ def main(args: Args) -> dict:
     envs.action_space.seed(args.seed)
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     act_dim = int(np.prod(envs.single_action_space.shape))
-    low = envs.single_action_space.low.astype(np.float32)
-    high = envs.single_action_space.high.astype(np.float32)
-    action_scale = (high - low) / 2.0
+    low, high = envs.single_action_space.low, envs.single_action_space.high
+    model_args = {"obs_dim": obs_dim, "act_dim": act_dim, "hidden_sizes": list(args.hidden_sizes),
+                  "action_low": low.tolist(), "action_high": high.tolist()}
 
-    learner = TD3Learner(obs_dim, act_dim, low, high, args.hidden_sizes, args.learning_rate, device)
+    actor = Actor(**model_args).to(device)
+    critic = TwinQCritic(obs_dim, act_dim, args.hidden_sizes).to(device)
+    actor_target, critic_target = copy.deepcopy(actor), copy.deepcopy(critic)
+    # fused=True: Adam's arithmetic for all parameters in one kernel, instead of a dozen elementwise passes each
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, fused=True)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, args.seed)
-    rngs = {"noise": noise_rng, "buffer": rb.rng, "action_space": envs.action_space.np_random}
+    action_low, action_high = torch.as_tensor(low, device=device), torch.as_tensor(high, device=device)
+    generators = {"buffer": rb.rng, "action_space": envs.action_space.np_random}
 
-    global_step, n_updates, next_log = 0, 0, args.log_every
-    if resume is not None:
-        training = resume["training"]
-        learner.load_state_dict(training["learner"])
-        set_rng_state(training["rng"], rngs)
-        global_step, n_updates, next_log = training["global_step"], training["n_updates"], training["next_log"]
-        if "buffer" in training:
-            rb.load_state_dict(training["buffer"])
-        print(f"resumed from {args.resume} at step {global_step:,} ({n_updates:,} updates, "
-              f"{'with' if 'buffer' in training else 'without'} its replay buffer)", flush=True)
-    start_step = global_step
+    global_step, n_updates = 0, 0  # n_updates: critic gradient steps so far (the policy_frequency clock)
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume, "td3")
+        for name, obj in (("model", actor), ("critic", critic), ("actor_target", actor_target),
+                          ("critic_target", critic_target), ("actor_optimizer", actor_optimizer),
+                          ("critic_optimizer", critic_optimizer)):
+            obj.load_state_dict(ckpt[name])
+        set_rng_state(ckpt["rng"], generators)
+        global_step, n_updates = ckpt["global_step"], ckpt["n_updates"]
+        if "buffer" in ckpt:
+            rb.load_state_dict(ckpt["buffer"])
+        print(f"resumed from {args.resume} at step {global_step:,} (replay buffer: {rb.size:,} transitions)", flush=True)
 
-    start_time = time.time()
+    # one critic step per train_frequency environment steps after learning_starts (or the resumed step)
+    next_train = max(args.learning_starts, global_step) + args.train_frequency
+    start_step, start_time = global_step, time.time()
     recent_returns: deque[float] = deque(maxlen=20)
-    stats: dict = {}
-    # a resumed run starts new episodes, from seeds its first part did not use
+    next_log = (global_step // args.log_every + 1) * args.log_every
+    losses: dict[str, torch.Tensor] = {}  # the latest losses, detached; copied to the host only when logged
+    # the first run resets with the seed; a resumed one starts fresh episodes with seed + global_step
     obs, _ = envs.reset(seed=args.seed + global_step)
 
     while global_step < args.total_timesteps:
@@ -500,9 +450,9 @@ def main(args: Args) -> dict:
             actions = envs.action_space.sample()
         else:
             with torch.no_grad():
-                actions = learner.actor(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-            noise = noise_rng.normal(0.0, args.exploration_noise, size=actions.shape) * action_scale
-            actions = np.clip(actions + noise, low, high).astype(np.float32)
+                actions = actor(torch.as_tensor(obs, dtype=torch.float32, device=device))
+                actions += actor.action_scale * args.exploration_noise * torch.randn_like(actions)
+            actions = np.clip(actions.cpu().numpy(), low, high)
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         global_step += args.num_envs
 
@@ -521,21 +471,42 @@ def main(args: Args) -> dict:
                 writer.add_scalar("charts/episodic_return", ep_r, global_step)
                 writer.add_scalar("charts/episodic_length", ep_l, global_step)
 
-        # one critic update per environment step; a resumed run without its buffer waits for a batch
-        if global_step > args.learning_starts and rb.size >= args.batch_size:
-            for _ in range(args.num_envs):
-                n_updates += 1
-                # update() keys overwrite; actor_loss keeps its value from the last delayed update
-                batch = tuple(t.to(device) for t in rb.sample(args.batch_size))
-                stats.update(learner.update(batch, n_updates, args.gamma, args.tau, args.policy_noise,
-                                            args.noise_clip, args.policy_frequency))
+        while next_train <= global_step:
+            next_train += args.train_frequency
+            if rb.size < args.batch_size:  # only after resuming without the buffer
+                continue
+            b_obs, b_actions, b_rewards, b_next_obs, b_terminations = (t.to(device) for t in rb.sample(args.batch_size))
+            with torch.no_grad():
+                noise = torch.randn_like(b_actions) * args.policy_noise
+                next_actions = smoothed_target_action(actor_target(b_next_obs), noise, args.noise_clip, actor.action_scale,
+                                                      action_low, action_high)
+                next_q1, next_q2 = critic_target(b_next_obs, next_actions)
+                y = td_target(b_rewards, b_terminations, torch.min(next_q1, next_q2), args.gamma)
+            q1, q2 = critic(b_obs, b_actions)
+            qf1_loss, qf2_loss = F.mse_loss(q1, y), F.mse_loss(q2, y)
+            qf_loss = qf1_loss + qf2_loss
+            critic_optimizer.zero_grad()
+            qf_loss.backward()
+            critic_optimizer.step()
+            n_updates += 1
+            losses.update(qf1_loss=qf1_loss.detach(), qf2_loss=qf2_loss.detach(), qf_loss=qf_loss.detach(),
+                          q_values=q1.detach().mean())
+
+            if n_updates % args.policy_frequency == 0:  # delayed policy updates (paper section 5.2), through Q1
+                actor_loss = -critic.q1(b_obs, actor(b_obs)).mean()
+                actor_optimizer.zero_grad()
+                actor_loss.backward()  # also fills the critic's gradients; critic_optimizer.zero_grad() clears them
+                actor_optimizer.step()
+                soft_update(actor_target, actor, args.tau)
+                soft_update(critic_target, critic, args.tau)
+                losses.update(actor_loss=actor_loss.detach())
 
         if global_step >= next_log or global_step >= args.total_timesteps:
-            next_log += args.log_every
+            next_log = (global_step // args.log_every + 1) * args.log_every
             sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
-            for key, val in stats.items():
-                writer.add_scalar(f"losses/{key}", val.item(), global_step)
+            for key, value in losses.items():
+                writer.add_scalar(f"losses/{key}", value.item(), global_step)
             recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
             print(f"step {global_step:>9,}  SPS {sps:>6,}  updates {n_updates:>9,}  return(last 20 episodes) {recent}",
                   flush=True)
@@ -545,23 +516,23 @@ def main(args: Args) -> dict:
 
     model_path = None
     if args.save_model:  # the training state is taken here, before evaluation
-        training = {"learner": learner.state_dict(), "rng": rng_state(rngs), "global_step": global_step,
-                    "n_updates": n_updates, "next_log": next_log}
-        if args.save_buffer:
-            training["buffer"] = rb.state_dict()
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(model_path, {"actor": training["learner"]["actor"], "obs_dim": obs_dim, "act_dim": act_dim,
-                                     "action_low": low.tolist(), "action_high": high.tolist(),
-                                     "hidden_sizes": list(args.hidden_sizes), "env_id": args.env_id,
-                                     "training": training})
+        checkpoint = {"algo": "td3", "env_id": args.env_id, "model_args": model_args, "model": actor.state_dict(),
+                      "critic": critic.state_dict(), "actor_target": actor_target.state_dict(),
+                      "critic_target": critic_target.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),
+                      "critic_optimizer": critic_optimizer.state_dict(), "global_step": global_step,
+                      "n_updates": n_updates, "rng": rng_state(generators)}
+        if args.save_buffer:
+            checkpoint["buffer"] = rb.state_dict()
+        save_checkpoint(model_path, checkpoint)
 
-    eval_returns = evaluate(learner.actor, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
+    eval_returns = evaluate(actor, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
     for i, r in enumerate(eval_returns):
         writer.add_scalar("eval/episodic_return", r, i)
     print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
           f"(deterministic); trained {global_step - start_step:,} steps in {train_time:.1f}s")
     if model_path:
-        print(f"model saved to {model_path}")
+        print(f"model saved to {model_path}" + (" (with the replay buffer)" if args.save_buffer else ""))
     writer.close()
     if args.track:
         import wandb

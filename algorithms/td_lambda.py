@@ -4,6 +4,7 @@ TD(lambda), with linear function approximation in its tabular (one-hot) case, on
 Sutton & Barto, Reinforcement Learning: An Introduction (2nd ed., 2018), §12.1 (offline lambda-return,
 Figure 12.3), §12.2 (TD(lambda), Figure 12.6), §12.5 (true online TD(lambda), Figure 12.8); replacing
 traces are the binary-feature variant the book describes in §12.5 (eq. 12.12's footnote) and §12.13.
+http://incompleteideas.net/book/the-book-2nd.html
 True online TD(lambda): van Seijen, Mahmood, Pilarski, Machado & Sutton (2016), JMLR 17(145),
 https://jmlr.org/papers/v17/15-599.html
 
@@ -27,6 +28,9 @@ Update rules, as in the code (x = x(S_t), x' = x(S_{t+1}), x(terminal) = 0, v = 
 The walk does not depend on the values, so each run's episodes are generated once with the environment and
 replayed to every method, lambda and alpha (common random numbers). All (lambda, alpha) settings and all runs
 are updated at once: weights and traces have shape (settings, runs, features).
+
+Tested: lambda = 0.8 beats lambda = 0 and 1 at their best alphas, 100 runs (tests/test_td_lambda.py).
+Results: benchmark_results/td_lambda.md
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -64,11 +67,16 @@ class Args:
 # Environment: the 19-state random walk of Example 7.1 (used again in Chapter 12)
 # ----------------------------------------------------------------------------------------------------------
 class RandomWalk(gym.Env):
-    """States 1..num_states in a row between terminals 0 (left, reward -1) and num_states + 1 (right,
-    reward +1); every other reward is 0. Episodes start in the centre state. Action 0 moves left, 1 moves
-    right; the random walk is the equiprobable policy over the two."""
+    """The random walk of Examples 6.2 and 7.1: states 1..num_states in a row between two terminals, 0 (left)
+    and num_states + 1 (right).
 
-    def __init__(self, num_states: int = 19, left_reward: float = -1.0, right_reward: float = 1.0):
+    Every episode starts in the centre state. Action 0 moves left, action 1 moves right; the book's random
+    walk is the equiprobable policy over these two actions. Stepping onto a terminal ends the episode with
+    `left_reward` or `right_reward`; every other reward is 0. Example 6.2: 5 states (A..E), rewards 0 and +1;
+    Example 7.1 (and Chapter 12): 19 states, rewards -1 and +1.
+    """
+
+    def __init__(self, num_states: int, left_reward: float, right_reward: float):
         self.num_states = num_states
         self.left_reward, self.right_reward = left_reward, right_reward
         self.observation_space = spaces.Discrete(num_states + 2)
@@ -91,11 +99,18 @@ class RandomWalk(gym.Env):
         return self.state, reward, terminated, False, {}
 
 
-def true_values(num_states: int = 19, left_reward: float = -1.0, right_reward: float = 1.0) -> np.ndarray:
-    """v_pi of states 1..num_states: state i exits right with probability i / (num_states + 1), so for
-    the 19-state walk v(i) = (i - 10) / 10."""
+def true_values(num_states: int, left_reward: float, right_reward: float) -> np.ndarray:
+    """v_pi of the non-terminal states 1..num_states under the equiprobable policy: state i exits on the right
+    with probability i / (num_states + 1) (gambler's ruin). Example 6.2: 1/6, 2/6, ..., 5/6; the 19-state
+    walk: v(i) = (i - 10) / 10."""
     p_right = np.arange(1, num_states + 1) / (num_states + 1)
     return left_reward + (right_reward - left_reward) * p_right
+
+
+def rms_error(V, v_true) -> np.ndarray:
+    """Root-mean-square error over the non-terminal states 1..n (V's first and last entries are the
+    terminals), one number per value table: the measure of Example 6.2 and Figure 7.2."""
+    return np.sqrt(np.mean((np.asarray(V)[..., 1:-1] - v_true) ** 2, axis=-1))
 
 
 def one_hot_features(num_states: int) -> np.ndarray:
@@ -110,8 +125,8 @@ def generate_episodes(env: RandomWalk, num_runs: int, num_episodes: int, seed: i
     """Roll out the equiprobable random policy num_runs x num_episodes times.
 
     Returns a list over episode index k of (states (runs, T_k + 1), rewards (runs, T_k), lengths (runs,)),
-    T_k the longest of the runs' k-th episodes; shorter episodes are padded with their terminal state and
-    reward 0, and `lengths` says where each run's episode really ended.
+    where T_k is the longest of the runs' k-th episodes: a shorter episode is padded with its terminal
+    state and reward 0, and `lengths` says where each run's episode really ended.
     """
     env.action_space.seed(seed)
     episodes = []
@@ -219,11 +234,6 @@ TITLES = {
 }
 
 
-def rms_error(w, X, v_true) -> np.ndarray:
-    """RMS error of v(s) = x(s).w over the non-terminal states, one number per weight vector."""
-    return np.sqrt(np.mean((np.asarray(w) @ X[1:-1].T - v_true) ** 2, axis=-1))
-
-
 def sweep(method: str, episodes, lambdas, alphas, v_true) -> np.ndarray:
     """Per-run error of the figures: (len(lambdas), len(alphas), runs), the RMS error after each episode
     averaged over the episodes, weights starting at 0. A diverged setting gives inf."""
@@ -236,48 +246,50 @@ def sweep(method: str, episodes, lambdas, alphas, v_true) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):  # accumulating traces diverge at large alpha * lambda
         for states, rewards, lengths in episodes:
             w = METHODS[method](w, X, states, rewards, lengths, alpha, lam)
-            total += rms_error(w, X, v_true)
+            total += rms_error(w @ X.T, v_true)  # v(s) = x(s).w for every state, terminals 0
     errors = total / len(episodes)
     errors[~np.isfinite(errors)] = np.inf
     return errors.reshape(len(lambdas), len(alphas), num_runs)
 
 
-def validate(args: Args) -> str | None:
-    """The first problem with the arguments, as a one-line message, or None."""
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    """Reject bad input with one line on stderr and exit status 2, before any work."""
     if args.num_runs < 1:
-        return f"--num-runs must be a positive integer, got {args.num_runs}"
+        fail(f"--num-runs must be a positive integer, got {args.num_runs}")
     if args.num_episodes < 1:
-        return f"--num-episodes must be a positive integer, got {args.num_episodes}"
-    if len(args.lambdas) == 0 or any(not (0 <= lam <= 1) for lam in args.lambdas):
-        return f"--lambdas must be trace-decay rates in [0, 1], got {list(args.lambdas)}"
-    if len(args.alphas) == 0 or any(not (0 < a <= 1) for a in args.alphas):
-        return f"--alphas must be step sizes in (0, 1], got {list(args.alphas)}"
+        fail(f"--num-episodes must be a positive integer, got {args.num_episodes}")
+    if len(args.lambdas) == 0 or any(not 0 <= lam <= 1 for lam in args.lambdas):
+        fail(f"--lambdas must be trace-decay rates in [0, 1], got {list(args.lambdas)}")
+    if len(args.alphas) == 0 or any(not 0 < a <= 1 for a in args.alphas):
+        fail(f"--alphas must be step sizes in (0, 1], got {list(args.alphas)}")
     unknown = [m for m in args.methods if m not in METHODS]
     if len(args.methods) == 0 or unknown:
-        return f"--methods {' '.join(unknown)} is unknown; use some of: {' '.join(METHODS)}"
-    return None
-
-
-def main(args: Args) -> dict:
-    problem = validate(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+        fail(f"--methods {' '.join(unknown)} is unknown; use some of: {' '.join(METHODS)}")
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment (checked last,
+    # so that no other bad input leaves a directory behind).
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
+        fail(f"cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory")
+
+
+def main(args: Args) -> dict:
+    check_args(args)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     num_states = 19
-    v_true = true_values(num_states)
-    episodes = generate_episodes(RandomWalk(num_states), args.num_runs, args.num_episodes, args.seed)
+    v_true = true_values(num_states, left_reward=-1.0, right_reward=1.0)
+    walk = RandomWalk(num_states, left_reward=-1.0, right_reward=1.0)  # Example 7.1, used again in Chapter 12
+    episodes = generate_episodes(walk, args.num_runs, args.num_episodes, args.seed)
     alphas = np.asarray(args.alphas, dtype=float)
 
     fig, axes = plt.subplots(1, len(args.methods), figsize=(4.6 * len(args.methods), 4.4), squeeze=False)
@@ -304,7 +316,6 @@ def main(args: Args) -> dict:
         ax.legend(fontsize=7, loc="upper right")
     fig.suptitle(f"19-state random walk, {args.num_runs} runs (Sutton & Barto, Chapter 12)")
     fig.tight_layout()
-    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.plot, dpi=100)
     plt.close(fig)
     print(f"  figure: {args.plot}")

@@ -1,7 +1,8 @@
 """TD(0) and constant-alpha Monte Carlo prediction, side by side, on the 5-state random walk.
 
-Sutton & Barto, Reinforcement Learning: An Introduction (2nd ed., 2018), §6.1-6.2, Example 6.2.
-The optional batch-updating comparison (§6.3, Figure 6.2) is not included.
+Sutton & Barto, Reinforcement Learning: An Introduction (2nd ed., 2018), §6.1-6.2, Example 6.2,
+http://incompleteideas.net/book/the-book-2nd.html. The batch-updating comparison (§6.3, Figure 6.2) is not
+included.
 
 Run:
     python algorithms/td_prediction.py                       # Example 6.2, 100 runs x 100 episodes
@@ -17,14 +18,15 @@ The walk does not depend on the values being learned (this is prediction of a fi
 episodes are generated once with the environment and replayed to every method and step size: all curves see
 the same random walks (common random numbers), which makes the TD-vs-MC comparison paired per run.
 The runs are vectorised with numpy: the value tables have shape (step sizes, runs, states).
-"""
 
+Tested: TD(0) at alpha 0.1 ends below every MC alpha by > 3 paired SE, 100 runs (tests/test_td_prediction.py).
+Results: benchmark_results/td_prediction.md
+"""
 from __future__ import annotations
 
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -54,14 +56,16 @@ class Args:
 # Environment: Example 6.2's random walk
 # ----------------------------------------------------------------------------------------------------------
 class RandomWalk(gym.Env):
-    """States 1..num_states (A..E for 5) in a row between two terminals, 0 (left) and num_states + 1 (right).
+    """The random walk of Examples 6.2 and 7.1: states 1..num_states in a row between two terminals, 0 (left)
+    and num_states + 1 (right).
 
-    Every episode starts in the centre state. Action 0 moves left, action 1 moves right; the book's
-    random walk is the equiprobable policy over these two actions. Stepping onto a terminal ends the
-    episode with `right_reward` or `left_reward`; every other reward is 0.
+    Every episode starts in the centre state. Action 0 moves left, action 1 moves right; the book's random
+    walk is the equiprobable policy over these two actions. Stepping onto a terminal ends the episode with
+    `left_reward` or `right_reward`; every other reward is 0. Example 6.2: 5 states (A..E), rewards 0 and +1;
+    Example 7.1 (and Chapter 12): 19 states, rewards -1 and +1.
     """
 
-    def __init__(self, num_states: int = 5, left_reward: float = 0.0, right_reward: float = 1.0):
+    def __init__(self, num_states: int, left_reward: float, right_reward: float):
         self.num_states = num_states
         self.left_reward, self.right_reward = left_reward, right_reward
         self.observation_space = spaces.Discrete(num_states + 2)
@@ -84,9 +88,10 @@ class RandomWalk(gym.Env):
         return self.state, reward, terminated, False, {}
 
 
-def true_values(num_states: int = 5, left_reward: float = 0.0, right_reward: float = 1.0) -> np.ndarray:
-    """v_pi of the non-terminal states 1..num_states: state i exits on the right with probability
-    i / (num_states + 1) (gambler's ruin), so for Example 6.2 the values are 1/6, 2/6, ..., 5/6."""
+def true_values(num_states: int, left_reward: float, right_reward: float) -> np.ndarray:
+    """v_pi of the non-terminal states 1..num_states under the equiprobable policy: state i exits on the right
+    with probability i / (num_states + 1) (gambler's ruin). Example 6.2: 1/6, 2/6, ..., 5/6; the 19-state
+    walk: v(i) = (i - 10) / 10."""
     p_right = np.arange(1, num_states + 1) / (num_states + 1)
     return left_reward + (right_reward - left_reward) * p_right
 
@@ -139,14 +144,14 @@ def td0_episode(V, states, rewards, lengths, alpha, gamma: float = 1.0) -> np.nd
     return V
 
 
-def episode_returns(rewards, gamma: float = 1.0) -> np.ndarray:
-    """G_t = R_{t+1} + gamma * G_{t+1} (eq. 3.9), computed backwards; zero-padded rewards give G_t = 0 for t >= T."""
-    G = np.zeros_like(np.asarray(rewards, dtype=float))
-    g = np.zeros(G.shape[0])
-    for t in reversed(range(G.shape[1])):
-        g = rewards[:, t] + gamma * g
-        G[:, t] = g
-    return G
+def episode_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """G_t for t = 0..T-1 from rewards R_1..R_T, by the backward recursion G <- gamma*G + R_{t+1}."""
+    returns = np.zeros(len(rewards))
+    g = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        g = gamma * g + rewards[t]
+        returns[t] = g
+    return returns
 
 
 def constant_alpha_mc_episode(V, states, rewards, lengths, alpha, gamma: float = 1.0) -> np.ndarray:
@@ -155,7 +160,7 @@ def constant_alpha_mc_episode(V, states, rewards, lengths, alpha, gamma: float =
     V = np.array(V, dtype=float)
     runs = np.arange(V.shape[1])
     step = np.asarray(alpha, dtype=float)[:, None]
-    G = episode_returns(rewards, gamma)
+    G = np.stack([episode_returns(r, gamma) for r in rewards])  # (R, T); the zero padding gives G_t = 0 after T
     for t in range(rewards.shape[1]):
         s = states[:, t]
         V[:, runs, s] += step * (G[:, t] - V[:, runs, s]) * (t < lengths)
@@ -163,7 +168,8 @@ def constant_alpha_mc_episode(V, states, rewards, lengths, alpha, gamma: float =
 
 
 def rms_error(V, v_true) -> np.ndarray:
-    """Root-mean-square error over the non-terminal states 1..n (Example 6.2), one number per table."""
+    """Root-mean-square error over the non-terminal states 1..n (V's first and last entries are the
+    terminals), one number per value table: the measure of Example 6.2 and Figure 7.2."""
     return np.sqrt(np.mean((np.asarray(V)[..., 1:-1] - v_true) ** 2, axis=-1))
 
 
@@ -184,40 +190,41 @@ def run_method(method, episodes, alphas, num_states: int, v_true, init: float = 
     return rms_error(history, v_true), history
 
 
-def validate(args: Args) -> str | None:
-    """The first problem with the arguments, as a one-line message, or None."""
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    """Reject bad input with one line on stderr and exit status 2, before any work."""
     if args.num_runs < 1:
-        return f"--num-runs must be a positive integer, got {args.num_runs}"
+        fail(f"--num-runs must be a positive integer, got {args.num_runs}")
     if args.num_episodes < 1:
-        return f"--num-episodes must be a positive integer, got {args.num_episodes}"
+        fail(f"--num-episodes must be a positive integer, got {args.num_episodes}")
     for name, alphas in (("--td-alphas", args.td_alphas), ("--mc-alphas", args.mc_alphas)):
-        if len(alphas) == 0 or any(not (0 < a <= 1) for a in alphas):
-            return f"{name} must be step sizes in (0, 1], got {list(alphas)}"
-    if not (0 < args.example_alpha <= 1) or args.example_alpha not in args.td_alphas:
-        return f"--example-alpha must be one of --td-alphas {list(args.td_alphas)}, got {args.example_alpha}"
-    return None
-
-
-def main(args: Args) -> dict:
-    problem = validate(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+        if len(alphas) == 0 or any(not 0 < a <= 1 for a in alphas):
+            fail(f"{name} must be step sizes in (0, 1], got {list(alphas)}")
+    if args.example_alpha not in args.td_alphas:
+        fail(f"--example-alpha must be one of --td-alphas {list(args.td_alphas)}, got {args.example_alpha}")
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment (checked last,
+    # so that no other bad input leaves a directory behind).
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
+        fail(f"cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory")
+
+
+def main(args: Args) -> dict:
+    check_args(args)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    num_states = 5
-    env = RandomWalk(num_states)
-    v_true = true_values(num_states)
+    num_states = 5  # Example 6.2: states A..E, reward +1 only on the right exit
+    env = RandomWalk(num_states, left_reward=0.0, right_reward=1.0)
+    v_true = true_values(num_states, left_reward=0.0, right_reward=1.0)
     episodes = generate_episodes(env, args.num_runs, args.num_episodes, args.seed)
 
     td_err, td_values = run_method(td0_episode, episodes, args.td_alphas, num_states, v_true)
@@ -251,7 +258,6 @@ def main(args: Args) -> dict:
     right.legend(fontsize=8)
     fig.suptitle("Random walk (Sutton & Barto, Example 6.2)")
     fig.tight_layout()
-    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.plot, dpi=110)
     plt.close(fig)
 

@@ -19,13 +19,6 @@ number; sb3-contrib runs 15: --cg-iters 15), and the rollout is 4 environments x
 2048 (the same 2048 samples per update in a quarter of the per-step policy calls) with 20 critic epochs
 instead of 10 (rl-zoo3's CartPole and Pendulum value), chosen for CartPole-v1.
 
-Measured here (2 shared cores, one torch thread): the defaults reach a deterministic evaluation of 500.0 on
-CartPole-v1 on seeds 1, 2 and 3 within 200k steps (the recent training return is 500 from about 60k steps);
-the Pendulum-v1 command above, 100k steps, evaluates -232.0, -238.6 and -225.0 on seeds 1-3 (rl-zoo3's
-Pendulum settings, but without its generalised state-dependent exploration). The HalfCheetah-v5 command above,
-seed 1, evaluates 854.7 (training 100 s at about 1,000 SPS); without --norm-obs --norm-reward it evaluated 84.4,
-and sb3-contrib with rl-zoo3's setting 2298.7 (tools/benchmark.py, seed 1, same budget).
-
 The math, as written in the code below (t indexes the rollout, per environment; theta are the actor's
 parameters, theta_old their value when the rollout was collected; with --norm-obs every s below is the
 normalised observation o~, with --norm-reward every r is the scaled reward r~):
@@ -55,21 +48,25 @@ space whose mean is a tanh MLP and whose log standard deviation is one free para
 when they are sent to the environment; the unclipped sample is what the log-probabilities use. Evaluation is
 deterministic: the most probable action, or the (clipped) mean.
 
-Observation and reward normalisation (--norm-obs, --norm-reward; off by default, which keeps the CartPole and
-Pendulum figures above) are Stable-Baselines3's VecNormalize, which rl-zoo3's MuJoCo settings for sb3-contrib's
-TRPO switch on (normalize: True): clip 10 for both, the return discounted with --gamma, 1e-8 inside the square
+Observation and reward normalisation (--norm-obs, --norm-reward; off by default, as the CartPole and
+Pendulum settings above do not use them) are Stable-Baselines3's VecNormalize, which rl-zoo3's MuJoCo
+settings for sb3-contrib's TRPO switch on (normalize: True): clip 10 for both, the return discounted with --gamma, 1e-8 inside the square
 roots. The running mean/var are merged batch by batch (Chan, Golub & LeVeque's parallel algorithm), starting
 from mean 0, var 1 with a weight of 1e-4, as VecNormalize does; they absorb every observation the policy acts
 on (reset observations included, final observations not). The reward is divided by the standard deviation of
 the discounted return, not centred, and only the learning sees it: charts/episodic_return stays the raw
-return. The observation statistics are part of the policy: those in force at the end of training are saved in
-the checkpoint next to the networks (with the return statistics, for completeness), and the evaluation, in
-process or from a checkpoint, normalises with them, frozen.
+return. The observation statistics are part of the policy: those in force at the end of training are copied
+into the actor's buffers (obs_mean, obs_var), so they are saved with its weights, and greedy_action, which
+takes raw observations, normalises with them, frozen, in process or from a checkpoint.
 
 Time-limit truncation is not termination: a truncated episode bootstraps from the value of the observation
 where it was cut, a terminated one does not. The vector environment runs in Gymnasium's same-step autoreset
 mode: when an episode ends, step() returns the next episode's first observation and puts the last one in
 info["final_obs"], so no step is spent on a reset and none has to be masked out.
+
+Tested: a deterministic evaluation of >= 475 on CartPole-v1 in 200k steps, and of >= -400 on Pendulum-v1 with
+the command above in 100k steps (tests/test_trpo.py).
+Results: benchmark_results/trpo.md
 """
 
 from __future__ import annotations
@@ -101,7 +98,7 @@ class Args:
     cuda: bool = False
     """if toggled and a GPU is present, train on it (small MLPs are faster on the CPU)"""
     torch_threads: int = 1
-    """torch CPU threads; 1 is fastest for small networks (measured: see README)"""
+    """torch CPU threads; small networks run fastest on one"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "onefile-rl"
@@ -178,7 +175,7 @@ def check_args(args: Args) -> None:
         fail(f"--cg-damping must be >= 0, got {args.cg_damping}")
     if not 0 < args.line_search_factor < 1:
         fail(f"--line-search-factor must be in (0, 1), got {args.line_search_factor}")
-    if args.learning_rate <= 0 or not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+    if not (args.learning_rate > 0 and 0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
         fail("need --learning-rate > 0, 0 < --gamma <= 1 and 0 <= --gae-lambda <= 1")
     if not (args.clip_obs > 0 and args.clip_reward > 0):
         fail(f"--clip-obs and --clip-reward must be positive, got {args.clip_obs} and {args.clip_reward}")
@@ -241,37 +238,12 @@ class RunningMeanStd:
         self.var = (self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total) / total
         self.count = total
 
-    def state_dict(self) -> dict:
-        return {"mean": torch.tensor(self.mean, dtype=torch.float64), "var": torch.tensor(self.var, dtype=torch.float64),
-                "count": self.count}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> RunningMeanStd:
-        rms = cls(tuple(state["mean"].shape))
-        rms.mean, rms.var = state["mean"].double().numpy().copy(), state["var"].double().numpy().copy()
-        rms.count = float(state["count"])
-        return rms
-
 
 def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None, clip: float) -> np.ndarray:
     """o~ = clip((o - mean) / sqrt(var + 1e-8), -clip, clip) as float32; the identity when rms is None."""
     if rms is None:
         return np.asarray(obs, dtype=np.float32)
     return np.clip((obs - rms.mean) / np.sqrt(rms.var + 1e-8), -clip, clip).astype(np.float32)
-
-
-def successor_obs(next_obs: np.ndarray, infos: dict, rms: RunningMeanStd | None, clip: float) -> np.ndarray:
-    """The normalised observation that followed each environment's step, for V(s_{t+1}).
-
-    next_obs (already normalised) is right inside an episode; where an episode ended, same-step autoreset
-    put the next episode's first observation there and the real last one in infos["final_obs"], which is
-    normalised here with the same statistics, since V only knows normalised inputs.
-    """
-    succ = next_obs.copy()
-    if "final_obs" in infos:
-        for i in np.flatnonzero(infos["_final_obs"]):
-            succ[i] = normalize_obs(infos["final_obs"][i], rms, clip)
-    return succ
 
 
 class RewardScaler:
@@ -296,18 +268,19 @@ class RewardScaler:
         return scaled.astype(np.float32)
 
 
-def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
-    """Orthogonal weights, zero bias: the initialisation of the PPO/TRPO implementations (and SB3)."""
+def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
+    """Orthogonal weights, constant bias: the initialisation of the PPO implementations (and SB3)."""
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
 
 
-def mlp(n_in: int, n_out: int, hidden_size: int, last_std: float) -> nn.Sequential:
+def tanh_mlp(in_dim: int, out_dim: int, hidden_size: int, last_std: float) -> nn.Sequential:
+    """Two tanh hidden layers of hidden_size units; orthogonal initialisation, the last layer's scaled by last_std."""
     return nn.Sequential(
-        layer_init(nn.Linear(n_in, hidden_size)), nn.Tanh(),
+        layer_init(nn.Linear(in_dim, hidden_size)), nn.Tanh(),
         layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
-        layer_init(nn.Linear(hidden_size, n_out), std=last_std),
+        layer_init(nn.Linear(hidden_size, out_dim), std=last_std),
     )
 
 
@@ -329,13 +302,17 @@ def categorical_kl(logp_old: torch.Tensor, logp_new: torch.Tensor) -> torch.Tens
     return (logp_old.exp() * (logp_old - logp_new)).sum(-1)
 
 
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, diag(exp(log_std))^2) = sum_i [ -(x_i - mean_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi) / 2 ]."""
-    return (-0.5 * ((x - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(a; mu, diag(sigma^2)) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi) / 2 ].
+
+    Written out instead of torch.distributions.Normal: the same numbers, without its per-call checks.
+    """
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    """H = sum_i [ log sigma_i + (1 + log(2 pi)) / 2 ]."""
+    """Entropy of a diagonal Gaussian: sum_i [ log sigma_i + (1 + log(2 pi)) / 2 ] (independent of the mean)."""
     return (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
 
 
@@ -348,15 +325,28 @@ def gaussian_kl(mean_old: torch.Tensor, log_std_old: torch.Tensor, mean_new: tor
 
 class Actor(nn.Module):
     """pi_theta(a|s). forward() returns the distribution's parameters as a tuple: (logp,) for a Categorical,
-    (mean, log_std) for the Gaussian, whose log_std is a free parameter, the same in every state."""
+    (mean, log_std) for the Gaussian, whose log_std is a free parameter, the same in every state.
 
-    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, hidden_size: int = 64):
+    forward, sample and the losses take normalised observations, as the rollout stores them; greedy_action
+    takes raw ones and normalises them with obs_mean / obs_var. The statistics and the Box space's bounds
+    are buffers: they move with .to(device) and are saved in the state_dict, with the weights.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, hidden_size: int = 64,
+                 action_low: list[float] | None = None, action_high: list[float] | None = None,
+                 norm_obs: bool = False, clip_obs: float = 10.0):
         super().__init__()
         self.discrete = discrete
         # a small last layer starts the policy near uniform (Categorical) or near mean 0 (Gaussian)
-        self.net = mlp(obs_dim, act_dim, hidden_size, last_std=0.01)
+        self.net = tanh_mlp(obs_dim, act_dim, hidden_size, last_std=0.01)
         if not discrete:
             self.log_std = nn.Parameter(torch.zeros(act_dim))  # sigma = 1 at the start, as sb3-contrib
+            self.register_buffer("action_low", torch.tensor(action_low, dtype=torch.float32))
+            self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32))
+        # the observation statistics the policy was trained with (--norm-obs), for greedy_action
+        self.norm_obs, self.clip_obs = norm_obs, clip_obs
+        self.register_buffer("obs_mean", torch.zeros(obs_dim, dtype=torch.float64))
+        self.register_buffer("obs_var", torch.ones(obs_dim, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.net(x)
@@ -383,39 +373,23 @@ class Actor(nn.Module):
 
     @torch.no_grad()
     def greedy_action(self, x: torch.Tensor) -> torch.Tensor:
-        """The most probable action, or the Gaussian's mean (unclipped: the caller clips to the bounds)."""
+        """For raw observations x (normalised as normalize_obs does): the most probable action, or the
+        Gaussian's mean clipped to the action bounds."""
+        if self.norm_obs:
+            x = ((x - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-self.clip_obs, self.clip_obs).float()
         dist = self(x)
-        return dist[0].argmax(-1) if self.discrete else dist[0]
+        return dist[0].argmax(-1) if self.discrete else torch.clamp(dist[0], self.action_low, self.action_high)
 
 
-class Critic(nn.Module):
+class ValueNetwork(nn.Module):
+    """V(s), the state-value critic."""
+
     def __init__(self, obs_dim: int, hidden_size: int = 64):
         super().__init__()
-        self.net = mlp(obs_dim, 1, hidden_size, last_std=1.0)
+        self.net = tanh_mlp(obs_dim, 1, hidden_size, last_std=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
-
-
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Put all parameters of `module`, and their gradients, into one contiguous buffer; return it.
-
-    Why: with 64-unit networks on a CPU the optimiser step, which loops over many small tensors, costs more
-    than the forward and backward passes of a minibatch. Each parameter becomes a view into one flat tensor
-    (and each .grad a view into one flat gradient), so Adam runs once on one tensor; Adam is elementwise, so
-    the arithmetic is unchanged. Used for the critic only: the actor is never touched by an optimiser.
-    Zero the gradients with `flat.grad.zero_()`, never by setting them to None.
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
-        p.grad = flat.grad[offset : offset + n].view_as(p)
-        offset += n
-    return flat
 
 
 def compute_gae(
@@ -563,58 +537,47 @@ def trpo_step(
     return stats
 
 
-def save_checkpoint(actor: Actor, critic: Critic, path: str, meta: dict) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save never leaves a corrupt file."""
-    state = {
-        "actor": {k: v.detach().clone() for k, v in actor.state_dict().items()},
-        "critic": {k: v.detach().clone() for k, v in critic.state_dict().items()},  # clone: off the flat buffer
-    }
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
-    torch.save({**state, **meta}, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
-def load_actor(path: str | os.PathLike) -> tuple[Actor, RunningMeanStd | None, dict]:
-    """The actor, the observation statistics it was trained with (None if trained without), the checkpoint."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    actor = Actor(ckpt["obs_dim"], ckpt["act_dim"], ckpt["discrete"], ckpt["hidden_size"])
-    actor.load_state_dict(ckpt["actor"])
-    obs_rms = RunningMeanStd.from_state_dict(ckpt["obs_rms"]) if "obs_rms" in ckpt else None
-    return actor, obs_rms, ckpt
+def load_checkpoint(path: str, algo: str) -> dict:
+    """Read a checkpoint written by `algo`.py (weights_only: tensors and plain values); bad input exits 2."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at {path}")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        fail(f"{path} is not a readable checkpoint ({type(error).__name__})")
+    if not isinstance(ckpt, dict) or "env_id" not in ckpt:
+        fail(f"{path} is not a checkpoint written by --save-model (no env_id in it)")
+    if ckpt.get("algo") != algo or "model_args" not in ckpt:
+        fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
+             "retrain with --save-model")
+    return ckpt
 
 
-def evaluate(
-    actor_or_path: Actor | str | os.PathLike,
-    env_id: str,
-    eval_episodes: int,
-    seed: int,
-    device: str = "cpu",
-    obs_rms: RunningMeanStd | None = None,
-    clip_obs: float = 10.0,
-) -> list[float]:
-    """Deterministic evaluation on a fresh environment (argmax, or the mean clipped to the bounds).
+def load_model(path: str) -> tuple[nn.Module, dict]:
+    ckpt = load_checkpoint(path, "trpo")
+    actor = Actor(**ckpt["model_args"])
+    actor.load_state_dict(ckpt["model"])
+    return actor, ckpt
 
-    From a checkpoint path, the observation statistics saved with it are used (obs_rms is ignored); with an
-    Actor, pass the statistics it was trained with. They stay frozen: evaluation does not update them.
-    Returns one undiscounted, unnormalised return per episode.
-    """
-    if isinstance(actor_or_path, str | os.PathLike):
-        actor, obs_rms, ckpt = load_actor(actor_or_path)
-        actor, clip_obs = actor.to(device), float(ckpt.get("clip_obs", clip_obs))
-    else:
-        actor = actor_or_path
+
+def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, seed: int, device: str = "cpu") -> list[float]:
+    """Deterministic evaluation on a fresh environment; returns one return per episode."""
+    agent = load_model(agent_or_path)[0].to(device) if isinstance(agent_or_path, str) else agent_or_path
     env = gym.make(env_id)
     returns = []
     for ep in range(eval_episodes):
         obs, _ = env.reset(seed=seed + ep)
         done, total = False, 0.0
         while not done:
-            action = actor.greedy_action(torch.as_tensor(normalize_obs(obs[None], obs_rms, clip_obs), device=device))[0]
-            if actor.discrete:
-                action = int(action.item())
-            else:
-                action = np.clip(action.cpu().numpy(), env.action_space.low, env.action_space.high)
-            obs, reward, terminated, truncated, _ = env.step(action)
+            action = agent.greedy_action(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -663,10 +626,13 @@ def main(args: Args) -> dict:
     obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
     reward_scaler = RewardScaler(args.num_envs, args.gamma, args.clip_reward) if args.norm_reward else None
 
-    actor = Actor(obs_dim, act_dim, discrete, args.hidden_size).to(device)
-    critic = Critic(obs_dim, args.hidden_size).to(device)
-    critic_flat = flatten_parameters(critic)
-    critic_optimizer = torch.optim.Adam([critic_flat], lr=args.learning_rate, eps=1e-5)  # eps as SB3
+    model_args = {"obs_dim": obs_dim, "act_dim": act_dim, "discrete": discrete, "hidden_size": args.hidden_size,
+                  "action_low": None if discrete else space.low.tolist(),
+                  "action_high": None if discrete else space.high.tolist(),
+                  "norm_obs": args.norm_obs, "clip_obs": args.clip_obs}
+    actor = Actor(**model_args).to(device)
+    critic = ValueNetwork(obs_dim, args.hidden_size).to(device)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # eps as SB3
 
     # Rollout storage, [num_steps, num_envs, ...], in numpy: the environments speak numpy, and the
     # whole rollout is moved to torch once per iteration instead of once per step. Observations are stored
@@ -705,7 +671,10 @@ def main(args: Args) -> dict:
             if obs_rms is not None:
                 obs_rms.update(raw_obs)
             next_obs = normalize_obs(raw_obs, obs_rms, args.clip_obs)
-            succ_obs[step] = successor_obs(next_obs, infos, obs_rms, args.clip_obs)
+            succ_obs[step] = next_obs
+            if "final_obs" in infos:
+                for i in np.flatnonzero(infos["_final_obs"]):
+                    succ_obs[step, i] = normalize_obs(infos["final_obs"][i], obs_rms, args.clip_obs)  # not the reset one
             dones = np.logical_or(terminations[step], truncations[step])
             rewards[step] = raw_reward if reward_scaler is None else reward_scaler(raw_reward, dones)
             if "episode" in infos:  # raw returns: RecordEpisodeStatistics sees the unscaled rewards
@@ -739,7 +708,7 @@ def main(args: Args) -> dict:
             for start in range(0, batch_size, args.batch_size):
                 mb = perm[start : start + args.batch_size]
                 v_loss = ((critic(b_obs[mb]) - b_returns[mb]) ** 2).mean()
-                critic_flat.grad.zero_()
+                critic_optimizer.zero_grad()
                 v_loss.backward()
                 critic_optimizer.step()
 
@@ -770,9 +739,11 @@ def main(args: Args) -> dict:
 
     train_time = time.time() - start_time
     envs.close()
+    if obs_rms is not None:  # the statistics become part of the policy (see Actor)
+        actor.obs_mean.copy_(torch.as_tensor(obs_rms.mean))
+        actor.obs_var.copy_(torch.as_tensor(obs_rms.var))
 
-    eval_returns = evaluate(actor, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device),
-                            obs_rms=obs_rms, clip_obs=args.clip_obs)
+    eval_returns = evaluate(actor, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
     for i, r in enumerate(eval_returns):
         writer.add_scalar("eval/episodic_return", r, i)
     print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
@@ -781,13 +752,8 @@ def main(args: Args) -> dict:
     model_path = None
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        meta = {"obs_dim": obs_dim, "act_dim": act_dim, "discrete": discrete, "hidden_size": args.hidden_size,
-                "env_id": args.env_id, "clip_obs": args.clip_obs, "global_step": global_step}
-        if obs_rms is not None:
-            meta["obs_rms"] = obs_rms.state_dict()
-        if reward_scaler is not None:  # not needed to act; kept so that the training statistics are complete
-            meta["return_rms"] = reward_scaler.rms.state_dict()
-        save_checkpoint(actor, critic, model_path, meta)
+        save_checkpoint(model_path, {"algo": "trpo", "env_id": args.env_id, "model_args": model_args,
+                                     "model": actor.state_dict(), "critic": critic.state_dict()})
         print(f"model saved to {model_path}")
     writer.close()
     if args.track:

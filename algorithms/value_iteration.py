@@ -1,5 +1,8 @@
 """Value iteration (Sutton & Barto, 2nd ed., 2018, Section 4.4; the gambler's problem, Example 4.3, Figure 4.3).
 
+Book: Sutton and Barto (2018), "Reinforcement Learning: An Introduction", 2nd ed., Chapter 4,
+http://incompleteideas.net/book/the-book-2nd.html
+
 Run:
     python algorithms/value_iteration.py                          # Figure 4.3, the gambler's problem
     python algorithms/value_iteration.py --env-id FrozenLake-v1   # any Gymnasium env with env.unwrapped.P
@@ -23,14 +26,16 @@ max_s |V(s) - v*(s)| <= gamma * theta / (1 - gamma).
 
 The model is Gymnasium's toy-text format, P[s][a] = [(prob, next_state, reward, terminated), ...]; the
 gambler and the 4x4 gridworld below expose the same P, so one routine serves them and FrozenLake,
-CliffWalking and Taxi. With gamma = 1, main refuses an environment from one of whose states no policy
-can terminate (then values need not exist; use gamma < 1).
+CliffWalking and Taxi. With gamma = 1, check_args refuses an environment from one of whose states no
+policy can terminate (then values need not exist; use gamma < 1).
+
+Tested: the gambler's v*(25), v*(50), v*(75) are the book's 0.16, 0.40, 0.64 (tests/test_value_iteration.py).
+Results: benchmark_results/value_iteration.md
 """
 
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -150,6 +155,7 @@ class GridWorld4x4Env(gym.Env):
         return self.s, float(reward), bool(terminated), False, {}
 
 
+LOCAL_ENVS = {"GamblersProblem-v0": GamblersProblemEnv, "GridWorld4x4-v0": GridWorld4x4Env}
 BOOK_GAMMA = {"GamblersProblem-v0": 1.0, "GridWorld4x4-v0": 1.0}
 TOY_TEXT_GAMMA = 0.99
 TRY_IDS = (
@@ -165,28 +171,17 @@ ACTION_DELTAS = {
 }
 
 
-def make_env(env_id: str, p_head: float):
-    """The book's world of that name, or gym.make(env_id). Raises ValueError with a one-line reason."""
-    if env_id == "GamblersProblem-v0":
-        return GamblersProblemEnv(p_head)
-    if env_id == "GridWorld4x4-v0":
-        return GridWorld4x4Env()
-    try:
-        with warnings.catch_warnings():  # Gymnasium warns before raising for deprecated ids
-            warnings.simplefilter("ignore")
-            env = gym.make(env_id)
-    except gym.error.Error as e:
-        raise ValueError(f"--env-id {env_id} is unknown ({e}); use one of: {TRY_IDS}") from None
-    except Exception as e:  # e.g. a registered env whose optional dependency is missing
-        raise ValueError(f"--env-id {env_id} could not be created ({type(e).__name__}: {e}); use one of: {TRY_IDS}") from None
-    if not hasattr(env.unwrapped, "P"):
-        raise ValueError(
-            f"--env-id {env_id} has no transition model env.unwrapped.P, which dynamic programming needs; "
-            f"use one of: {TRY_IDS}"
-        )
-    if not (isinstance(env.observation_space, spaces.Discrete) and isinstance(env.action_space, spaces.Discrete)):
-        raise ValueError(f"--env-id {env_id} needs Discrete observation and action spaces; use one of: {TRY_IDS}")
-    return env
+def make_env(env_id: str) -> gym.Env:
+    """One environment: a book environment written in this file (LOCAL_ENVS), or a registered Gymnasium
+    environment (with its time limit)."""
+    if env_id in LOCAL_ENVS:
+        return LOCAL_ENVS[env_id]()
+    return gym.make(env_id)
+
+
+def make_world(args: Args) -> gym.Env:
+    """make_env, with the gambler's coin set by --p-head."""
+    return GamblersProblemEnv(args.p_head) if args.env_id == "GamblersProblem-v0" else make_env(args.env_id)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -197,12 +192,13 @@ def transition_arrays(P, n_states: int, n_actions: int):
 
     p[s, a, s'] is the probability of moving to s' AND continuing; the probability mass of terminating
     transitions is left out, which is how "the value of a terminal state is 0" enters the backup
-    sum_{s'} p[s, a, s'] V(s'). r[s, a] = sum_{s',r} p(s',r|s,a) r is the expected reward.
+    sum_{s'} p[s, a, s'] V(s'). r[s, a] = sum_{s',r} p(s',r|s,a) r is the expected reward (the backups only
+    need expectations, so transitions listed twice, or listed with conditional mean rewards, give the same r).
     """
     p = np.zeros((n_states, n_actions, n_states))
     r = np.zeros((n_states, n_actions))
     for s in range(n_states):
-        outcomes_of = P[s]  # fetched once per state: a model may build P[s] on demand
+        outcomes_of = P[s]  # fetched once per state: a model may build P[s] on demand (Jack's does)
         for a in range(n_actions):
             # one row per listed outcome, columns: prob, next_state, reward, terminated
             prob, next_s, reward, terminated = np.array(outcomes_of[a], dtype=float).T
@@ -212,8 +208,8 @@ def transition_arrays(P, n_states: int, n_actions: int):
     return p, r
 
 
-def action_values(p: np.ndarray, r: np.ndarray, v: np.ndarray, gamma: float) -> np.ndarray:
-    """q[s, a] = r(s,a) + gamma * sum_s' p(s'|s,a) v(s')   (the bracket of 4.10)."""
+def q_from_v(p: np.ndarray, r: np.ndarray, v: np.ndarray, gamma: float) -> np.ndarray:
+    """One-step lookahead: q[s, a] = r(s,a) + gamma * sum_s' p(s'|s,a) v(s')   (equation 4.6 with v for v_pi)."""
     return r + gamma * (p @ v)
 
 
@@ -243,9 +239,11 @@ def greedy_policy(q: np.ndarray, tie_tol: float) -> np.ndarray:
 def never_terminating(p: np.ndarray, policy: np.ndarray) -> np.ndarray:
     """mask[s] = True where, following policy[s, a] from s, no terminating transition can ever happen.
 
-    Grows the set of states that can terminate (a terminating transition, or a move to such a state)
-    until it stops changing. For the equiprobable random policy this is exactly the set of states from
-    which NO policy terminates, so gamma = 1 leaves their values undefined (or infinite).
+    A state can terminate if a terminating transition has positive probability there, or if it can move
+    to a state that can; we grow that set until it stops changing (reachability on the support of P_pi).
+    In a finite MDP, "can terminate from every state" means "terminates with probability 1", which is
+    what gamma = 1 needs for finite values. For the equiprobable random policy the mask is exactly the
+    set of states from which NO policy terminates.
     """
     terminate_prob = np.sum(policy * (1.0 - p.sum(axis=2)), axis=1)
     can_terminate = terminate_prob > 1e-12
@@ -276,7 +274,7 @@ def plot_gambler(path, history, v, n_sweeps, policy, p_head):
     plt.close(fig)
 
 
-def plot_generic(path, env, env_id, history, v, n_sweeps, policy):
+def plot_value_sweeps(path, env, env_id, history, v, n_sweeps, policy):
     """Value estimates over sweeps (as curves over the state index) and the extracted policy."""
     fig, (ax_v, ax_pi) = plt.subplots(1, 2, figsize=(12, 4.5))
     for sweep, values in history.items():
@@ -301,57 +299,71 @@ def plot_generic(path, env, env_id, history, v, n_sweeps, policy):
     plt.close(fig)
 
 
-def main(args: Args) -> dict:
-    # Validate everything before any work or any file is written.
-    problem = None
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args: Args) -> None:
+    """Reject bad input with one line on stderr and exit status 2, before any work."""
     if args.gamma is not None and not 0.0 < args.gamma <= 1.0:
-        problem = f"--gamma {args.gamma} is outside (0, 1]; use e.g. 0.9 or 1"
-    elif not args.theta > 0.0:
-        problem = f"--theta {args.theta} must be > 0; use e.g. 1e-10"
-    elif not 0.0 < args.p_head < 1.0:
-        problem = f"--p-head {args.p_head} is not a probability in (0, 1); use e.g. 0.4"
-    elif not args.tie_tol >= 0.0:
-        problem = f"--tie-tol {args.tie_tol} must be >= 0; use e.g. 1e-9"
-    else:
+        fail(f"--gamma {args.gamma} is outside (0, 1]; use e.g. 0.9 or 1")
+    if not args.theta > 0.0:
+        fail(f"--theta {args.theta} must be > 0; use e.g. 1e-10")
+    if not 0.0 < args.p_head < 1.0:
+        fail(f"--p-head {args.p_head} is not a probability in (0, 1); use e.g. 0.4")
+    if not args.tie_tol >= 0.0:
+        fail(f"--tie-tol {args.tie_tol} must be >= 0; use e.g. 1e-9")
+    if args.env_id not in LOCAL_ENVS:
         try:
-            env = make_env(args.env_id, args.p_head)
-        except ValueError as e:
-            problem = str(e)
-    if problem is None:
-        gamma = BOOK_GAMMA.get(args.env_id, TOY_TEXT_GAMMA) if args.gamma is None else args.gamma
+            gym.spec(args.env_id)
+        except gym.error.Error as error:  # unknown, or deprecated such as Taxi-v3 (Gymnasium 1.4 has Taxi-v4)
+            fail(f"--env-id {args.env_id} is unknown ({str(error).splitlines()[0]}); use one of: {TRY_IDS}")
+    try:
+        env = make_world(args)
+    except Exception as error:  # a registered id whose optional dependency is missing, for instance
+        fail(f"--env-id {args.env_id} could not be created ({type(error).__name__}); use one of: {TRY_IDS}")
+    if not hasattr(env.unwrapped, "P"):
+        fail(f"--env-id {args.env_id} has no transition model env.unwrapped.P, which dynamic programming needs; "
+             f"use one of: {TRY_IDS}")
+    if not (isinstance(env.observation_space, spaces.Discrete) and isinstance(env.action_space, spaces.Discrete)):
+        fail(f"--env-id {args.env_id} needs Discrete observation and action spaces; use one of: {TRY_IDS}")
+    gamma = BOOK_GAMMA.get(args.env_id, TOY_TEXT_GAMMA) if args.gamma is None else args.gamma
+    if gamma == 1.0:  # values exist only if episodes can end from every state
         n_states, n_actions = env.observation_space.n, env.action_space.n
-        p, r = transition_arrays(env.unwrapped.P, n_states, n_actions)
+        p, _ = transition_arrays(env.unwrapped.P, n_states, n_actions)
         stuck = never_terminating(p, np.full((n_states, n_actions), 1.0 / n_actions))
-        if gamma == 1.0 and stuck.any():
-            problem = (
-                f"--gamma 1 needs episodes that can end, but in {args.env_id} no policy terminates from "
-                f"{int(stuck.sum())} of {n_states} states; use --gamma < 1 (e.g. 0.99)"
-            )
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    # A --plot path that cannot be written is bad input: say so now, not after the experiment.
+        if stuck.any():
+            fail(f"--gamma 1 needs episodes that can end, but in {args.env_id} no policy terminates from "
+                 f"{int(stuck.sum())} of {n_states} states; use --gamma < 1 (e.g. 0.99)")
+    # A --plot path that cannot be written is bad input: say so now, not after the experiment (checked last,
+    # so that no other bad input leaves a directory behind).
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory",
-              file=sys.stderr)
-        sys.exit(2)
+        fail(f"cannot write --plot {args.plot}: {exc.strerror}; give a path in a writable directory")
 
+
+def main(args: Args) -> dict:
+    check_args(args)
+    env = make_world(args)
+    gamma = BOOK_GAMMA.get(args.env_id, TOY_TEXT_GAMMA) if args.gamma is None else args.gamma
+    n_states, n_actions = env.observation_space.n, env.action_space.n
+    p, r = transition_arrays(env.unwrapped.P, n_states, n_actions)
     env.reset(seed=args.seed)  # nothing below is random; seeded for the house rule
     env.action_space.seed(args.seed)
     start = time.perf_counter()
     v, sweeps, history = value_iteration(p, r, gamma, args.theta, record_sweeps=(1, 2, 3))
-    q = action_values(p, r, v, gamma)
+    q = q_from_v(p, r, v, gamma)
     policy = greedy_policy(q, args.tie_tol)
     seconds = time.perf_counter() - start
     residual = float(np.max(np.abs(q.max(axis=1) - v)))  # Bellman optimality residual, <= gamma * theta
 
-    os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
     if isinstance(env, GamblersProblemEnv):
         plot_gambler(args.plot, history, v, sweeps, policy, args.p_head)
     else:
-        plot_generic(args.plot, env, args.env_id, history, v, sweeps, policy)
+        plot_value_sweeps(args.plot, env, args.env_id, history, v, sweeps, policy)
 
     print(f"{args.env_id}: value iteration, gamma={gamma}, theta={args.theta}")
     print(f"  {sweeps} sweeps in {seconds:.2f} s; Bellman optimality residual {residual:.1e}")

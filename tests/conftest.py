@@ -1,19 +1,23 @@
-"""Shared test helpers: import an algorithm file as a module, or run it as a script.
+"""Shared test helpers: import an algorithm file as a module, run it in-process or as a script, and check
+bad input.
 
-Every test module uses these two, so that how a file is loaded or launched is written once.
+Every test module uses these, so that how a file is loaded or launched, and what "bad input" means, is
+written once.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from algo_loader import ALGORITHMS, ROOT, load_algo  # noqa: E402  (one loader for tests/ and tools/)
+from algo_loader import ALGORITHMS, DEEP_MAIN_KEYS, ROOT, load_algo  # noqa: E402,F401  (one loader for tests/ and tools/)
 
 
 def run_algo(name: str, *args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
@@ -30,51 +34,71 @@ def run_algo(name: str, *args: str, cwd: Path | None = None, timeout: float = 60
     )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One torch thread per test process, the algorithm files' default: with `-n 2` on two cores, more would
+    oversubscribe them, and an OpenMP thread waiting for a busy core spins, burning CPU for nothing."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def algo():
     """`algo("ppo")` returns the imported module."""
     return load_algo
 
 
-def assert_one_line_exit_2(call, expected: str, capture) -> None:
-    """Bad input, checked in-process: `call()` (an algorithm's check_args or main) must exit with status 2
-    after writing exactly one stderr line, starting 'error: ' and containing `expected`. `capture` is
-    pytest's capsys or capfd fixture. The command-line form of the same rule is test_smoke.test_bad_input."""
-    with pytest.raises(SystemExit) as exit_info:
-        call()
-    assert exit_info.value.code == 2
-    lines = capture.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
-
-
-def assert_flat_buffer_update_matches(make_agent, flatten_parameters, optimizer_class, **optimizer_kwargs) -> None:
-    """The flat-buffer speed trick of the deep-RL files must not change the arithmetic: two copies of an agent
-    (make_agent() -> a module with evaluate_actions(obs [B, 4], actions [B] in {0, 1}) -> (logp, entropy,
-    value)), one optimised per tensor and one through flatten_parameters(agent), with the same optimiser and
-    gradient clipping, hold the same parameters after three steps."""
+def run_main(module, argv: list[str], cwd: Path, env: dict | None = None) -> dict:
+    """Run an algorithm in this process as its command line would: `module.main(tyro.cli(module.Args, args=argv))`,
+    with `cwd` (created if needed) as the working directory and `env` added to the environment variables.
+    Afterwards the working directory, the environment variables, sys.argv, torch's thread count and the
+    SIGINT/SIGTERM handlers are what they were before, and matplotlib's figures are closed, so that one run
+    leaves nothing behind for the next test in the process."""
     import torch
+    import tyro
 
-    torch.manual_seed(0)
-    a, b = make_agent(), make_agent()
-    b.load_state_dict(a.state_dict())
-    flat = flatten_parameters(b)
-    opt_a = optimizer_class(a.parameters(), **optimizer_kwargs)
-    opt_b = optimizer_class([flat], **optimizer_kwargs)
-    for step in range(3):
-        x, act = torch.randn(32, 4), torch.randint(0, 2, (32,))
-        for agent, opt, params in ((a, opt_a, list(a.parameters())), (b, opt_b, [flat])):
-            logp, ent, v = agent.evaluate_actions(x, act)
-            loss = -(logp * (step + 1)).mean() + (v**2).mean() - 0.01 * ent.mean()
-            if agent is a:
-                opt.zero_grad()
-            else:
-                flat.grad.zero_()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 0.5)
-            opt.step()
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        torch.testing.assert_close(pa, pb, msg=name)
-    assert flat.grad.abs().sum() > 0  # gradients really landed in the flat buffer
+    cwd = Path(cwd)
+    cwd.mkdir(parents=True, exist_ok=True)
+    saved_cwd, saved_env, saved_argv, threads = os.getcwd(), dict(os.environ), list(sys.argv), torch.get_num_threads()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    os.chdir(cwd)
+    os.environ.update(env or {})
+    try:
+        return module.main(tyro.cli(module.Args, args=list(argv)))
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
+        torch.set_num_threads(threads)
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close("all")
+
+
+def assert_one_line_exit_2(call, expected: str, capture=None) -> None:
+    """Bad input: exit status 2 after exactly one stderr line that starts with 'error: ' and contains `expected`
+    (case-insensitive), and no traceback. The one check of the rule, in both forms:
+    - in-process: `call` is a callable (an algorithm's check_args or main, a tool's main) that must raise
+      SystemExit(2); `capture` is pytest's capsys or capfd fixture (what was captured before the call is dropped);
+    - command line: `call` is the subprocess.CompletedProcess of a finished run (text mode); `capture` unused.
+    Lines of Python warnings that a subprocess prints to stderr are not counted."""
+    if isinstance(call, subprocess.CompletedProcess):
+        code, err = call.returncode, call.stderr
+    else:
+        capture.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            call()
+        code, err = exit_info.value.code, capture.readouterr().err
+    assert code == 2, f"exit status {code!r}, stderr:\n{err[-2000:]}"
+    assert "Traceback" not in err, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip() and "Warn" not in line and "warn(" not in line]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err[-2000:]}"
+    assert lines[0].startswith("error: "), f"the line does not start with 'error: ': {lines[0]!r}"
+    assert expected.lower() in lines[0].lower(), f"{expected!r} not in {lines[0]!r}"
 
 
 def assert_projection_matches_hand_cases(project_distribution) -> None:
@@ -88,3 +112,35 @@ def assert_projection_matches_hand_cases(project_distribution) -> None:
         m = project_distribution(case["next_probs"], case["rewards"], case["dones"], case["gamma"], case["support"])
         torch.testing.assert_close(m, case["expected"], msg=lambda text, i=i: f"case {i}: {text}")
         torch.testing.assert_close(m.sum(dim=1), torch.ones(m.shape[0]))
+
+
+def algorithm_of(nodeid: str) -> str:
+    """The algorithm file a test belongs to: tests/test_<stem>.py, or a parameter naming <stem>.py (the smoke
+    tests); "" for the shared tests."""
+    module, _, rest = nodeid.partition("::")
+    stem = Path(module).stem.removeprefix("test_")
+    if (ALGORITHMS / f"{stem}.py").is_file():
+        return f"{stem}.py"
+    param = rest.partition("[")[2].rstrip("]")
+    return next((p for p in param.split("-") if p.endswith(".py") and (ALGORITHMS / p).is_file()), "")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The test budget, visible in every run: test time (setup, call and teardown, summed over the test
+    processes) per algorithm file. With `-n 2` the wall time is about half of it: the budget of about 10 s of
+    wall time per file on average (CONTRIBUTING.md) is about 20 s of test time."""
+    per_file: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown"):
+                key = algorithm_of(report.nodeid)
+                per_file[key] = per_file.get(key, 0.0) + report.duration
+    shared = per_file.pop("", 0.0)
+    if not per_file:
+        return
+    total = sum(per_file.values()) + shared
+    top = sorted(per_file.items(), key=lambda kv: -kv[1])[:5]
+    terminalreporter.write_line(
+        f"test time per algorithm file: {(total / len(per_file)):.1f} s on average over {len(per_file)} files "
+        f"(shared tests included), budget about 20 s; the most: "
+        + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in top))

@@ -1,17 +1,21 @@
 """How each file of algorithms/ is smoke-tested and fed bad input.
 
-test_smoke.py discovers every algorithms/*.py; a file with no entry in SMOKE fails the harness.
+test_smoke.py discovers every algorithms/*.py; a file with no entry in SMOKE fails the harness. It runs a
+file in-process through its `main` (the argument lists below parsed by tyro, as the command line would):
+all of a file's runs in one test, all of its bad-input cases in another.
 
 Kinds:
-- "deep": a Gymnasium training run. The harness runs it with `--save-model`, checks exit 0, that the
-  TensorBoard event file holds every key in `keys`, and that the saved model loads with
-  `weights_only=True` and acts. It also adds the standard bad-input cases automatically
-  (unknown --env-id, an action space the file cannot handle, a non-positive budget).
-- "classic": a tabular / book-figure file. The harness runs it, checks exit 0 and that every path in
-  `files` was written (e.g. the figure passed as --plot).
+- "deep": a Gymnasium training run. The harness runs `args` with `--save-model --track --capture-video`
+  (W&B offline), checks that main returns the kind's keys (tools/algo_loader.py), that the TensorBoard event
+  file holds every key in `keys`, that the saved model loads with `weights_only=True` and acts, and that the
+  W&B run and the video were written. It also adds the standard bad-input cases automatically
+  (unknown --env-id, an action space the file cannot handle, a non-positive budget, --torch-threads 0).
+- "classic": a tabular / book-figure file. The harness runs it, checks that it returns and that every path
+  in `files` was written (e.g. the figure passed as --plot); an unwritable --plot is a standard bad input.
 
-In `args` and `files`, "{tmp}" is replaced by a fresh temporary directory.
-BAD_INPUT lists extra bad-input cases per file: (args, a substring the one-line stderr must contain).
+In `args`, `files`, `variants` and BAD_INPUT, "{tmp}" is replaced by the run's own fresh directory.
+BAD_INPUT lists extra bad-input cases per file: (args, a substring the one-line stderr must contain); for a
+classic file they follow its `args`. Each case must exit 2 with that one line and write nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ class Smoke:
     files: list[str] = field(default_factory=list)
     # deep kind: an environment whose action space this file rejects (for the automatic bad-input case)
     wrong_space_env: str | None = None
-    # further argument sets appended to `args`, each run once and checked for exit 0: every option runs
+    # further argument sets appended to `args`, each run once, in the same test: every option of the file runs
     variants: list[list[str]] = field(default_factory=list)
 
 
@@ -44,7 +48,9 @@ SMOKE: dict[str, Smoke] = {
         keys=PPO_KEYS,
         wrong_space_env="Pendulum-v1",
         variants=[["--clip-vloss", "--target-kl", "0.001", "--no-norm-adv", "--no-anneal-lr", "--no-anneal-clip",
-                   "--ent-coef", "0.01", "--env-id", "Acrobot-v1"]],
+                   "--ent-coef", "0.01", "--env-id", "Acrobot-v1", "--hidden-size", "16", "--learning-rate", "3e-4",
+                   "--gamma", "0.95", "--gae-lambda", "0.9", "--vf-coef", "0.4", "--max-grad-norm", "1.0",
+                   "--log-every", "100"]],
     ),
     "dqn.py": Smoke(
         args=["--total-timesteps", "1500", "--learning-starts", "500", "--train-frequency", "100",
@@ -52,7 +58,9 @@ SMOKE: dict[str, Smoke] = {
         keys=DQN_KEYS,
         wrong_space_env="Pendulum-v1",
         variants=[["--double-q", "--dueling", "--num-envs", "3", "--tau", "0.5", "--loss", "mse",
-                   "--hidden-sizes", "32", "--env-id", "Acrobot-v1"]],
+                   "--hidden-sizes", "32", "--buffer-size", "700", "--batch-size", "16", "--gamma", "0.9",
+                   "--max-grad-norm", "1", "--learning-rate", "3e-4", "--target-network-frequency", "50",
+                   "--start-e", "0.5", "--end-e", "0.1", "--exploration-fraction", "0.5", "--env-id", "Acrobot-v1"]],
     ),
     "c51.py": Smoke(
         args=["--total-timesteps", "1500", "--learning-starts", "500", "--train-frequency", "100",
@@ -64,7 +72,7 @@ SMOKE: dict[str, Smoke] = {
                    "--hidden-sizes", "32", "--adam-eps", "1e-8", "--max-grad-norm", "1", "--gamma", "0.9",
                    "--buffer-size", "700", "--batch-size", "16", "--target-network-frequency", "50",
                    "--start-e", "0.5", "--end-e", "0.1", "--exploration-fraction", "0.5", "--learning-rate", "3e-4",
-                   "--env-id", "Acrobot-v1"]],
+                   "--no-anneal-lr", "--env-id", "Acrobot-v1"]],
     ),
     "rainbow.py": Smoke(
         args=["--total-timesteps", "1500", "--learning-starts", "500", "--train-frequency", "100",
@@ -76,8 +84,12 @@ SMOKE: dict[str, Smoke] = {
         variants=[["--no-double", "--no-dueling", "--no-prioritized", "--n-step", "1", "--no-distributional",
                    "--no-noisy", "--num-envs", "3", "--hidden-sizes", "32", "--env-id", "Acrobot-v1"],
                   ["--no-noisy", "--num-envs", "2", "--n-step", "5", "--n-atoms", "11", "--v-min", "-100",
-                   "--v-max", "0", "--buffer-size", "700", "--env-id", "Acrobot-v1"],
-                  ["--no-distributional", "--no-dueling", "--hidden-sizes", "32", "32", "--alpha", "0"]],
+                   "--v-max", "0", "--buffer-size", "700", "--start-e", "0.5", "--end-e", "0.1",
+                   "--exploration-fraction", "0.5", "--env-id", "Acrobot-v1"],
+                  ["--no-distributional", "--no-dueling", "--hidden-sizes", "32", "32", "--alpha", "0", "--tau", "0.5",
+                   "--adam-eps", "1e-8", "--prior-eps", "1e-4", "--beta-start", "0.6", "--sigma-0", "0.3",
+                   "--gamma", "0.9", "--batch-size", "16", "--target-network-frequency", "50", "--max-grad-norm", "1",
+                   "--learning-rate", "3e-4"]],
     ),
     "ddpg.py": Smoke(
         args=["--total-timesteps", "600", "--learning-starts", "200", "--batch-size", "64", "--hidden-sizes", "64", "64",
@@ -86,7 +98,8 @@ SMOKE: dict[str, Smoke] = {
               "losses/q_values", "eval/episodic_return"],
         wrong_space_env="CartPole-v1",
         variants=[["--num-envs", "3", "--train-frequency", "2", "--policy-frequency", "1", "--exploration-noise", "0.2",
-                   "--tau", "1", "--save-model", "--save-buffer", "--log-every", "300"],
+                   "--tau", "1", "--save-model", "--save-buffer", "--log-every", "300", "--learning-rate", "1e-3",
+                   "--gamma", "0.95", "--buffer-size", "500"],
                   ["--env-id", "InvertedPendulum-v5", "--num-envs", "2", "--hidden-sizes", "32"]],
     ),
     "td3.py": Smoke(
@@ -96,7 +109,8 @@ SMOKE: dict[str, Smoke] = {
               "losses/qf_loss", "losses/q_values", "losses/actor_loss", "eval/episodic_return"],
         wrong_space_env="CartPole-v1",
         variants=[["--num-envs", "2", "--policy-frequency", "3", "--tau", "0.5", "--policy-noise", "0", "--save-model",
-                   "--save-buffer", "--env-id", "MountainCarContinuous-v0"]],
+                   "--save-buffer", "--train-frequency", "2", "--noise-clip", "0.3", "--exploration-noise", "0.2",
+                   "--learning-rate", "1e-3", "--gamma", "0.95", "--buffer-size", "500", "--env-id", "MountainCarContinuous-v0"]],
     ),
     "sac.py": Smoke(
         args=["--total-timesteps", "600", "--learning-starts", "200", "--batch-size", "64", "--log-every", "200",
@@ -106,24 +120,31 @@ SMOKE: dict[str, Smoke] = {
               "losses/alpha_loss", "losses/entropy", "eval/episodic_return"],
         wrong_space_env="CartPole-v1",
         variants=[["--no-autotune", "--alpha", "0.1", "--num-envs", "2", "--train-frequency", "2", "--gradient-steps", "2",
-                   "--hidden-sizes", "32", "--env-id", "MountainCarContinuous-v0"]],
+                   "--hidden-sizes", "32", "--save-model", "--save-buffer", "--policy-lr", "1e-3", "--q-lr", "1e-3",
+                   "--alpha-lr", "1e-3", "--tau", "0.5", "--gamma", "0.95", "--buffer-size", "500",
+                   "--env-id", "MountainCarContinuous-v0"]],
     ),
     "a2c.py": Smoke(
-        args=["--total-timesteps", "400", "--num-envs", "2", "--losses-every", "10", "--eval-episodes", "1"],
+        args=["--total-timesteps", "400", "--num-envs", "2", "--losses-every", "10", "--eval-episodes", "1",
+              "--rmsprop-alpha", "0.95"],
         keys=["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
               "losses/value_loss", "losses/policy_loss", "losses/entropy", "losses/explained_variance",
               "eval/episodic_return"],
         wrong_space_env="Blackjack-v1",
         variants=[["--env-id", "Pendulum-v1", "--optimizer", "adam", "--gae-lambda", "0.9", "--norm-adv",
-                   "--no-anneal-lr", "--ent-coef", "0.01", "--num-steps", "8", "--hidden-size", "16"]],
+                   "--no-anneal-lr", "--ent-coef", "0.01", "--num-steps", "8", "--hidden-size", "16",
+                   "--learning-rate", "1e-3", "--optimizer-eps", "1e-6", "--gamma", "0.95", "--vf-coef", "0.25",
+                   "--max-grad-norm", "1.0", "--log-every", "100"]],
     ),
     "a3c.py": Smoke(
-        args=["--total-timesteps", "600", "--losses-every", "20", "--eval-episodes", "1"],
+        args=["--total-timesteps", "600", "--losses-every", "20", "--eval-episodes", "1", "--rmsprop-alpha", "0.95"],
         keys=["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
               "losses/value_loss", "losses/policy_loss", "losses/entropy", "eval/episodic_return"],
         wrong_space_env="Blackjack-v1",
         variants=[["--env-id", "Pendulum-v1", "--optimizer", "adam", "--num-workers", "3", "--no-anneal-lr",
-                   "--num-steps", "3", "--hidden-size", "16"]],
+                   "--num-steps", "3", "--hidden-size", "16", "--learning-rate", "1e-3", "--optimizer-eps", "1e-6",
+                   "--gamma", "0.95", "--ent-coef", "0.02", "--vf-coef", "0.25", "--max-grad-norm", "1.0",
+                   "--log-every", "200"]],
     ),
     "trpo.py": Smoke(
         args=["--total-timesteps", "256", "--num-envs", "2", "--num-steps", "64", "--n-critic-updates", "2",
@@ -135,7 +156,8 @@ SMOKE: dict[str, Smoke] = {
         wrong_space_env="Blackjack-v1",
         variants=[["--env-id", "Pendulum-v1", "--no-norm-adv", "--target-kl", "0.05", "--cg-iters", "3",
                    "--cg-damping", "0.01", "--line-search-factor", "0.5", "--line-search-max-iter", "3",
-                   "--learning-rate", "3e-4", "--gamma", "0.9", "--gae-lambda", "0.9", "--hidden-size", "16"],
+                   "--learning-rate", "3e-4", "--gamma", "0.9", "--gae-lambda", "0.9", "--hidden-size", "16",
+                   "--log-every", "128"],
                   # normalisation, through a Pendulum truncation (256 steps per env, episodes of 200)
                   ["--env-id", "Pendulum-v1", "--norm-obs", "--norm-reward", "--clip-obs", "5", "--clip-reward", "5",
                    "--num-steps", "128", "--total-timesteps", "512", "--save-model"]],
@@ -148,7 +170,8 @@ SMOKE: dict[str, Smoke] = {
         variants=[["--env-id", "Hopper-v5", "--clip-vloss", "--target-kl", "0.001", "--anneal-clip", "--ent-coef",
                    "0.01", "--clip-obs", "5", "--clip-reward", "5", "--log-every", "100"],
                   ["--env-id", "HalfCheetah-v5", "--no-norm-obs", "--no-norm-reward", "--no-norm-adv", "--no-anneal-lr",
-                   "--hidden-size", "16", "--num-envs", "1", "--num-steps", "200", "--save-model"]],
+                   "--hidden-size", "16", "--num-envs", "1", "--num-steps", "200", "--save-model", "--learning-rate",
+                   "1e-3", "--gamma", "0.95", "--gae-lambda", "0.9", "--vf-coef", "0.4", "--max-grad-norm", "1.0"]],
     ),
     "reinforce.py": Smoke(
         args=["--total-timesteps", "600", "--episodes-per-update", "2", "--eval-episodes", "1"],
@@ -176,7 +199,7 @@ SMOKE: dict[str, Smoke] = {
         wrong_space_env="CartPole-v1",
         variants=[["--env-id", "ALE/Breakout-v5", "--total-timesteps", "64", "--num-envs", "1", "--num-steps", "64",
                    "--num-minibatches", "2", "--update-epochs", "2", "--clip-vloss", "--target-kl", "0.001",
-                   "--no-norm-adv", "--no-anneal-lr", "--no-anneal-clip", "--log-every", "32"]],
+                   "--no-norm-adv", "--no-anneal-lr", "--no-anneal-clip", "--log-every", "32", "--hidden-size", "64"]],
     ),
     "dqn_atari.py": Smoke(
         # 320 agent steps, the first 240 random: a random-play Breakout game ends within them, so
@@ -187,48 +210,81 @@ SMOKE: dict[str, Smoke] = {
         wrong_space_env="CartPole-v1",
         variants=[["--env-id", "ALE/Breakout-v5", "--total-timesteps", "96", "--num-envs", "2", "--learning-starts", "32",
                    "--buffer-size", "64", "--tau", "0.5", "--max-grad-norm", "10", "--eval-epsilon", "0",
-                   "--log-every", "32"]],
+                   "--log-every", "32", "--double-q", "--gradient-steps", "2", "--gamma", "0.9", "--learning-rate",
+                   "3e-4", "--start-e", "0.5", "--end-e", "0.1", "--exploration-fraction", "0.5"]],
     ),
     "bandits.py": Smoke(
         args=["--num-runs", "20", "--num-steps", "100", "--plot", "{tmp}/fig.png"],
         kind="classic", files=["{tmp}/fig.png"],
+        variants=[["--figure", "2.6", "--num-arms", "4", "--summary-window", "10", "--seed", "2"]],
     ),
     "td_prediction.py": Smoke(args=["--num-runs", "5", "--num-episodes", "10", "--plot", "{tmp}/fig.png"],
-                              kind="classic", files=["{tmp}/fig.png"]),
+                              kind="classic", files=["{tmp}/fig.png"],
+                              variants=[["--seed", "2", "--td-alphas", "0.1", "0.2", "--mc-alphas", "0.02",
+                                         "--example-alpha", "0.2"]]),
     "n_step_td.py": Smoke(args=["--num-runs", "3", "--ns", "1", "4", "--alphas", "0.2", "0.4", "--sarsa-runs", "1",
                                 "--sarsa-steps", "300", "--plot", "{tmp}/fig.png"],
-                          kind="classic", files=["{tmp}/fig.png"]),
+                          kind="classic", files=["{tmp}/fig.png"],
+                          variants=[["--seed", "2", "--num-episodes", "3", "--sarsa-ns", "3", "--sarsa-alpha", "0.3",
+                                     "--sarsa-epsilon", "0.2"]]),
     "td_lambda.py": Smoke(args=["--num-runs", "3", "--lambdas", "0", "0.8", "--alphas", "0.2", "0.4",
                                 "--plot", "{tmp}/fig.png"],
-                          kind="classic", files=["{tmp}/fig.png"]),
-    "policy_evaluation.py": Smoke(args=["--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"]),
+                          kind="classic", files=["{tmp}/fig.png"],
+                          variants=[["--seed", "2", "--num-episodes", "3", "--methods", "replacing", "true_online"]]),
+    "policy_evaluation.py": Smoke(args=["--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"],
+                                  variants=[["--env-id", "FrozenLake-v1", "--gamma", "0.9", "--theta", "1e-6",
+                                             "--seed", "2"]]),
     "policy_iteration.py": Smoke(args=["--env-id", "GridWorld4x4-v0", "--plot", "{tmp}/fig.png"], kind="classic",
-                                 files=["{tmp}/fig.png"]),
-    "value_iteration.py": Smoke(args=["--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"]),
+                                 files=["{tmp}/fig.png"],
+                                 variants=[["--env-id", "FrozenLake-v1", "--gamma", "0.9", "--theta", "1e-6",
+                                            "--tie-tol", "1e-8", "--seed", "2"]]),
+    "value_iteration.py": Smoke(args=["--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"],
+                                variants=[["--p-head", "0.25", "--gamma", "0.99", "--theta", "1e-6", "--tie-tol", "1e-8",
+                                           "--seed", "2"]]),
     "sarsa_lambda.py": Smoke(args=["--num-runs", "1", "--num-episodes", "20", "--plot", "{tmp}/fig.png"], kind="classic",
-                             files=["{tmp}/fig.png"]),
-    "dyna_q.py": Smoke(args=["--num-runs", "3", "--num-episodes", "5", "--plot", "{tmp}/fig.png"], kind="classic",
-                       files=["{tmp}/fig.png"]),
+                             files=["{tmp}/fig.png"],
+                             variants=[["--env-id", "MountainCar-v0", "--seed", "2", "--alpha", "0.3", "--lam", "0.5",
+                                        "--gamma", "0.99", "--epsilon", "0.1", "--trace", "accumulating",
+                                        "--num-tilings", "4", "--tiles-per-dim", "6"]]),
+    "dyna_q.py": Smoke(args=["--num-runs", "3", "--num-episodes", "5", "--planning-steps", "0", "5", "--plot",
+                             "{tmp}/fig.png"], kind="classic",
+                       files=["{tmp}/fig.png"],
+                       variants=[["--env-id", "BlockingMaze", "--algorithm", "both", "--planning-steps", "2",
+                                  "--num-steps", "1200", "--alpha", "0.5", "--gamma", "0.9", "--epsilon", "0.2",
+                                  "--kappa", "0.01", "--seed", "2"],
+                                 ["--env-id", "FrozenLake-v1", "--algorithm", "dyna-q+", "--planning-steps", "1"]]),
     "sarsa.py": Smoke(args=["--num-runs", "2", "--num-episodes", "20", "--eval-episodes", "2", "--plot", "{tmp}/fig.png"],
-                      kind="classic", files=["{tmp}/fig.png"]),
+                      kind="classic", files=["{tmp}/fig.png"],
+                      variants=[["--env-id", "FrozenLake-v1", "--alpha", "0.1", "--epsilon", "0.2", "--gamma", "0.99",
+                                 "--seed", "2"]]),
     "q_learning.py": Smoke(args=["--num-runs", "2", "--num-episodes", "30", "--report-from", "10", "--eval-episodes", "2",
-                                 "--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"]),
+                                 "--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"],
+                           variants=[["--env-id", "FrozenLake-v1", "--alpha", "0.1", "--epsilon", "0.2", "--gamma", "0.9",
+                                      "--smoothing", "5", "--seed", "2"]]),
     "expected_sarsa.py": Smoke(args=["--num-runs", "2", "--num-episodes", "30", "--report-from", "10", "--sweep-alphas",
                                      "0.5", "1.0", "--sweep-episodes", "5", "--sweep-runs", "1", "--eval-episodes", "2",
-                                     "--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"]),
+                                     "--plot", "{tmp}/fig.png"], kind="classic", files=["{tmp}/fig.png"],
+                               variants=[["--env-id", "WindyGridworld", "--alpha", "0.4", "--epsilon", "0.2",
+                                          "--gamma", "0.95", "--seed", "2"]]),
     "mc_prediction.py": Smoke(args=["--num-episodes", "2000", "--snapshot-episodes", "500", "--plot", "{tmp}/fig.png"],
-                              kind="classic", files=["{tmp}/fig.png"]),
+                              kind="classic", files=["{tmp}/fig.png"],
+                              variants=[["--env-id", "RandomWalk-v0", "--num-runs", "3", "--num-episodes", "50",
+                                         "--no-first-visit", "--gamma", "0.9", "--seed", "2"]]),
     "mc_control.py": Smoke(args=["--num-episodes", "2000", "--eval-episodes", "500", "--plot", "{tmp}/fig.png"],
-                           kind="classic", files=["{tmp}/fig.png"]),
+                           kind="classic", files=["{tmp}/fig.png"],
+                           variants=[["--num-episodes", "500", "--eval-episodes", "100", "--epsilon", "0.2",
+                                      "--gamma", "0.9", "--seed", "2"]]),
     "off_policy_mc.py": Smoke(args=["--num-runs", "3", "--num-episodes", "200", "--control-episodes", "2000",
                                     "--eval-episodes", "500", "--plot", "{tmp}/fig.png", "--control-plot", "{tmp}/ctl.png"],
-                              kind="classic", files=["{tmp}/fig.png", "{tmp}/ctl.png"]),
+                              kind="classic", files=["{tmp}/fig.png", "{tmp}/ctl.png"],
+                              variants=[["--num-episodes", "50", "--control-episodes", "500", "--true-value", "-0.28",
+                                         "--gamma", "0.9", "--seed", "2"]]),
 }
 
 BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
     "ppo.py": [(["--num-minibatches", "3"], "num-minibatches"), (["--gamma", "1.5"], "gamma"),
                (["--hidden-size", "-1"], "hidden-size")],
-    "dqn.py": [(["--buffer-size", "0"], "buffer-size"), (["--loss", "l3"], "loss"),
+    "dqn.py": [(["--buffer-size", "0"], "buffer-size"), (["--loss", "l3"], "loss"), (["--num-envs", "4", "--buffer-size", "3"], "buffer-size"),
                (["--learning-rate", "-1"], "learning-rate"), (["--hidden-sizes", "-1"], "hidden-sizes")],
     "dqn_atari.py": [(["--buffer-size", "12", "--num-envs", "2"], "buffer-size")],
     "c51.py": [(["--v-min", "10", "--v-max", "-10"], "v-min"), (["--v-min", "5", "--v-max", "5"], "v-max"),
@@ -236,12 +292,12 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
                (["--adam-eps", "-1"], "adam-eps")],
     "rainbow.py": [(["--n-step", "0"], "n-step"), (["--v-min", "10", "--v-max", "0"], "v-min"),
                    (["--alpha", "-1"], "alpha")],
-    "ddpg.py": [(["--resume", "{tmp}/missing.pt"], "resume"), (["--tau", "0"], "tau"), (["--hidden-sizes", "0"], "hidden-sizes"),
+    "ddpg.py": [(["--resume", "{tmp}/missing.pt"], "no checkpoint"), (["--save-buffer"], "save-buffer"), (["--tau", "0"], "tau"), (["--hidden-sizes", "0"], "hidden-sizes"),
                 (["--env-id", "CarRacing-v3"], "flat Box observation"), (["--num-envs", "0"], "num-envs")],
-    "td3.py": [(["--resume", "missing.pt"], "resume"), (["--save-buffer"], "save-buffer"),
+    "td3.py": [(["--resume", "missing.pt"], "no checkpoint"), (["--save-buffer"], "save-buffer"),
                (["--policy-frequency", "0"], "policy-frequency"), (["--noise-clip", "-1"], "noise-clip"),
                (["--learning-rate", "-1"], "learning-rate")],
-    "sac.py": [(["--resume", "{tmp}/missing.pt"], "resume"), (["--gamma", "1.5"], "gamma"),
+    "sac.py": [(["--resume", "{tmp}/missing.pt"], "no checkpoint"), (["--alpha", "nan"], "alpha"), (["--gamma", "1.5"], "gamma"),
                (["--buffer-size", "0"], "buffer-size")],
     "bandits.py": [(["--num-runs", "0"], "num-runs"), (["--num-steps", "-5"], "num-steps"),
                    (["--figure", "9.9"], "figure"), (["--num-arms", "1"], "num-arms"),
@@ -260,17 +316,20 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
                              (["--gamma", "0"], "gamma"), (["--theta", "0"], "theta"),
                              (["--env-id", "Taxi-v3"], "Taxi-v4"),  # Gymnasium 1.4 registers Taxi-v4 only
                              (["--env-id", "Blackjack-v1"], "transition model"), (["--gamma", "1.5"], "gamma"),
-                             (["--theta", "-0.001"], "theta")],
+                             (["--theta", "-0.001"], "theta"), (["--theta", "nan"], "theta"),
+                             (["--gamma", "nan"], "gamma")],
     "policy_iteration.py": [(["--env-id", "CartPole-v1"], "transition model"), (["--env-id", "Foo-v0"], "unknown"),
                             (["--env-id", "JacksCarRental-v0", "--gamma", "1"], "no policy terminates"), (["--gamma", "1.5"], "gamma"),
                             (["--theta", "0"], "theta"), (["--env-id", "Taxi-v3"], "Taxi-v4"),
                             (["--env-id", "Blackjack-v1"], "transition model"), (["--gamma", "0"], "gamma"),
-                            (["--gamma", "1.01"], "gamma"), (["--tie-tol", "-1"], "tie-tol")],
+                            (["--gamma", "1.01"], "gamma"), (["--tie-tol", "-1"], "tie-tol"),
+                            (["--tie-tol", "nan"], "tie-tol"), (["--gamma", "nan"], "gamma")],
     "value_iteration.py": [(["--env-id", "CartPole-v1"], "transition model"), (["--env-id", "Foo-v0"], "unknown"),
                            (["--gamma", "0"], "gamma"), (["--theta", "-1"], "theta"), (["--p-head", "1.5"], "p-head"),
                            (["--env-id", "Taxi-v3"], "Taxi-v4"), (["--env-id", "Blackjack-v1"], "transition model"),
                            (["--gamma", "-0.5"], "gamma"), (["--gamma", "2"], "gamma"), (["--theta", "0"], "theta"),
-                           (["--p-head", "0"], "p-head"), (["--tie-tol", "-1"], "tie-tol")],
+                           (["--p-head", "0"], "p-head"), (["--tie-tol", "-1"], "tie-tol"),
+                           (["--p-head", "nan"], "p-head"), (["--theta", "nan"], "theta")],
     "sarsa_lambda.py": [(["--env-id", "NoSuchEnv-v0"], "unknown"), (["--env-id", "FrozenLake-v1"], "Box"),
                         (["--env-id", "CartPole-v1"], "unbounded"), (["--lam", "1.5"], "lam"),
                         (["--num-episodes", "0"], "num-episodes"), (["--lam", "-0.1"], "lam"),
@@ -289,11 +348,13 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
                           (["--num-episodes", "0"], "--num-episodes"), (["--sweep-alphas", "0", "0.5"], "--sweep-alphas")],
     "mc_prediction.py": [(["--env-id", "NoSuchEnv-v0"], "unknown"), (["--env-id", "CartPole-v1"], "continuous observation space"),
                          (["--env-id", "FrozenLake-v1"], "not supported"), (["--num-episodes", "0"], "num-episodes"),
-                         (["--num-runs", "-3", "--env-id", "RandomWalk-v0"], "num-runs")],
+                         (["--num-runs", "-3", "--env-id", "RandomWalk-v0"], "num-runs"), (["--gamma", "nan"], "gamma")],
     "mc_control.py": [(["--env-id", "NoSuchEnv-v0"], "unknown"), (["--env-id", "CartPole-v1"], "continuous observation space"),
                       (["--env-id", "FrozenLake-v1"], "not Blackjack"), (["--num-episodes", "0"], "num-episodes"),
-                      (["--epsilon", "1.5"], "epsilon")],
+                      (["--epsilon", "1.5"], "epsilon"), (["--epsilon", "nan"], "epsilon"), (["--gamma", "nan"], "gamma")],
     "off_policy_mc.py": [(["--env-id", "NoSuchEnv-v0"], "unknown"), (["--env-id", "CartPole-v1"], "continuous observation space"),
                          (["--env-id", "FrozenLake-v1"], "not Blackjack"), (["--num-episodes", "0"], "num-episodes"),
-                         (["--num-runs", "-1"], "num-runs")],
+                         (["--num-runs", "-1"], "num-runs"), (["--gamma", "nan"], "gamma"),
+                         (["--true-value", "nan"], "true-value"), (["--control-plot", "/proc/onefile-rl-missing/c.png"],
+                                                                   "cannot write --control-plot")],
 }

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_flat_buffer_update_matches, assert_one_line_exit_2, load_algo
+from conftest import assert_one_line_exit_2, load_algo
 
 a2c = load_algo("a2c")
 
@@ -96,7 +96,7 @@ def test_nstep_returns_equal_gae_with_lambda_one_and_gae_zero_is_td_target():
 
 def test_gaussian_log_prob_and_entropy_closed_forms():
     # by hand: N(1; 0, 1) = exp(-1/2) / sqrt(2 pi); N(3; 1, 2^2) in log: -(2/2)^2/2 - log 2 - log(2 pi)/2
-    lp = a2c.gaussian_log_prob(torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, math.log(2.0)]]), torch.tensor([[1.0, 3.0]]))
+    lp = a2c.gaussian_log_prob(torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, math.log(2.0)]]))
     expected = (-0.5 - 0.5 * math.log(2 * math.pi)) + (-0.5 - math.log(2.0) - 0.5 * math.log(2 * math.pi))
     assert lp.shape == (1,) and lp.item() == pytest.approx(expected)
     # entropy of N(mu, sigma^2) = log(sigma * sqrt(2 pi e)), summed over independent dimensions
@@ -109,7 +109,7 @@ def test_gaussian_log_prob_and_entropy_closed_forms():
     log_std = torch.empty(64, 3, dtype=torch.float64).uniform_(-8, 4, generator=g)
     act = mean + torch.randn(64, 3, generator=g, dtype=torch.float64) * log_std.exp()
     normal = torch.distributions.Normal(mean, log_std.exp())
-    torch.testing.assert_close(a2c.gaussian_log_prob(mean, log_std, act), normal.log_prob(act).sum(-1))
+    torch.testing.assert_close(a2c.gaussian_log_prob(act, mean, log_std), normal.log_prob(act).sum(-1))
     torch.testing.assert_close(a2c.gaussian_entropy(log_std), normal.entropy().sum(-1))
 
 
@@ -123,7 +123,7 @@ def test_evaluate_actions_match_torch_distributions():
     torch.testing.assert_close(logp, dist.log_prob(a))
     torch.testing.assert_close(ent, dist.entropy())
     torch.testing.assert_close(value, disc.critic(x).squeeze(-1))
-    cont = a2c.Agent(5, 2, continuous=True)
+    cont = a2c.Agent(5, 2, continuous=True, action_low=[-1.0, -3.0], action_high=[1.0, 3.0])
     with torch.no_grad():
         cont.log_std.copy_(torch.tensor([-0.5, 0.7]))
     a = torch.randn(7, 2)
@@ -134,6 +134,13 @@ def test_evaluate_actions_match_torch_distributions():
     # the sampled actions really follow N(mu, sigma): check the spread of many samples
     samples = cont.sample_action(x[:1].expand(20_000, -1))
     np.testing.assert_allclose(samples.std(0).numpy(), cont.log_std.exp().detach().numpy(), rtol=0.03)
+    # the deterministic action: the argmax, or the mean clipped to the bounds (per dimension)
+    torch.testing.assert_close(disc.greedy_action(x), disc.actor(x).argmax(-1))
+    with torch.no_grad():
+        cont.actor[-1].bias.copy_(torch.tensor([5.0, -2.0]))
+    torch.testing.assert_close(cont.greedy_action(x), torch.maximum(torch.minimum(cont.actor(x), cont.action_high),
+                                                                    cont.action_low))
+    assert (cont.greedy_action(x)[:, 0] == 1.0).all()
 
 
 def test_a2c_loss_by_hand():
@@ -152,26 +159,20 @@ def test_a2c_loss_by_hand():
     np.testing.assert_allclose(logp.grad.numpy(), [-2 / 2, 1 / 2], rtol=1e-6)
 
 
-def test_flat_parameters_give_the_same_update_as_ordinary_rmsprop():
-    assert_flat_buffer_update_matches(lambda: a2c.Agent(4, 2, False), a2c.flatten_parameters, torch.optim.RMSprop,
-                                      lr=1e-2, alpha=0.99, eps=1e-5)
-
-
 def test_continuous_checkpoint_round_trip(tmp_path, monkeypatch):
     """A tiny Pendulum run: the saved Gaussian policy loads (weights_only) and evaluates like the live one."""
     monkeypatch.chdir(tmp_path)
     out = a2c.main(a2c.Args(env_id="Pendulum-v1", total_timesteps=80, num_envs=2, eval_episodes=1,
                             save_model=True, seed=3))
-    agent, ckpt = a2c.load_agent(out["model_path"])
-    assert ckpt["continuous"] is True and ckpt["env_id"] == "Pendulum-v1"
-    assert agent.log_std.shape == (1,)
+    agent, ckpt = a2c.load_model(out["model_path"])
+    assert ckpt["algo"] == "a2c" and ckpt["model_args"]["continuous"] is True and ckpt["env_id"] == "Pendulum-v1"
+    assert agent.log_std.shape == (1,) and agent.action_low.tolist() == [-2.0] and agent.action_high.tolist() == [2.0]
     assert a2c.evaluate(out["model_path"], "Pendulum-v1", 1, seed=100_003) == pytest.approx(out["eval_returns"])
 
 
 @pytest.mark.slow
 def test_learns_cartpole(tmp_path, monkeypatch):
-    """The defaults, seed 1: the deterministic evaluation reaches the issue's 475 within 200k steps.
-    Measured with the defaults: 500.0 on each of seeds 1-8 (so the threshold is not one lucky seed)."""
+    """The defaults, seed 1: the deterministic evaluation reaches 475 within 200k steps."""
     monkeypatch.chdir(tmp_path)
     out = a2c.main(a2c.Args(seed=1, total_timesteps=200_000))
     assert out["eval_return_mean"] >= 475, out["eval_returns"]

@@ -1,4 +1,4 @@
-"""a3c.py: the shared optimisers against torch.optim, the n-step returns and the Gaussian against
+"""a3c.py: the shared optimisers against torch.optim, the n-step returns and the loss against
 independent calculations, a run that proves several worker processes wrote into the shared model, and a
 learning regression."""
 
@@ -17,24 +17,27 @@ a3c = load_algo("a3c")
 @pytest.mark.parametrize("kind", ["rmsprop", "adam"])
 def test_shared_optimisers_match_torch_optim(kind):
     torch.manual_seed(0)
-    init = torch.randn(50)
-    mine = init.clone().share_memory_()
-    ref = torch.nn.Parameter(init.clone())
+    init = [torch.randn(5, 4), torch.randn(3)]
+    mine = [t.clone().share_memory_() for t in init]
+    ref = [torch.nn.Parameter(t.clone()) for t in init]
     if kind == "rmsprop":
         opt = a3c.SharedRMSprop(mine, alpha=0.99, eps=1e-5)
-        ref_opt = torch.optim.RMSprop([ref], lr=1e-2, alpha=0.99, eps=1e-5)
+        ref_opt = torch.optim.RMSprop(ref, lr=1e-2, alpha=0.99, eps=1e-5)
     else:
         opt = a3c.SharedAdam(mine, eps=1e-5)
-        ref_opt = torch.optim.Adam([ref], lr=1e-2, eps=1e-5)
+        ref_opt = torch.optim.Adam(ref, lr=1e-2, eps=1e-5)
     for _ in range(5):
-        g = torch.randn(50)
-        before = mine.clone()
-        update = opt.step(g, lr=1e-2)
-        torch.testing.assert_close(mine - before, update)  # step() returns exactly what it added
-        ref.grad = g.clone()
+        grads = [torch.randn_like(t) for t in init]
+        before = [t.clone() for t in mine]
+        updates = opt.step(grads, lr=1e-2)
+        for m, b, u in zip(mine, before, updates, strict=True):
+            torch.testing.assert_close(m - b, u)  # step() returns exactly what it added
+        for r, g in zip(ref, grads, strict=True):
+            r.grad = g.clone()
         ref_opt.step()
-    torch.testing.assert_close(mine, ref.detach(), rtol=1e-5, atol=1e-6)
-    state = [opt.square_avg] if kind == "rmsprop" else [opt.exp_avg, opt.exp_avg_sq, opt.step_count]
+    for m, r in zip(mine, ref, strict=True):
+        torch.testing.assert_close(m, r.detach(), rtol=1e-5, atol=1e-6)
+    state = opt.square_avg if kind == "rmsprop" else [*opt.exp_avg, *opt.exp_avg_sq, opt.step_count]
     assert all(t.is_shared() for t in state), "the optimiser's state must be in shared memory"
 
 
@@ -50,13 +53,6 @@ def test_nstep_returns_cut_at_the_episode_end_of_a_worker_rollout():
     assert cut_by_t_max == pytest.approx(boot)
     assert truncated == pytest.approx(boot)  # a time limit still bootstraps from V(final observation)
     assert terminated == pytest.approx([1 + 0.9 + 0.81, 1 + 0.9, 1.0])
-
-
-def test_gaussian_log_prob_and_entropy_closed_forms():
-    lp = a3c.gaussian_log_prob(torch.tensor([0.5]), torch.tensor([math.log(0.1)]), torch.tensor([0.7]))
-    assert lp.item() == pytest.approx(-0.5 * (0.2 / 0.1) ** 2 - math.log(0.1) - 0.5 * math.log(2 * math.pi))
-    assert a3c.gaussian_entropy(torch.tensor([0.0, 0.0])).item() == pytest.approx(math.log(2 * math.pi * math.e))
-
 
 
 def test_a3c_loss_is_a_sum_over_the_rollout_by_hand():
@@ -87,7 +83,7 @@ def test_several_worker_processes_update_the_shared_model(tmp_path, monkeypatch)
         assert applied[w].norm() > 0.05 * change.norm(), f"worker {w} hardly updated the model"
         assert (change - applied[w]).norm() > 0.05 * change.norm(), f"worker {w}'s updates alone explain the change"
     # Hogwild loses part of an update when two workers' read-modify-write of the same elements overlap; how
-    # much depends on the load (a CI run with both cores busy measured 1.3% of the change). A worker whose
+    # much depends on the load (a small fraction of the change). A worker whose
     # updates never reached the shared parameters would leave a gap of its whole share, so the bound is set
     # against the smaller share, not against an observed loss rate.
     gap = (change - applied.sum(0)).norm()
@@ -109,10 +105,9 @@ def test_bad_arguments_one_line_and_nothing_written(kw, expected, tmp_path, monk
 @pytest.mark.slow
 def test_learns_cartpole(tmp_path, monkeypatch):
     """The defaults (2 workers, 200k steps), seed 1. A3C is not reproducible run to run (the workers'
-    interleaving), and its final policy varies a lot: the deterministic evaluations measured with the defaults
-    were 401.9, 115.3 and 492.0 (seeds 1-3). So the test asks what every run did: the training return,
-    averaged over 20 consecutive episodes, passed 150 at some point (the runs peaked at 263, 272 and 289; a
-    random policy scores about 22), and the final evaluation beats a random policy by far (> 60)."""
+    interleaving), and its final policy varies a lot from run to run. So the test asks what every run did:
+    the training return, averaged over 20 consecutive episodes, passed 150 at some point (a random policy
+    scores about 22), and the final evaluation beats a random policy by far (> 60)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.chdir(tmp_path)

@@ -69,10 +69,10 @@ def test_make_testbeds_uses_the_env_reset():
 def test_vectorised_experiment_matches_stepping_the_env():
     """An ε-greedy agent stepped through the Env's API earns what the vectorised experiment reports.
 
-    Same 200 testbeds in both; per testbed, d = (Env run's mean reward) - (vectorised run's mean reward)
+    Same 100 testbeds in both; per testbed, d = (Env run's mean reward) - (vectorised run's mean reward)
     has mean 0 if both draw rewards the same way; tolerance 4 standard errors of mean(d).
     """
-    runs, steps = 200, 250
+    runs, steps = 100, 200
     q_star = bandits.make_testbeds(runs, 10, 0.0, np.random.default_rng(11))
     vec_rewards, _ = bandits.run_agent(
         bandits.EpsilonGreedy(runs, 10, 0.1), q_star, steps, np.random.default_rng(12)
@@ -321,7 +321,7 @@ def test_figures_2_3_and_2_5_claims(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 # main: every figure runs, same seed gives the same numbers, bad input is refused
 # ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("figure", ["2.2", "2.3", "2.4", "2.5", "2.6", "thompson"])
+@pytest.mark.parametrize("figure", ["2.3", "2.4", "2.5", "thompson"])  # 2.2 and 2.6: the smoke runs
 def test_every_figure_runs_small(tmp_path, figure):
     out = bandits.main(
         bandits.Args(

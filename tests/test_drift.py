@@ -19,6 +19,26 @@ PER_FILE = {
 
 # (name, file): why this file's version differs from the version most files share
 ALLOWED: dict[tuple[str, str], str] = {
+    # networks: each file's own architecture under the usual name
+    ("Actor", "sac.py"): "a squashed Gaussian policy (tanh of a sampled Normal), not ddpg/td3's deterministic actor",
+    ("Actor", "trpo.py"): "a stochastic categorical or Gaussian policy with the log-prob, entropy and KL the trust region needs",
+    ("Agent", "ppo.py"): "separate categorical actor and critic MLPs (a2c/a3c's Agent serves Discrete and Box in one class)",
+    ("Agent", "ppo_atari.py"): "the Nature CNN trunk shared by the actor and critic heads, on uint8 frames",
+    ("Agent", "ppo_continuous_action.py"): "a Gaussian policy carrying the action bounds and observation statistics",
+    ("QNetwork", "dqn.py"): "an MLP with one Q-value per action and an optional dueling head",
+    ("QNetwork", "dqn_atari.py"): "the Nature CNN on uint8 frame stacks",
+    ("QNetwork", "rainbow.py"): "adds noisy layers, a per-atom dueling head and an expected or distributional output",
+    ("ReplayBuffer", "dqn.py"): "integer actions, one column per environment; the continuous-control buffer stores action vectors",
+    ("ReplayBuffer", "c51.py"): "the same buffer as dqn.py (integer actions, one column per environment)",
+    # Atari: evaluation and preprocessing that the flat-observation files do not need
+    ("evaluate", "dqn_atari.py"): "epsilon-greedy (the paper's 0.05) over whole Atari games through make_env's wrappers",
+    ("evaluate", "ppo_atari.py"): "whole Atari games through make_env's wrappers, scored on the raw game score across lives",
+    ("make_env", "ppo_atari.py"): "the Atari preprocessing chain (the same text as dqn_atari.py's)",
+    ("make_env", "dqn_atari.py"): "the Atari preprocessing chain (the same text as ppo_atari.py's)",
+    # tabular files: one environment, often a book world written in the file, no vector env or video
+    **{("make_env", f): "a tabular file makes one environment (a book world of its own or gym.make), not a vector-env thunk"
+       for f in ("dyna_q.py", "expected_sarsa.py", "mc_prediction.py", "policy_evaluation.py", "policy_iteration.py",
+                 "q_learning.py", "sarsa.py", "value_iteration.py")},
 }
 
 

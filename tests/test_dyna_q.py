@@ -6,7 +6,7 @@ from collections import deque
 
 import numpy as np
 import pytest
-from conftest import load_algo
+from conftest import assert_one_line_exit_2, load_algo
 
 dq = load_algo("dyna_q")
 
@@ -116,44 +116,52 @@ def test_dyna_q_plus_model_and_planning_by_hand():
 def test_epsilon_greedy_breaks_ties_at_random():
     rng = np.random.default_rng(0)
     q = np.tile([1.0, 1.0, 0.0], (4000, 1))
-    greedy = dq.epsilon_greedy(q, 0.0, rng)
+    greedy = dq.epsilon_greedy_batch(q, 0.0, rng)
     assert not np.any(greedy == 2)
     assert abs(np.mean(greedy == 0) - 0.5) < 4 * 0.5 / np.sqrt(4000)
-    explore = dq.epsilon_greedy(q, 1.0, rng)
+    explore = dq.epsilon_greedy_batch(q, 1.0, rng)
     assert abs(np.mean(explore == 2) - 1 / 3) < 4 * np.sqrt(2 / 9 / 4000)
 
 
 # ---------------------------------------------------------------------------------------------- Figure 8.2
-def test_figure_8_2_episode_3_and_10(tmp_path):
-    """30 runs, 10 episodes, n = 0 and 50 (about 5 s). Episodes are counted from 1, as on the book's
+def check_figure_8_2_episode_3_and_10(steps_n0, steps_n50):
+    """Figure 8.2's n = 0 at episode 10 and n = 50 at episode 3. Episodes are counted from 1, as on the book's
     x axis (which starts at 2); column e-1 of `steps` is episode e.
 
-    Tolerances: 3 SE over the 30 runs (SE measured here from the runs' own spread) plus the precision
-    of reading the book's figure: +-2 steps for n=50 at episode 3 (the curve lies at 16-20), +-25 steps
-    for n=0 at episode 10 (a 0-800 axis). Measured over seeds 1-8: n=50 ep 3 = 17.9 (per-seed SE 0.4-1.3),
+    Tolerances: 3 SE over the runs (SE measured here from the runs' own spread) plus the precision of reading
+    the book's figure: +-2 steps for n=50 at episode 3 (the curve lies at 16-20), +-25 steps for n=0 at
+    episode 10 (a 0-800 axis). Measured over seeds 1-8 with 30 runs: n=50 ep 3 = 17.9 (per-seed SE 0.4-1.3),
     n=0 ep 10 = 131 (per-seed SE 12-26)."""
-    res = dq.main(dq.Args(planning_steps=(0, 50), num_episodes=10, plot=str(tmp_path / "f.png")))["results"]
-    runs = 30
-    ep3 = res["Dyna-Q n=50"]["steps"][:, 2]
+    runs = len(steps_n0)
+    ep3 = steps_n50[:, 2]
     se3 = ep3.std(ddof=1) / np.sqrt(runs)
     assert ep3.min() >= 14  # no episode beats the optimal path
     assert abs(ep3.mean() - 18) <= 3 * se3 + 2
-    ep10 = res["Dyna-Q n=0"]["steps"][:, 9]
+    ep10 = steps_n0[:, 9]
     se10 = ep10.std(ddof=1) / np.sqrt(runs)
     assert abs(ep10.mean() - 150) <= 3 * se10 + 25
     # planning helps: with n=50 episode 10 is already near the optimum, without planning it is not
-    assert res["Dyna-Q n=50"]["steps"][:, 9].mean() < ep10.mean() - 3 * se10
-    assert (tmp_path / "f.png").exists()
+    assert steps_n50[:, 9].mean() < ep10.mean() - 3 * se10
+
+
+def test_figure_8_2_episode_3_and_10():
+    """10 runs (the book's 30 in the slow test), 10 episodes, n = 0 then n = 50 from one generator, as main
+    runs them, without the figure: the first episode, a random walk, costs most of the time."""
+    args, rng = dq.Args(num_runs=10, planning_steps=(0, 50), num_episodes=10), np.random.default_rng(1)
+    steps = [dq.run_dyna(args, n, False, rng)["steps"] for n in args.planning_steps]
+    check_figure_8_2_episode_3_and_10(*steps)
 
 
 @pytest.mark.slow
 def test_figure_8_2_full(tmp_path):
-    """The full book run (n = 0, 5, 50, 30 runs, 50 episodes): n=5 sits between n=0 and n=50 at
+    """The full book run (n = 0, 5, 50, 30 runs, 50 episodes): Figure 8.2's values at episodes 3 and 10 (the
+    default test's check with the book's 30 runs); n=5 sits between n=0 and n=50 at
     episode 3 (3 SE apart); from episode 10 to episodes 41-50 n=0 keeps improving (by more than 3
     combined SE) while n=50 stays at least as good (not worse by 3 SE). Measured at seed 1: episodes
     41-50 take 18.0 (n=0) and 16.8 (n=50) steps, so n=0 has not fully caught up by episode 50."""
     res = dq.main(dq.Args(plot=str(tmp_path / "f.png")))["results"]
     s0, s5, s50 = (res[f"Dyna-Q n={n}"]["steps"] for n in (0, 5, 50))
+    check_figure_8_2_episode_3_and_10(s0, s50)
     se = [x[:, 2].std(ddof=1) / np.sqrt(30) for x in (s0, s5, s50)]
     assert s50[:, 2].mean() + 3 * se[2] < s5[:, 2].mean() < s0[:, 2].mean() - 3 * se[0]
     last0, last50 = s0[:, -10:].mean(axis=1), s50[:, -10:].mean(axis=1)
@@ -173,3 +181,14 @@ def test_blocking_maze_dyna_q_plus_beats_dyna_q(tmp_path):
     q, qp = res["Dyna-Q n=10"]["cumulative"][:, -1], res["Dyna-Q+ n=10"]["cumulative"][:, -1]
     se = np.sqrt(q.var(ddof=1) / 20 + qp.var(ddof=1) / 20)
     assert qp.mean() - q.mean() > 3 * se
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"env_id": "NoSuchEnv-v0"}, "unknown"), ({"env_id": "CartPole-v1"}, "Box"), ({"num_runs": 0}, "--num-runs"),
+    ({"planning_steps": (5, -1)}, "--planning-steps"), ({"epsilon": 1.5}, "--epsilon"),
+    ({"kappa": float("nan")}, "--kappa"), ({"plot": "/proc/onefile-rl-missing/fig.png"}, "cannot write --plot"),
+])
+def test_bad_input_is_one_line_exit_2(change, expected, capsys, tmp_path):
+    args = dq.Args(**{"plot": str(tmp_path / "fig.png"), **change})
+    assert_one_line_exit_2(lambda: dq.main(args), expected, capsys)
+    assert not any(tmp_path.iterdir())  # nothing written

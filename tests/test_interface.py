@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 
 import pytest
-from conftest import ALGORITHMS, load_algo
+from conftest import ALGORITHMS, DEEP_MAIN_KEYS, load_algo
 from smoke_configs import SMOKE
 
 # What every file of a kind defines, and what tools may read.
@@ -22,8 +22,9 @@ KINDS = {
         # name -> the leading parameters, in order
         "functions": {"check_args": ["args"], "main": ["args"], "load_model": ["path"],
                       "evaluate": ["agent_or_path", "env_id", "eval_episodes", "seed"]},
-        # keys of the dict main(args) returns (test_smoke checks them on every smoke run)
-        "main_keys": ["eval_return_mean", "eval_returns", "sps", "train_time", "global_step", "run_dir", "model_path"],
+        # keys of the dict main(args) returns: declared once, in tools/algo_loader.py, where the tools read them;
+        # test_smoke checks them on every smoke run
+        "main_keys": list(DEEP_MAIN_KEYS),
     },
     "classic": {
         "fields": ["seed", "plot"],

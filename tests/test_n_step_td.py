@@ -8,7 +8,7 @@ from collections import deque
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import load_algo, run_algo
+from conftest import assert_one_line_exit_2, load_algo
 from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
 
@@ -18,25 +18,25 @@ m = load_algo("n_step_td")
 def test_environments_follow_the_gymnasium_api():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no spec" warning: the envs are not registered, by design
-        check_env(m.RandomWalk())
-        check_env(m.WindyGridworld())
-    env = m.RandomWalk()
+        check_env(m.RandomWalk(19, -1.0, 1.0))
+        check_env(m.WindyGridworldEnv())
+    env = m.RandomWalk(19, -1.0, 1.0)
     assert env.reset(seed=0) == (10, {})
     for _ in range(9):
         assert env.step(0)[1:3] == (0.0, False)
     assert env.step(0) == (0, -1.0, True, False, {})
-    np.testing.assert_allclose(m.true_values(19), (np.arange(1, 20) - 10) / 10)
+    np.testing.assert_allclose(m.true_values(19, -1.0, 1.0), (np.arange(1, 20) - 10) / 10)
 
 
 def test_windy_gridworld_moves_and_shortest_path():
-    env = m.WindyGridworld()
+    env = m.WindyGridworldEnv()
     env.reset(seed=0)
     env.position = (3, 5)  # wind 1 in column 5: moving right lands one row up
-    assert env.step(2)[0] == 2 * 10 + 6
+    assert env.step(m.RIGHT)[0] == 2 * 10 + 6
     env.position = (0, 6)  # wind 2 at the top row: clipped to the grid
-    assert env.step(0)[0] == 0 * 10 + 6
+    assert env.step(m.UP)[0] == 0 * 10 + 6
     env.position = (4, 6)  # right from column 6 (wind 2): two rows up, one column right
-    assert env.step(2)[0:3] == (2 * 10 + 7, -1.0, False)
+    assert env.step(m.RIGHT)[0:3] == (2 * 10 + 7, -1.0, False)
     # Breadth-first search over the deterministic dynamics: the shortest path is 15 steps (Example 6.5)
     start, goal = (3, 0), (3, 7)
     dist, queue = {start: 0}, deque([start])
@@ -99,7 +99,7 @@ def td0_reference(V, states, rewards, alpha, gamma=1.0):
 @pytest.mark.parametrize("n", [1, 3, 16])
 def test_vectorised_n_step_td_equals_the_book_loop(n):
     """n = 1 checks 'n-step TD with n = 1 is TD(0)' against a separate TD(0) loop as well."""
-    episodes = m.generate_episodes(m.RandomWalk(), num_runs=5, num_episodes=3, seed=4)
+    episodes = m.generate_episodes(m.RandomWalk(19, -1.0, 1.0), num_runs=5, num_episodes=3, seed=4)
     alphas = [0.2, 0.6]
     V = np.zeros((2, 5, 21))
     slow = V.copy()
@@ -127,9 +127,9 @@ def test_figure_7_2_shape():
     book's axis, gridlines every 0.05, reading precision about +-0.01); we allow that band widened by
     0.01 + 3 SE of the minimum.
     """
-    episodes = m.generate_episodes(m.RandomWalk(), 100, 10, seed=1)
+    episodes = m.generate_episodes(m.RandomWalk(19, -1.0, 1.0), 100, 10, seed=1)
     alphas = m.Args().alphas
-    errors = m.figure_7_2_errors(episodes, (1, 4, 512), np.array(alphas), m.true_values(19))
+    errors = m.figure_7_2_errors(episodes, (1, 4, 512), np.array(alphas), m.true_values(19, -1.0, 1.0))
     mean = errors.mean(axis=2)
     best = mean.argmin(axis=1)
     best_runs = errors[np.arange(3), best]  # (3, runs)
@@ -148,7 +148,7 @@ def test_n_step_sarsa_learns_the_windy_gridworld():
     Per run, the epsilon-greedy episode length over the last 2000 steps; with 8 runs (paired seeds across n)
     we require mean + 3 SE < 30 (twice the 15-step shortest path; a random walk needs thousands of steps)
     and mean - 3 SE > 15 (nothing is shorter than the shortest path)."""
-    env = m.WindyGridworld()
+    env = m.WindyGridworldEnv()
     for n in (1, 2):
         late = []
         for run in range(8):
@@ -188,9 +188,19 @@ def test_n_step_sarsa_one_episode_by_hand(n, expected):
     assert np.all(Q[3] == 0)
 
 
-def test_cli_writes_the_figure(tmp_path):
+def test_main_writes_the_figure(tmp_path):
     out = tmp_path / "sub" / "fig.png"
-    proc = run_algo("n_step_td", "--num-runs", "3", "--ns", "1", "4", "--alphas", "0.2", "0.4",
-                    "--sarsa-runs", "1", "--sarsa-steps", "300", "--plot", str(out))
-    assert proc.returncode == 0, proc.stderr
+    result = m.main(m.Args(num_runs=3, ns=(1, 4), alphas=(0.2, 0.4), sarsa_runs=1, sarsa_steps=300, plot=str(out)))
     assert out.exists()
+    assert set(result["best_alpha"]) == {1, 4} and set(result["sarsa_episodes"]) == {1, 2, 4}
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"num_runs": 0}, "--num-runs"), ({"ns": (4, 0)}, "--ns"), ({"alphas": (0.0,)}, "--alphas"),
+    ({"sarsa_epsilon": 1.5}, "--sarsa-epsilon"), ({"sarsa_alpha": float("nan")}, "--sarsa-alpha"),
+    ({"plot": "/proc/onefile-rl-missing/fig.png"}, "cannot write --plot"),
+])
+def test_bad_input_is_one_line_exit_2(change, expected, capsys, tmp_path):
+    args = m.Args(**{"plot": str(tmp_path / "fig.png"), **change})
+    assert_one_line_exit_2(lambda: m.main(args), expected, capsys)
+    assert not any(tmp_path.iterdir())  # nothing written

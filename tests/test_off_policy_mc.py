@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import load_algo, run_algo
+from conftest import load_algo
 
 mc = load_algo("off_policy_mc")
 BOOK_VALUE = -0.27726  # Example 5.4 (an exact recursion over the infinite deck gives -0.27720)
@@ -52,8 +52,9 @@ def test_start_state_is_example_5_4():
     env = mc.make_blackjack(0)
     for _ in range(20):
         env.reset()
-        obs = mc.set_start_state(env, [1, 2], 2)
+        obs = mc.set_start_state(env, *mc.START_STATE)
         assert obs == mc.START_STATE == env.unwrapped._get_obs()
+        assert env.unwrapped.player == [1, 2] and env.unwrapped.dealer[0] == 2  # ace + 2, dealer shows 2
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ def _check_weighted_converges(runs, episodes):
 
 
 def test_weighted_is_converges_small():
-    _check_weighted_converges(runs=40, episodes=1_000)
+    _check_weighted_converges(runs=20, episodes=1_000)
 
 
 @pytest.mark.slow
@@ -105,10 +106,10 @@ def test_weighted_is_has_lower_error_early():
 
 
 def test_off_policy_control_beats_stick_on_20():
-    _, policy = mc.off_policy_control(20_000, seed=8)
+    _, policy = mc.off_policy_control(10_000, seed=8)
     env = mc.make_blackjack(9)
-    learned = mc.evaluate(env, lambda o: int(policy[o]), 10_000)
-    baseline = mc.evaluate(env, mc.stick_on_20_action, 10_000)
+    learned = mc.play_games(env, lambda o: int(policy[o]), 5_000)
+    baseline = mc.play_games(env, mc.stick_on_20_action, 5_000)
     se = np.sqrt(learned.var(ddof=1) / len(learned) + baseline.var(ddof=1) / len(baseline))
     assert learned.mean() - baseline.mean() > 3 * se, (learned.mean(), baseline.mean(), se)
     assert np.all(policy[21, 1:11, :] == 0)  # sticks on 21
@@ -117,9 +118,9 @@ def test_off_policy_control_beats_stick_on_20():
 # ---------------------------------------------------------------------------------------------------
 # Running the file
 # ---------------------------------------------------------------------------------------------------
-def test_script_runs(tmp_path):
+def test_main_runs(tmp_path):
     fig, ctl = tmp_path / "f53.png", tmp_path / "ctl.png"
-    proc = run_algo("off_policy_mc", "--num-runs", "3", "--num-episodes", "200", "--control-episodes", "2000",
-                    "--eval-episodes", "500", "--plot", str(fig), "--control-plot", str(ctl))
-    assert proc.returncode == 0, proc.stderr
+    result = mc.main(mc.Args(num_runs=2, num_episodes=50, control_episodes=500, eval_episodes=100,
+                             plot=str(fig), control_plot=str(ctl)))
     assert fig.exists() and ctl.exists()
+    assert -1 <= result["weighted_final_mean"] <= 1 and -1 <= result["control_return"] <= 1

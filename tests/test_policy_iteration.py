@@ -180,22 +180,22 @@ AGREE_ENVS = [
     ("FrozenLake8x8-v1", 0.99),
     ("CliffWalking-v1", 0.99),
     ("CliffWalkingSlippery-v1", 0.99),
-    ("Taxi-v4", 0.99),
-    ("JacksCarRental-v0", 0.9),
+    pytest.param("Taxi-v4", 0.99, marks=pytest.mark.slow),  # the two largest models: a few seconds each
+    pytest.param("JacksCarRental-v0", 0.9, marks=pytest.mark.slow),  # (Jack's optimality: the jack tests)
     ("GamblersProblem-v0", 1.0),  # value_iteration.py's world, solved by policy_iteration.py's routine
 ]
 
 
 @pytest.mark.parametrize("env_id, gamma", AGREE_ENVS)
 def test_policy_iteration_and_value_iteration_agree(env_id, gamma):
-    env = vi_mod.make_env(env_id, 0.4) if env_id == "GamblersProblem-v0" else pi_mod.make_env(env_id)
+    env = vi_mod.make_env(env_id) if env_id == "GamblersProblem-v0" else pi_mod.make_env(env_id)
     n_s, n_a = env.observation_space.n, env.action_space.n
     p, r = pi_mod.transition_arrays(env.unwrapped.P, n_s, n_a)
     start = np.full((n_s, n_a), 1.0 / n_a)
     v_pi, actions, _ = pi_mod.policy_iteration(p, r, gamma, THETA, start, TIE_TOL)
     v_vi, _, _ = vi_mod.value_iteration(p, r, gamma, THETA)
-    res_pi = np.max(np.abs(pi_mod.action_values(p, r, v_pi, gamma).max(axis=1) - v_pi))
-    res_vi = np.max(np.abs(vi_mod.action_values(p, r, v_vi, gamma).max(axis=1) - v_vi))
+    res_pi = np.max(np.abs(pi_mod.q_from_v(p, r, v_pi, gamma).max(axis=1) - v_pi))
+    res_vi = np.max(np.abs(vi_mod.q_from_v(p, r, v_vi, gamma).max(axis=1) - v_vi))
     assert res_pi <= gamma * THETA + TIE_TOL and res_vi <= gamma * THETA
     h = 1 / (1 - gamma) if gamma < 1 else horizon(p, actions, 1.0)
     np.testing.assert_allclose(v_pi, v_vi, atol=(res_pi + res_vi) * h + 1e-12)

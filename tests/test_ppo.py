@@ -1,5 +1,8 @@
-"""ppo.py: GAE against a slow reference loop, the clipped loss against hand values, the flat-parameter
-trick against ordinary Adam, and a learning regression."""
+"""ppo.py: GAE against a slow reference loop, the clipped loss against hand values, the rollout's transitions
+at episode ends (which observation a truncation bootstraps from), the checkpoint, and a learning regression.
+
+ppo_atari.py and ppo_continuous_action.py share compute_gae, ppo_loss and approx_kl with this file, line for
+line (tests/test_drift.py), and the same rollout loop."""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_flat_buffer_update_matches, load_algo
+from conftest import assert_one_line_exit_2, load_algo
 from reference_math import reference_gae
+from toy_envs import register_counting
 
 ppo = load_algo("ppo")
+COUNTING_ID = register_counting()
 
 
 def test_gae_matches_reference_with_terminated_and_truncated_steps():
@@ -85,16 +90,74 @@ def test_evaluate_actions_matches_torch_categorical():
     torch.testing.assert_close(logp, dist.log_prob(a))
     torch.testing.assert_close(ent, dist.entropy())
     torch.testing.assert_close(value, agent.critic(x).squeeze(-1))
+    assert agent.greedy_action(x).tolist() == dist.probs.argmax(-1).tolist()
 
 
-def test_flat_parameters_give_the_same_update_as_ordinary_adam():
-    assert_flat_buffer_update_matches(lambda: ppo.Agent(4, 2), ppo.flatten_parameters, torch.optim.Adam, lr=1e-2, eps=1e-5)
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_rollout_transitions_at_episode_ends(num_envs, tmp_path, monkeypatch):
+    """Counting (tests/toy_envs.py), ten steps per environment: episodes of 3 steps (cut by the time limit),
+    2 (terminated), 3 (cut), 2 (terminated). The rollout must store each observation s and the one that
+    followed it, s': at a cut the last observation [3, k], not the reset one [0, k + 1]; GAE must get
+    V(s') from the same network, only the cuts flagged truncated, only the real ends flagged terminated.
+    Also saves a checkpoint, which loads and evaluates like the trained agent."""
+    monkeypatch.chdir(tmp_path)
+    value_calls, gae_calls = [], []
+    original_value, original_gae = ppo.Agent.get_value, ppo.compute_gae
+
+    def recording_value(self, x):
+        out = original_value(self, x)
+        value_calls.append((x.tolist(), out.detach().clone()))
+        return out
+
+    def recording_gae(rewards, values, next_values, terminations, truncations, gamma, gae_lambda):
+        gae_calls.append((rewards.clone(), next_values.clone(), terminations.tolist(), truncations.tolist()))
+        return original_gae(rewards, values, next_values, terminations, truncations, gamma, gae_lambda)
+
+    monkeypatch.setattr(ppo.Agent, "get_value", recording_value)
+    monkeypatch.setattr(ppo, "compute_gae", recording_gae)
+    out = ppo.main(ppo.Args(env_id=COUNTING_ID, total_timesteps=10 * num_envs, num_envs=num_envs, num_steps=10,
+                            num_minibatches=1, update_epochs=1, eval_episodes=1, save_model=True))
+    assert out["global_step"] == 10 * num_envs and len(gae_calls) == 1
+    s = [[0, 0], [1, 0], [2, 0], [0, 1], [1, 1], [0, 2], [1, 2], [2, 2], [0, 3], [1, 3]]
+    s_next = [[1, 0], [2, 0], [3, 0], [1, 1], [2, 1], [1, 2], [2, 2], [3, 2], [1, 3], [2, 3]]
+    per_env = lambda rows: [row for row in rows for _ in range(num_envs)]  # noqa: E731 - [step, env] order
+    rewards, next_values, terminations, truncations = gae_calls[0]
+    assert terminations == [[float(t in (4, 9))] * num_envs for t in range(10)]
+    assert truncations == [[float(t in (2, 7))] * num_envs for t in range(10)]
+    torch.testing.assert_close(rewards, torch.ones(10, num_envs))
+    inputs = [x for x, _ in value_calls]
+    assert per_env(s) in inputs  # V(s), in the batched pass after the rollout
+    x, v_next = value_calls[inputs.index(per_env(s_next))]  # V(s'), in the same pass
+    torch.testing.assert_close(next_values, v_next.view(10, num_envs))
+
+    agent, ckpt = ppo.load_model(out["model_path"])
+    assert ckpt["algo"] == "ppo" and ckpt["env_id"] == COUNTING_ID
+    assert ppo.evaluate(out["model_path"], COUNTING_ID, 1, seed=100_001) == out["eval_returns"]
+
+
+def test_checkpoint_of_another_file_or_version_is_one_line(tmp_path, capsys):
+    torch.save({"env_id": "CartPole-v1", "model": {}, "obs_dim": 4}, tmp_path / "old.pt")  # before "algo"
+    assert_one_line_exit_2(lambda: ppo.load_model(str(tmp_path / "old.pt")), "retrain with --save-model", capsys)
+    torch.save({"algo": "dqn", "env_id": "CartPole-v1", "model_args": {}, "model": {}}, tmp_path / "dqn.pt")
+    assert_one_line_exit_2(lambda: ppo.evaluate(str(tmp_path / "dqn.pt"), "CartPole-v1", 1, 0), "dqn", capsys)
+    assert_one_line_exit_2(lambda: ppo.load_model(str(tmp_path / "missing.pt")), "no checkpoint", capsys)
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (dict(max_grad_norm=float("nan")), "max-grad-norm"),
+    (dict(clip_coef=-0.1), "clip-coef"),
+    (dict(learning_rate=float("nan")), "learning-rate"),
+    (dict(log_every=0), "log-every"),
+])
+def test_check_args_rejects_with_one_line(overrides, expected, capsys):
+    """In-process; the smoke harness runs the command-line cases (tests/smoke_configs.py)."""
+    assert_one_line_exit_2(lambda: ppo.check_args(ppo.Args(**overrides)), expected, capsys)
 
 
 @pytest.mark.ci_learning
 def test_learns_cartpole(tmp_path, monkeypatch):
     """The default configuration (rl-zoo3's CartPole settings), seed 1: the deterministic evaluation
-    reaches the maximum 500 (the issue's stated score) within 100k steps."""
+    reaches 475 or more (the maximum is 500) within 100k steps."""
     monkeypatch.chdir(tmp_path)
     out = ppo.main(ppo.Args(seed=1, total_timesteps=100_000))
     assert out["eval_return_mean"] >= 475, out["eval_returns"]

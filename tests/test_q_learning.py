@@ -8,7 +8,7 @@ from math import sqrt
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import load_algo
+from conftest import assert_one_line_exit_2, load_algo
 from toy_envs import OneStep
 
 ql = load_algo("q_learning")
@@ -131,3 +131,14 @@ def test_same_seed_same_result():
     np.testing.assert_array_equal(first["q"], second["q"])
     np.testing.assert_array_equal(first["lengths"], second["lengths"])
     assert not np.array_equal(first["lengths"], other["lengths"])
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"env_id": "Foo-v0"}, "Foo-v0 is unknown"), ({"epsilon": float("nan")}, "--epsilon"),
+    ({"alpha": -0.5}, "--alpha"), ({"smoothing": 0}, "--smoothing"), ({"report_from": -1}, "--report-from"),
+    ({"plot": "/proc/onefile-rl-missing/fig.png"}, "cannot write --plot"),
+])
+def test_bad_input_is_one_line_exit_2(change, expected, capsys, tmp_path):
+    args = ql.Args(**{"plot": str(tmp_path / "fig.png"), **change})
+    assert_one_line_exit_2(lambda: ql.main(args), expected, capsys)
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -1,7 +1,7 @@
 """sac.py: the squashed-Gaussian log-probability against the change-of-variables formula (autograd
 Jacobian) and an exact float64 form near saturation, the soft target on a hand-computed batch, the
-temperature loss's direction, the twin critic against two plain MLPs, Polyak averaging, resuming, and a
-learning regression."""
+temperature loss's direction, the batched twin critic against two plain MLPs, resuming, and a learning
+regression."""
 
 from __future__ import annotations
 
@@ -32,9 +32,8 @@ def test_log_prob_is_the_change_of_variables_through_the_jacobian(u):
     jac = torch.autograd.functional.jacobian(lambda x: low + (high - low) * (torch.tanh(x) + 1) / 2, u)
     _, logabsdet = torch.linalg.slogdet(jac)
     expected = gaussian_log_density(u, mean, log_std.exp()) - logabsdet.item()
-    got = sac.squashed_gaussian_log_prob(u, mean, log_std, low, high).item()
+    got = sac.squashed_gaussian_log_prob(u, mean, log_std, (high - low) / 2).item()
     assert got == pytest.approx(expected, rel=1e-9, abs=1e-9)
-    torch.testing.assert_close(sac.squash(u, low, high), low + (high - low) * (torch.tanh(u) + 1) / 2)
 
 
 def test_log_prob_matches_a_finite_difference_density():
@@ -48,7 +47,7 @@ def test_log_prob_matches_a_finite_difference_density():
         density = (cdf(u1) - cdf(u0)) / h
         got = sac.squashed_gaussian_log_prob(torch.tensor([u0], dtype=torch.float64), torch.tensor([mean], dtype=torch.float64),
                                              torch.tensor([math.log(std)], dtype=torch.float64),
-                                             torch.tensor([low], dtype=torch.float64), torch.tensor([high], dtype=torch.float64))
+                                             torch.tensor([(high - low) / 2], dtype=torch.float64))
         assert got.item() == pytest.approx(math.log(density), abs=1e-5)
 
 
@@ -60,7 +59,7 @@ def test_log_prob_stays_exact_when_tanh_saturates_in_float32(u):
     """
     mean, log_std = 0.0, 0.0
     got = sac.squashed_gaussian_log_prob(torch.tensor([u]), torch.tensor([mean]), torch.tensor([log_std]),
-                                         torch.tensor([-1.0]), torch.tensor([1.0])).item()
+                                         torch.tensor([1.0])).item()
     log_det = math.log(4.0) - 2 * abs(u) - 2 * math.log1p(math.exp(-2 * abs(u)))
     expected = -0.5 * u * u - 0.5 * math.log(2 * math.pi) - log_det
     assert math.isfinite(got)
@@ -71,16 +70,19 @@ def test_log_prob_stays_exact_when_tanh_saturates_in_float32(u):
 
 def test_actor_sample_log_prob_is_consistent_with_its_actions():
     torch.manual_seed(0)
-    actor = sac.Actor(3, 2, (16,), np.array([-2.0, 0.0]), np.array([2.0, 1.0]))
+    low, high = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0])
+    actor = sac.Actor(3, 2, (16,), low.numpy(), high.numpy())
     obs = torch.randn(64, 3)
     torch.manual_seed(1)
     actions, log_pi = actor.sample(obs)
     torch.manual_seed(1)
     mean, log_std = actor(obs)
     u = mean + log_std.exp() * torch.randn_like(mean)
-    assert torch.all(actions >= actor.low) and torch.all(actions <= actor.high)
-    torch.testing.assert_close(actions, sac.squash(u, actor.low, actor.high))
-    torch.testing.assert_close(log_pi, sac.squashed_gaussian_log_prob(u, mean, log_std, actor.low, actor.high))
+    assert torch.all(actions >= low) and torch.all(actions <= high)
+    torch.testing.assert_close(actions, low + (high - low) * (torch.tanh(u) + 1) / 2)
+    torch.testing.assert_close(log_pi, sac.squashed_gaussian_log_prob(u, mean, log_std, (high - low) / 2))
+    # evaluation plays the squashed mean, in the environment's units
+    torch.testing.assert_close(actor.greedy_action(obs), low + (high - low) * (torch.tanh(mean) + 1) / 2)
 
 
 def test_act_draws_the_action_that_sample_draws():
@@ -93,22 +95,13 @@ def test_act_draws_the_action_that_sample_draws():
     torch.testing.assert_close(actions, actor.sample(obs)[0])
 
 
-def test_temperature_gradient_is_the_loss_value():
-    """sac.py skips the backward pass of the temperature loss: its gradient in log_alpha is the loss itself."""
-    log_alpha = torch.tensor([0.3], requires_grad=True)
-    log_pi = torch.randn(32)
-    loss = sac.temperature_loss(log_alpha, log_pi, target_entropy=-2.0)
-    loss.backward()
-    torch.testing.assert_close(log_alpha.grad, loss.detach().reshape(1))
-
-
 def test_soft_target_by_hand():
     rewards = torch.tensor([1.0, -0.5, 2.0])
     terminated = torch.tensor([0.0, 0.0, 1.0])
     next_q1 = torch.tensor([3.0, -1.0, 10.0])
     next_q2 = torch.tensor([4.0, -2.0, 9.0])
     next_log_pi = torch.tensor([-1.0, 0.5, 3.0])
-    y = sac.soft_q_target(rewards, terminated, next_q1, next_q2, next_log_pi, alpha=0.2, gamma=0.9)
+    y = sac.td_target(rewards, terminated, torch.min(next_q1, next_q2) - 0.2 * next_log_pi, gamma=0.9)  # as main()
     # 1 + 0.9 * (min(3,4) - 0.2*(-1)) = 1 + 0.9*3.2 = 3.88
     # -0.5 + 0.9 * (min(-1,-2) - 0.2*0.5) = -0.5 + 0.9*(-2.1) = -2.39
     # terminated: 2
@@ -134,7 +127,7 @@ def test_temperature_moves_alpha_towards_the_target_entropy(log_pi_value, alpha_
 
 def test_twin_critic_equals_two_separate_mlps():
     torch.manual_seed(0)
-    q = sac.TwinQ(3, 2, (8, 5))
+    q = sac.BatchedTwinQCritic(3, 2, (8, 5))
     obs, act = torch.randn(7, 3), torch.randn(7, 2)
     out = q(obs, act)
     assert out.shape == (2, 7)
@@ -151,22 +144,6 @@ def test_twin_critic_equals_two_separate_mlps():
     assert act.grad is not None and all(w.grad is None for w in q.parameters())
 
 
-def test_polyak_update_is_exact():
-    torch.manual_seed(0)
-    online = sac.TwinQ(3, 1, (4,)).double()
-    target = sac.TwinQ(3, 1, (4,)).double()
-    before = [p.detach().clone() for p in target.parameters()]
-    flat_online, flat_target = sac.flatten_parameters(online), sac.flatten_parameters(target)
-    tau = 0.005
-    sac.polyak_update(flat_target, flat_online, tau)
-    for p_t, p_o, p_old in zip(target.parameters(), online.parameters(), before, strict=True):
-        torch.testing.assert_close(p_t, tau * p_o + (1 - tau) * p_old, rtol=0, atol=1e-15)
-    # dyadic values: the formula is exact in floating point, so equality is bitwise
-    flat_o, flat_t = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 4.0, -0.25])
-    sac.polyak_update(flat_t, flat_o, 0.25)
-    assert torch.equal(flat_t, 0.25 * torch.tensor([1.0, -2.0, 0.5]) + 0.75 * torch.tensor([3.0, 4.0, -0.25]))
-
-
 def tiny(**kw) -> sac.Args:
     base = dict(hidden_sizes=(32, 32), batch_size=32, learning_starts=200, eval_episodes=1, log_every=200,
                 save_model=True)
@@ -175,17 +152,19 @@ def tiny(**kw) -> sac.Args:
 
 def test_resume_continues_from_the_saved_step_and_state(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    first = sac.main(tiny(total_timesteps=400, save_buffer=True, exp_name="a"))["model_path"]
-    saved = torch.load(first, weights_only=True)
+    first = sac.main(tiny(total_timesteps=400, save_buffer=True, exp_name="a"))
+    saved = torch.load(first["model_path"], weights_only=True)
     assert saved["global_step"] == 400 and saved["buffer"]["size"] == 400
+    assert sac.evaluate(first["model_path"], "Pendulum-v1", 1, seed=100_001) == first["eval_returns"]
 
     # resume with learning postponed: no gradient step, so the states written again are the loaded ones
     capsys.readouterr()
-    out = sac.main(tiny(total_timesteps=600, learning_starts=100_000, resume=first, save_buffer=True, exp_name="b"))
+    out = sac.main(tiny(total_timesteps=600, learning_starts=100_000, resume=first["model_path"], save_buffer=True,
+                        exp_name="b"))
     assert "resumed" in capsys.readouterr().out and out["global_step"] == 600
     loaded = torch.load(out["model_path"], weights_only=True)
     assert loaded["global_step"] == 600 and loaded["buffer"]["size"] == 600
-    for key in ("actor", "critic", "critic_target"):
+    for key in ("model", "critic", "critic_target"):
         for name, tensor in saved[key].items():
             assert torch.equal(loaded[key][name], tensor), f"{key}.{name} changed"
     assert torch.equal(loaded["log_alpha"], saved["log_alpha"])
@@ -193,18 +172,20 @@ def test_resume_continues_from_the_saved_step_and_state(tmp_path, monkeypatch, c
         for k, v in saved[key]["state"][0].items():
             assert torch.equal(loaded[key]["state"][0][k], v), f"{key}.{k} changed"
     assert torch.equal(loaded["rng"]["torch"], saved["rng"]["torch"])  # no update drew from it
-    for f in ("obs", "actions", "rewards", "next_obs", "terminations"):  # the first 400 transitions kept
+    for f in sac.ReplayBuffer.FIELDS:  # the first 400 transitions kept
         assert torch.equal(loaded["buffer"][f][:400], saved["buffer"][f])
 
-    # resume with learning: the step count goes on from 400, the optimiser's step count from its saved value
+    # resume with learning, without the buffer: updates wait for a batch (32) of new transitions, then go on
+    # from the optimisers' saved step counts; the progress lines start after the resumed step
+    torch.save({k: v for k, v in saved.items() if k != "buffer"}, tmp_path / "no_buffer.pt")
     capsys.readouterr()
-    out = sac.main(tiny(total_timesteps=600, resume=first, exp_name="c"))
+    out = sac.main(tiny(total_timesteps=600, resume=str(tmp_path / "no_buffer.pt"), exp_name="c"))
     steps = [int(s.replace(",", "")) for s in re.findall(r"step\s+([\d,]+)\s+SPS", capsys.readouterr().out)]
-    assert steps == [600]  # the progress lines start after the resumed step
+    assert steps == [600]
     resumed = torch.load(out["model_path"], weights_only=True)
-    assert resumed["global_step"] == 600 and "buffer" not in resumed
     saved_updates = saved["critic_optimizer"]["state"][0]["step"].item()
-    assert resumed["critic_optimizer"]["state"][0]["step"].item() == saved_updates + 200
+    assert saved_updates == 200 and resumed["critic_optimizer"]["state"][0]["step"].item() == 200 + (200 - 32 + 1)
+    assert not torch.equal(resumed["model"]["net.0.weight"], saved["model"]["net.0.weight"])
 
 
 @pytest.mark.slow

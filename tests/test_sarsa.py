@@ -8,7 +8,7 @@ from math import sqrt
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import load_algo
+from conftest import assert_one_line_exit_2, load_algo
 from toy_envs import OneStep
 
 sarsa = load_algo("sarsa")
@@ -177,3 +177,14 @@ def test_main_writes_the_figure(tmp_path):
     summary = sarsa.main(sarsa.Args(num_runs=3, num_episodes=30, eval_episodes=2, plot=str(plot)))
     assert plot.stat().st_size > 0
     assert len(summary["greedy_path_lengths"]) == 3 and summary["time_steps_mean"] > 30
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"env_id": "Foo-v0"}, "Foo-v0 is unknown"), ({"env_id": "CartPole-v1"}, "observation space"),
+    ({"env_id": "Taxi-v3"}, "Taxi-v4"), ({"epsilon": 1.5}, "--epsilon"), ({"alpha": float("nan")}, "--alpha"),
+    ({"num_runs": -1}, "--num-runs"), ({"plot": "/proc/onefile-rl-missing/fig.png"}, "cannot write --plot"),
+])
+def test_bad_input_is_one_line_exit_2(change, expected, capsys, tmp_path):
+    args = sarsa.Args(**{"plot": str(tmp_path / "fig.png"), **change})
+    assert_one_line_exit_2(lambda: sarsa.main(args), expected, capsys)
+    assert not any(tmp_path.iterdir())  # nothing written

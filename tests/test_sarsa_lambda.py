@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import load_algo
+from conftest import assert_one_line_exit_2, load_algo
 
 sl = load_algo("sarsa_lambda")
 
@@ -117,16 +117,17 @@ def test_run_bootstraps_through_the_200_step_time_limit(monkeypatch):
 # ---------------------------------------------------------------------------------------------- learning
 # Measured (seed 1, 10 runs x 500 episodes, replacing traces, alpha = 0.5/8, lambda = 0.9): mean over
 # episodes 51-100 per run = 122.3, run-to-run sd 11.7; mean over the last 50 episodes = 106.2, sd 4.8.
-def test_mountain_car_learns_early(tmp_path):
-    """Default suite: one run, 100 episodes. Bound = measured mean + 3 sd of a single run = 122.3 + 35
-    = 157, well below the 200 of an agent that never reaches the goal."""
-    res = sl.main(sl.Args(num_runs=1, num_episodes=100, plot=str(tmp_path / "f.png")))
-    assert res["steps"][0, 49:100].mean() <= 122.3 + 3 * 11.7
+def test_mountain_car_learns_early():
+    """Default suite: one run (the first of main's, same seeds), 100 episodes, no figure. Bound = measured
+    mean + 3 sd of a single run = 122.3 + 35 = 157, well below the 200 of an agent that never reaches the goal."""
+    steps, _ = sl.run_one(sl.Args(num_runs=1, num_episodes=100), 0, np.random.default_rng(1))
+    assert steps[49:100].mean() <= 122.3 + 3 * 11.7
 
 
+@pytest.mark.slow
 def test_mountain_car_last_50_of_500_single_run(tmp_path):
-    """Must-show: one fixed-seed run (about 5 s), last 50 of 500 episodes <= 160 steps. The measured
-    single-run value is 106 +- 5 (sd), so 160 is 11 sd away: the test fails only if learning breaks."""
+    """Must-show: one fixed-seed run, last 50 of 500 episodes <= 160 steps. The measured single-run value is
+    106 +- 5 (sd), so 160 is 11 sd away: the test fails only if learning breaks."""
     res = sl.main(sl.Args(num_runs=1, num_episodes=500, plot=str(tmp_path / "f.png")))
     assert res["last50_mean"] <= 160
     assert (tmp_path / "f.png").exists()
@@ -137,3 +138,14 @@ def test_mountain_car_last_50_of_500_ten_runs(tmp_path):
     """Full size: 10 runs (about 50 s); the mean plus 3 SE over runs must stay <= 160."""
     res = sl.main(sl.Args(num_runs=10, num_episodes=500, plot=str(tmp_path / "f.png")))
     assert res["last50_mean"] + 3 * res["last50_se"] <= 160
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"env_id": "NoSuchEnv-v0"}, "unknown"), ({"env_id": "FrozenLake-v1"}, "Box"), ({"env_id": "CartPole-v1"}, "unbounded"),
+    ({"lam": 1.5}, "--lam"), ({"alpha": float("nan")}, "--alpha"), ({"num_episodes": 0}, "--num-episodes"),
+    ({"plot": "/proc/onefile-rl-missing/fig.png"}, "cannot write --plot"),
+])
+def test_bad_input_is_one_line_exit_2(change, expected, capsys, tmp_path):
+    args = sl.Args(**{"plot": str(tmp_path / "fig.png"), **change})
+    assert_one_line_exit_2(lambda: sl.main(args), expected, capsys)
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -1,147 +1,211 @@
 """Smoke and bad-input tests for every file of algorithms/, discovered automatically.
 
 A file without an entry in smoke_configs.SMOKE fails `test_every_file_has_a_smoke_config`, so a new
-algorithm cannot land untested. For "deep" files the standard bad-input cases (unknown environment, an
-action space the file cannot handle, a non-positive budget), --track under WANDB_MODE=offline and
---capture-video are added automatically.
+algorithm cannot land untested. The runs happen in this process, through each file's `main`, with the
+argument list its command line would take (conftest.run_main parses it with tyro, as the file's
+`if __name__ == "__main__"` line does): a torch import and a file import per test, not per run.
+
+- test_smoke: all of a file's smoke runs, one after another. For "deep" files: the base run with
+  --save-model, --track (W&B offline) and --capture-video (main's returned keys, the event file's keys, the
+  checkpoint, which loads and acts through the file's evaluate as tools/evaluate.py calls it, the offline
+  W&B run, the video), then each variant. For "classic" files: the base run (its files written), then each
+  variant.
+- test_bad_input: all of a file's bad-input cases (the standard ones of its kind, then smoke_configs.BAD_INPUT):
+  exit status 2 with one line on stderr, and nothing written.
+- test_command_line_bad_input: the same rule through a real command line, once per kind (a subprocess),
+  since a bad value that tyro itself rejects (not the file) would print its usage instead.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
+import inspect
 import os
 import subprocess
 import sys
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import ALGORITHMS, ROOT, load_algo, run_algo
+from conftest import ALGORITHMS, DEEP_MAIN_KEYS, ROOT, assert_one_line_exit_2, load_algo, run_algo, run_main
 from smoke_configs import BAD_INPUT, SMOKE
 
 FILES = sorted(p.name for p in ALGORITHMS.glob("*.py"))
 DEEP = [f for f in FILES if f in SMOKE and SMOKE[f].kind == "deep"]
+CLASSIC = [f for f in FILES if f in SMOKE and SMOKE[f].kind == "classic"]
+UNWRITABLE_PLOT = "/proc/onefile-rl-missing/fig.png"  # a figure path that cannot be written
 
 
 def fill(items: list[str], tmp: Path) -> list[str]:
     return [s.replace("{tmp}", str(tmp)) for s in items]
 
 
-def scalar_tags(run_dir: str) -> set[str]:
+def load_tool(name: str):
+    """Import tools/<name>.py under a name of its own (tools/evaluate.py must not shadow another `evaluate`)."""
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def scalar_tags(run_dir: Path) -> set[str]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return set(acc.Tags()["scalars"])
 
 
-def check_one_line_error(proc, expected: str) -> None:
-    assert proc.returncode == 2, f"exit {proc.returncode}, stderr:\n{proc.stderr[-2000:]}"
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warn" not in line and "warn(" not in line]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr
-    assert lines[0].startswith("error: "), f"the line does not start with 'error: ': {lines[0]!r}"
-    assert expected.lower() in lines[0].lower(), f"{expected!r} not in {lines[0]!r}"
+@contextmanager
+def collect(problems: list[str], label: str, capsys):
+    """Run one step of a test; on failure note it (traceback and the run's last stderr) and go on to the next."""
+    try:
+        yield
+    except (Exception, SystemExit, pytest.fail.Exception):
+        err = capsys.readouterr().err
+        problems.append(f"--- {label}\n{traceback.format_exc()[-3000:]}" + (f"stderr:\n{err[-1500:]}" if err else ""))
 
 
 def test_every_file_has_a_smoke_config():
     missing = [f for f in FILES if f not in SMOKE]
     assert not missing, f"algorithms without a smoke configuration in tests/smoke_configs.py: {missing}"
     assert FILES, "no algorithm files found"
+    assert not [f for f in SMOKE if f not in FILES], "smoke configurations of files that do not exist"
 
 
-@pytest.mark.parametrize("name", FILES)
-def test_smoke(name: str, tmp_path: Path):
-    if name not in SMOKE:
-        pytest.fail(f"{name} has no smoke configuration")
-    cfg = SMOKE[name]
-    if cfg.kind == "classic":
-        proc = run_algo(name, *fill(cfg.args, tmp_path), cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        for f in fill(cfg.files, tmp_path):
-            assert Path(f).is_file() and Path(f).stat().st_size > 0, f"{name} did not write {f}"
-        return
+def check_deep_base(name: str, module, cfg, cwd: Path, capsys) -> None:
+    """The base run, with --save-model, --track (W&B offline) and --capture-video: main's returned keys, the
+    event file's keys, the checkpoint (it loads and acts through tools/evaluate.py), the offline W&B run with
+    the TensorBoard data, the video.
 
-    proc = run_algo(name, *cfg.args, "--save-model", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dirs = glob.glob(str(tmp_path / "runs" / "*"))
+    wandb-core, given no TensorBoard root directory, waits 10 s for a second log directory before it infers
+    one; wandb.tensorboard.patch(root_logdir=...) before the run (as wandb's own message advises) gives it,
+    and the file's wandb.init(sync_tensorboard=True) then finds TensorBoard already patched. The W&B service
+    resolves relative log directories in its own working directory, so it is torn down after the run: the
+    next run, in another directory, starts its own.
+    """
+    import tyro
+    import wandb
+
+    args = tyro.cli(module.Args, args=fill(cfg.args, cwd))
+    wandb.tensorboard.patch(root_logdir=str(cwd / "runs"))
+    try:
+        out = run_main(module, [*fill(cfg.args, cwd), "--save-model", "--track", "--capture-video"], cwd,
+                       env={"WANDB_MODE": "offline", "WANDB_DIR": str(cwd), "WANDB_SILENT": "true"})
+    finally:
+        if wandb.run is not None:  # main failed between wandb.init and wandb.finish
+            wandb.finish(exit_code=1)
+        wandb.tensorboard.unpatch()
+        wandb.teardown()
+    missing = [key for key in DEEP_MAIN_KEYS if key not in out]
+    assert not missing, f"main's returned dict lacks {missing} (the deep kind's interface, tools/algo_loader.py)"
+    assert len(out["eval_returns"]) == args.eval_episodes and all(r == r for r in out["eval_returns"])
+    assert out["eval_return_mean"] == pytest.approx(sum(out["eval_returns"]) / len(out["eval_returns"]))
+    assert out["global_step"] >= args.total_timesteps, (out["global_step"], args.total_timesteps)
+    assert out["sps"] > 0 and out["train_time"] > 0
+    run_dirs = list((cwd / "runs").iterdir())
     assert len(run_dirs) == 1, run_dirs
+    assert (cwd / out["run_dir"]).resolve() == run_dirs[0].resolve(), out["run_dir"]
     missing = set(cfg.keys) - scalar_tags(run_dirs[0])
     assert not missing, f"event file lacks {sorted(missing)}"
-    models = glob.glob(os.path.join(run_dirs[0], "*.pt"))
+    models = glob.glob(str(run_dirs[0] / "*.pt"))
     assert len(models) == 1, models
-    assert not glob.glob(os.path.join(run_dirs[0], "*.tmp")), "a temporary checkpoint was left behind"
-    module = load_algo(name)
-    env_id = next((cfg.args[i + 1] for i, a in enumerate(cfg.args) if a == "--env-id"), module.Args().env_id)
-    returns = module.evaluate(models[0], env_id, eval_episodes=2, seed=0)  # loads with weights_only=True
-    assert len(returns) == 2 and all(r == r for r in returns)
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), name, models[0], "--episodes", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "over 1 episodes" in proc.stdout, proc.stderr[-2000:]
-
-
-@pytest.mark.parametrize(
-    "name,variant",
-    [(f, i) for f in FILES if f in SMOKE for i in range(len(SMOKE[f].variants))],
-)
-def test_smoke_variants(name: str, variant: int, tmp_path: Path):
-    cfg = SMOKE[name]
-    proc = run_algo(name, *fill(cfg.args + cfg.variants[variant], tmp_path), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def bad_cases():
-    cases = []
-    for f in FILES:
-        cfg = SMOKE.get(f)
-        if cfg is not None and cfg.kind == "deep":
-            cases.append((f, ["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"))
-            cases.append((f, ["--total-timesteps", "0"], "total-timesteps"))
-            cases.append((f, ["--total-timesteps", "-100"], "total-timesteps"))
-            cases.append((f, ["--torch-threads", "0"], "torch-threads"))
-            if cfg.wrong_space_env:
-                cases.append((f, ["--env-id", cfg.wrong_space_env], cfg.wrong_space_env))
-        if cfg is not None and cfg.kind == "classic":  # a figure path that cannot be written, before any work
-            cases.append((f, ["--plot", "/proc/onefile-rl-missing/fig.png"], "cannot write"))
-        for args, expected in BAD_INPUT.get(f, []):
-            cases.append((f, args, expected))
-    return cases
-
-
-@pytest.mark.parametrize("name,args,expected", bad_cases(), ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
-def test_bad_input(name: str, args: list[str], expected: str, tmp_path: Path):
-    cfg = SMOKE[name]
-    base = fill(cfg.args, tmp_path) if cfg.kind == "classic" else []
-    proc = run_algo(name, *base, *fill(args, tmp_path), cwd=tmp_path)
-    check_one_line_error(proc, expected)
-    assert not (tmp_path / "runs").exists(), "a run directory was left behind"
-    leftovers = [p for p in tmp_path.iterdir()]
-    assert not leftovers, f"bad input left files behind: {leftovers}"
-
-
-@pytest.mark.parametrize("name", DEEP)
-def test_track_offline(name: str, tmp_path: Path):
-    cfg = SMOKE[name]
-    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
-    proc = run_algo(name, *cfg.args, "--track", cwd=tmp_path, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
-    assert runs, f"no offline W&B run under {tmp_path / 'wandb'}"
-    assert glob.glob(os.path.join(runs[0], "*.wandb")), "the offline run has no data file"
-
-
-@pytest.mark.parametrize("name", DEEP)
-def test_capture_video(name: str, tmp_path: Path):
-    cfg = SMOKE[name]
-    proc = run_algo(name, *cfg.args, "--capture-video", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    videos = glob.glob(str(tmp_path / "videos" / "*" / "*.mp4"))
+    assert out["model_path"] and (cwd / out["model_path"]).resolve() == Path(models[0]).resolve(), out["model_path"]
+    assert not glob.glob(str(run_dirs[0] / "*.tmp")), "a temporary checkpoint was left behind"
+    # the checkpoint loads (weights_only=True) and acts through the file's evaluate, called as tools/evaluate.py calls it
+    assert list(inspect.signature(module.evaluate).parameters)[:4] == ["agent_or_path", "env_id", "eval_episodes", "seed"]
+    capsys.readouterr()
+    returns = load_tool("evaluate").main([name, models[0], "--episodes", "1"])
+    assert len(returns) == 1 and returns[0] == returns[0] and "over 1 episodes" in capsys.readouterr().out
+    wandb_runs = glob.glob(str(cwd / "wandb" / "offline-run-*"))
+    assert len(wandb_runs) == 1, f"expected one offline W&B run under {cwd / 'wandb'}, got {wandb_runs}"
+    assert glob.glob(os.path.join(wandb_runs[0], "*.wandb")), "the offline run has no data file"
+    assert glob.glob(os.path.join(wandb_runs[0], "files", "**", "events.out.tfevents.*"), recursive=True), \
+        "the offline run did not pick up the TensorBoard event file (sync_tensorboard)"
+    videos = glob.glob(str(cwd / "videos" / "*" / "*.mp4"))
     assert videos and os.path.getsize(videos[0]) > 0, "no video written"
 
 
-@pytest.mark.parametrize("name", ["ppo", "dqn", "c51", "trpo", "sac"])
-def test_evaluate_tool_bad_checkpoints(name: str, tmp_path: Path):
-    """tools/evaluate.py: a missing path, a file that is not a checkpoint, a dictionary without env_id, and a
-    checkpoint in another file's format each get one line and exit 2, not a traceback."""
+@pytest.mark.parametrize("name", FILES)
+def test_smoke(name: str, tmp_path: Path, capsys):
+    if name not in SMOKE:
+        pytest.fail(f"{name} has no smoke configuration")
+    cfg = SMOKE[name]
+    module = load_algo(name)
+    problems: list[str] = []
+    if cfg.kind == "classic":
+        with collect(problems, "base run", capsys):
+            cwd = tmp_path / "base"
+            run_main(module, fill(cfg.args, cwd), cwd)
+            for f in fill(cfg.files, cwd):
+                assert Path(f).is_file() and Path(f).stat().st_size > 0, f"{name} did not write {f}"
+    else:
+        with collect(problems, "base run with --save-model --track --capture-video", capsys):
+            check_deep_base(name, module, cfg, tmp_path / "base", capsys)
+    for i, variant in enumerate(cfg.variants):
+        with collect(problems, f"variant {i}: {' '.join(variant)}", capsys):
+            cwd = tmp_path / f"variant{i}"
+            out = run_main(module, fill(cfg.args + variant, cwd), cwd)
+            if cfg.kind == "deep":
+                missing = [key for key in DEEP_MAIN_KEYS if key not in out]
+                assert not missing, f"main's returned dict lacks {missing}"
+    assert not problems, f"{name}:\n" + "\n".join(problems)
+
+
+def bad_cases(name: str) -> list[tuple[list[str], str]]:
+    """The bad-input cases of one file: the standard ones of its kind, then its own from BAD_INPUT."""
+    cfg = SMOKE[name]
+    cases = []
+    if cfg.kind == "deep":
+        cases += [(["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"), (["--total-timesteps", "0"], "total-timesteps"),
+                  (["--total-timesteps", "-100"], "total-timesteps"), (["--torch-threads", "0"], "torch-threads")]
+        if cfg.wrong_space_env:
+            cases.append((["--env-id", cfg.wrong_space_env], cfg.wrong_space_env))
+    else:  # a figure path that cannot be written, found before any work
+        cases.append((["--plot", UNWRITABLE_PLOT], "cannot write"))
+    return cases + BAD_INPUT.get(name, [])
+
+
+def bad_argv(name: str, args: list[str], cwd: Path) -> list[str]:
+    """A bad case's command line: classic files get their smoke arguments first (the case's come last and win)."""
+    cfg = SMOKE[name]
+    return [*(fill(cfg.args, cwd) if cfg.kind == "classic" else []), *fill(args, cwd)]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_bad_input(name: str, tmp_path: Path, capsys):
+    if name not in SMOKE:
+        pytest.fail(f"{name} has no smoke configuration")
+    module = load_algo(name)
+    problems = []
+    for i, (args, expected) in enumerate(bad_cases(name)):
+        cwd = tmp_path / f"case{i}"
+        cwd.mkdir()
+        try:
+            assert_one_line_exit_2(lambda cwd=cwd, args=args: run_main(module, bad_argv(name, args, cwd), cwd),
+                                   expected, capsys)
+            leftovers = list(cwd.iterdir())
+            assert not leftovers, f"bad input left files behind: {leftovers}"
+        except (Exception, pytest.fail.Exception) as e:
+            problems.append(f"{' '.join(args)}: {type(e).__name__}: {e}")
+    assert not problems, f"{name}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", [files[0] for files in (DEEP, CLASSIC) if files])
+def test_command_line_bad_input(name: str, tmp_path: Path):
+    """Bad input through a real command line (`python algorithms/X.py ...`), once per kind: its first case."""
+    args, expected = bad_cases(name)[0]
+    proc = run_algo(name, *bad_argv(name, args, tmp_path), cwd=tmp_path)
+    assert_one_line_exit_2(proc, expected)
+    assert not list(tmp_path.iterdir()), "bad input left files behind"
+
+
+def test_evaluate_tool_bad_checkpoints(tmp_path: Path, capsys):
+    """tools/evaluate.py, for every deep file: a missing path, a file that is not a checkpoint, a dictionary
+    without env_id, and a checkpoint of another file (or an older format) each get one line and exit 2, not a
+    traceback (in-process; one case also through the command line). A file of another kind has no checkpoint."""
     import torch
 
     junk = tmp_path / "junk.pt"
@@ -149,12 +213,18 @@ def test_evaluate_tool_bad_checkpoints(name: str, tmp_path: Path):
     no_env = tmp_path / "no_env.pt"
     torch.save({"model": {}}, no_env)
     foreign = tmp_path / "foreign.pt"  # keys no algorithm file writes
-    torch.save({"env_id": "Pendulum-v1" if name == "sac" else "CartPole-v1", "something_else": torch.zeros(3)}, foreign)
-    for path, expected in [(tmp_path / "missing.pt", "no checkpoint"), (junk, "not a readable checkpoint"),
-                           (no_env, "no env_id"), (foreign, "does not fit")]:
-        proc = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), name, str(path), "--episodes", "1"],
-                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        check_one_line_error(proc, expected)
+    torch.save({"env_id": "CartPole-v1", "something_else": torch.zeros(3)}, foreign)
+    tool = load_tool("evaluate")
+    for name in DEEP:
+        for path, expected in [(tmp_path / "missing.pt", "no checkpoint"), (junk, "not a readable checkpoint"),
+                               (no_env, "no env_id"), (foreign, "does not fit")]:
+            assert_one_line_exit_2(lambda name=name, path=path: tool.main([name, str(path), "--episodes", "1"]),
+                                   expected, capsys)
+    if CLASSIC:
+        assert_one_line_exit_2(lambda: tool.main([CLASSIC[0], str(junk)]), "not a deep-kind file", capsys)
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), DEEP[0], str(tmp_path / "missing.pt"),
+                           "--episodes", "1"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert_one_line_exit_2(proc, "no checkpoint")
 
 
 def test_compare_tool_parallel(tmp_path: Path):
@@ -173,14 +243,35 @@ def test_compare_tool_parallel(tmp_path: Path):
     assert f"each pinned to one of CPUs {cores}" in (tmp_path / "t.md").read_text()
     bad = subprocess.run(cmd[:-len(cores)] + ["99999"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode == 2 and "--cores" in bad.stderr.splitlines()[-1], bad.stderr  # argparse: usage, then the error
+    # a malformed run stops before any run starts: an unclosed quote in ARGS, SB3 arguments that are not a JSON object
+    for run in ["q|dqn|--seed '1", "s|sb3:dqn|zoo|[1, 2]"]:
+        bad = subprocess.run([*cmd[:cmd.index("--run")], "--run", run, "--tag", "bad", "--out", str(tmp_path)],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert bad.returncode == 2 and "ARGS" in bad.stderr.splitlines()[-1], bad.stderr
+    assert not (tmp_path / "bad.log").exists()
+
+
+def test_benchmark_child_config():
+    """tools/benchmark.py hands a child run one JSON object; what the parent builds is what the child reads."""
+    import json
+
+    benchmark = load_tool("benchmark")
+    ours = benchmark.child_config("ours", "ppo", "CartPole-v1", 3, 1000, 2, algo_args="--num-envs 2 --exp-name 'a b'")
+    assert json.loads(json.dumps(ours)) == {"side": "ours", "algo": "ppo", "env_id": "CartPole-v1", "seed": 3,
+                                            "total_timesteps": 1000, "eval_episodes": 2,
+                                            "algo_args": ["--num-envs", "2", "--exp-name", "a b"]}
+    sb3 = benchmark.child_config("sb3", "dqn", "CartPole-v1", 1, 500, 1, sb3_config="default",
+                                 sb3_args='{"batch_size": 32}', sb3_threads=1)
+    assert sb3["sb3_args"] == {"batch_size": 32} and sb3["sb3_config"] == "default" and sb3["sb3_threads"] == 1
+    for config, child in ((ours, benchmark.run_ours_child), (sb3, benchmark.run_sb3_child)):  # the keys fit the child
+        assert set(config) - {"side"} == set(inspect.signature(child).parameters)
 
 
 def test_curve_stats_by_hand(tmp_path: Path):
     """tools/curve_stats.py: the step-weighted mean return and the first step of a 20-episode mean >= threshold."""
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "tools"))
-    import curve_stats
+    curve_stats = load_tool("curve_stats")
 
     # episodes end at steps 10, 30, 60 with returns 1, 2, 3 (given unsorted); run length 100:
     # (1 * 20 + 2 * 30 + 3 * 40) / 90
@@ -203,4 +294,4 @@ def test_curve_stats_by_hand(tmp_path: Path):
     for path in (tmp_path / "y_curves.csv", tmp_path / "missing_curves.csv"):
         bad = subprocess.run([sys.executable, str(ROOT / "tools" / "curve_stats.py"), str(path), "--threshold", "5"],
                              capture_output=True, text=True)
-        check_one_line_error(bad, "error:")
+        assert_one_line_exit_2(bad, "error:")

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import load_algo, run_algo
+from conftest import assert_one_line_exit_2, load_algo
 from gymnasium.utils.env_checker import check_env
 
 m = load_algo("td_lambda")
@@ -21,15 +21,15 @@ def batch(states, rewards):
 def test_environment_and_features():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no spec" warning: the env is not registered, by design
-        check_env(m.RandomWalk())
-    env = m.RandomWalk()
+        check_env(m.RandomWalk(19, -1.0, 1.0))
+    env = m.RandomWalk(19, -1.0, 1.0)
     assert env.reset(seed=0) == (10, {})
     X = m.one_hot_features(19)
     assert X.shape == (21, 19) and np.all(X[0] == 0) and np.all(X[20] == 0)
     assert np.array_equal(X[1:20], np.eye(19))
-    np.testing.assert_allclose(m.true_values(19), (np.arange(1, 20) - 10) / 10)
+    np.testing.assert_allclose(m.true_values(19, -1.0, 1.0), (np.arange(1, 20) - 10) / 10)
     # weights 0: the error is sqrt(mean(v^2)) = sqrt(sum k^2, k = -9..9 / 100 / 19) = sqrt(0.3)
-    assert m.rms_error(np.zeros(19), X, m.true_values(19)) == pytest.approx(np.sqrt(0.3))
+    assert m.rms_error(np.zeros(19) @ X.T, m.true_values(19, -1.0, 1.0)) == pytest.approx(np.sqrt(0.3))
 
 
 def td0_reference(V, states, rewards, alpha, gamma=1.0):
@@ -40,7 +40,7 @@ def td0_reference(V, states, rewards, alpha, gamma=1.0):
 
 
 def test_lambda_zero_is_td0_exactly():
-    episodes = m.generate_episodes(m.RandomWalk(), num_runs=4, num_episodes=3, seed=2)
+    episodes = m.generate_episodes(m.RandomWalk(19, -1.0, 1.0), num_runs=4, num_episodes=3, seed=2)
     X = m.one_hot_features(19)
     alphas, lams = np.array([0.1, 0.5]), np.zeros(2)
     w = {k: np.zeros((2, 4, 19)) for k in ("accumulating", "replacing", "true_online")}
@@ -170,7 +170,7 @@ def test_true_online_equals_the_online_lambda_return(lam, gamma, alpha, walk):
 
 def test_padded_batch_equals_single_runs():
     """Settings and runs are independent: a padded batch gives each run's own single-episode result."""
-    episodes = m.generate_episodes(m.RandomWalk(), num_runs=3, num_episodes=1, seed=5)
+    episodes = m.generate_episodes(m.RandomWalk(19, -1.0, 1.0), num_runs=3, num_episodes=1, seed=5)
     states, rewards, lengths = episodes[0]
     X = m.one_hot_features(19)
     alphas, lams = np.array([0.2, 0.4]), np.array([0.8, 0.95])
@@ -186,15 +186,19 @@ def test_padded_batch_equals_single_runs():
                 np.testing.assert_allclose(out[p, r], one[0, 0], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["offline_lambda_return", "accumulating", "true_online"])
-def test_intermediate_lambda_is_best(method):
-    """Must show (Figures 12.3, 12.6, 12.8), full size: 100 runs, the first 10 episodes, alpha 0.01 .. 1.0.
-    lambda = 0.8's best-alpha error is below lambda = 0's and lambda = 1's. All settings replay the same walks,
-    so the test is paired per run: d_r = err_r(lambda, its best alpha) - err_r(0.8, its best alpha), and
-    mean(d) > 3 sd(d) / sqrt(100) is required (the minimum-picking bias, a fraction of an SE, is the same
-    for each curve and far below the measured gaps of 0.08 to 0.24)."""
-    episodes = m.generate_episodes(m.RandomWalk(), 100, 10, seed=1)
-    errors = m.sweep(method, episodes, (0.0, 0.8, 1.0), np.array(m.Args().alphas), m.true_values(19))
+# The default suite sweeps a coarse grid holding each curve's minimum region (lambda = 1 near 0.02, 0.8 near
+# 0.3-0.4, 0 near 0.8); the slow test sweeps the figures' full grid of 24 step sizes.
+COARSE_ALPHAS = (0.01, 0.02, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def check_intermediate_lambda_is_best(method, alphas):
+    """Must show (Figures 12.3, 12.6, 12.8): 100 runs, the first 10 episodes. lambda = 0.8's best-alpha error
+    is below lambda = 0's and lambda = 1's. All settings replay the same walks, so the test is paired per run:
+    d_r = err_r(lambda, its best alpha) - err_r(0.8, its best alpha), and mean(d) > 3 sd(d) / sqrt(100) is
+    required (the minimum-picking bias, a fraction of an SE, is the same for each curve and far below the
+    gaps of 0.08 to 0.24 on the full grid)."""
+    episodes = m.generate_episodes(m.RandomWalk(19, -1.0, 1.0), 100, 10, seed=1)
+    errors = m.sweep(method, episodes, (0.0, 0.8, 1.0), np.array(alphas), m.true_values(19, -1.0, 1.0))
     best = errors.mean(axis=2).argmin(axis=1)
     best_runs = errors[np.arange(3), best]
     assert np.all(np.isfinite(best_runs))
@@ -203,16 +207,37 @@ def test_intermediate_lambda_is_best(method):
         assert d.mean() > 3 * d.std(ddof=1) / np.sqrt(100), (method, other)
 
 
+@pytest.mark.parametrize("method", ["offline_lambda_return", "accumulating", "true_online"])
+def test_intermediate_lambda_is_best(method):
+    check_intermediate_lambda_is_best(method, COARSE_ALPHAS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["offline_lambda_return", "accumulating", "true_online"])
+def test_intermediate_lambda_is_best_full_grid(method):
+    check_intermediate_lambda_is_best(method, m.Args().alphas)
+
+
 def test_accumulating_traces_diverge_at_large_alpha_lambda():
     """Figure 12.6's curves leave the plot at large alpha for lambda near 1: the sweep reports inf, not nan."""
-    episodes = m.generate_episodes(m.RandomWalk(), 5, 3, seed=1)
-    errors = m.sweep("accumulating", episodes, (0.99,), np.array([1.0]), m.true_values(19))
+    episodes = m.generate_episodes(m.RandomWalk(19, -1.0, 1.0), 5, 3, seed=1)
+    errors = m.sweep("accumulating", episodes, (0.99,), np.array([1.0]), m.true_values(19, -1.0, 1.0))
     assert np.all(np.isinf(errors) | (errors > 1.0))
 
 
-def test_cli_writes_the_figure(tmp_path):
+def test_main_writes_the_figure(tmp_path):
     out = tmp_path / "sub" / "fig.png"
-    proc = run_algo("td_lambda", "--num-runs", "3", "--lambdas", "0", "0.8", "--alphas", "0.2", "0.4",
-                    "--plot", str(out))
-    assert proc.returncode == 0, proc.stderr
+    result = m.main(m.Args(num_runs=3, lambdas=(0.0, 0.8), alphas=(0.2, 0.4), plot=str(out)))
     assert out.exists()
+    assert set(result) == set(m.METHODS) and set(result["true_online"]) == {0.0, 0.8}
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"num_runs": 0}, "--num-runs"), ({"lambdas": (0.5, 1.5)}, "--lambdas"), ({"lambdas": (float("nan"),)}, "--lambdas"),
+    ({"alphas": (-0.3,)}, "--alphas"), ({"methods": ("dutch",)}, "--methods"),
+    ({"plot": "/proc/onefile-rl-missing/fig.png"}, "cannot write --plot"),
+])
+def test_bad_input_is_one_line_exit_2(change, expected, capsys, tmp_path):
+    args = m.Args(**{"plot": str(tmp_path / "fig.png"), **change})
+    assert_one_line_exit_2(lambda: m.main(args), expected, capsys)
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -15,7 +15,7 @@ vi = load_algo("value_iteration")
 
 
 def model(env_id, p_head=0.4):
-    env = vi.make_env(env_id, p_head)
+    env = vi.make_world(vi.Args(env_id=env_id, p_head=p_head))
     n_s, n_a = env.observation_space.n, env.action_space.n
     p, r = vi.transition_arrays(env.unwrapped.P, n_s, n_a)
     return env, p, r
@@ -46,7 +46,7 @@ def test_value_iteration_on_a_hand_solved_mdp():
     assert v[0] == pytest.approx(5.0, abs=1e-10)
     assert history[1][0] == pytest.approx(1.0)  # sweep 1: max(1, 0.5 + 0.9 * 0)
     assert history[2][0] == pytest.approx(1.4)  # sweep 2: max(1, 0.5 + 0.9 * 1)
-    assert vi.greedy_policy(vi.action_values(p, r, v, 0.9), 1e-9).tolist() == [1]
+    assert vi.greedy_policy(vi.q_from_v(p, r, v, 0.9), 1e-9).tolist() == [1]
 
 
 def test_greedy_policy_takes_the_first_of_tied_actions():
@@ -86,7 +86,7 @@ def test_gambler_values_match_the_book(tmp_path):
 def test_gambler_extracted_policy_is_optimal():
     env, p, r = model("GamblersProblem-v0")
     v, _, _ = vi.value_iteration(p, r, 1.0, 1e-10)
-    policy = vi.greedy_policy(vi.action_values(p, r, v, 1.0), 1e-9)
+    policy = vi.greedy_policy(vi.q_from_v(p, r, v, 1.0), 1e-9)
     v_policy = policy_value(p, r, policy, 1.0)
     np.testing.assert_allclose(v_policy, v, atol=1e-8)
     assert policy[50] + 1 == 50  # the only optimal stake at 50: all in (any other is worth less than 0.4)
@@ -118,7 +118,7 @@ def test_evaluating_the_greedy_policy_reproduces_v_star(env_id, gamma):
     env, p, r = model(env_id)
     theta = 1e-10
     v, _, _ = vi.value_iteration(p, r, gamma, theta)
-    policy = vi.greedy_policy(vi.action_values(p, r, v, gamma), 1e-9)
+    policy = vi.greedy_policy(vi.q_from_v(p, r, v, gamma), 1e-9)
     n_s, n_a = r.shape
     residual = reference_residual(env.unwrapped.P, n_s, n_a, v, gamma)
     assert residual <= gamma * theta

@@ -1,4 +1,7 @@
-"""Import a file of algorithms/ as a module. The files are scripts, not a package; tools/ and tests/ share this."""
+"""Import a file of algorithms/ as a module, and what each kind of file offers the tools.
+
+The files are scripts, not a package; tools/ and tests/ share this loader and these declarations.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = ROOT / "algorithms"
+
+# The deep (Gymnasium training) kind: the module has Args, check_args(args), main(args) -> dict with at least
+# these keys, and evaluate(agent_or_path, env_id, eval_episodes, seed, device="cpu") -> list of returns.
+# The tools read nothing else from a run; tests/test_smoke.py checks every deep file against it.
+DEEP_MAIN_KEYS = ("eval_return_mean", "eval_returns", "sps", "train_time", "global_step", "run_dir", "model_path")
 
 
 def load_algo(name: str):

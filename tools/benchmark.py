@@ -3,7 +3,8 @@
     python tools/benchmark.py --algo ppo --env-id CartPole-v1 --seeds 1 2 3 4 5 --total-timesteps 100000 \
         --compare-sb3 --sb3-config zoo --tag ppo_CartPole-v1
 
-Every run is a separate subprocess (a fresh interpreter, like a user's run). With --compare-sb3 the
+Every run is a separate subprocess (a fresh interpreter, like a user's run), handed its configuration as one
+JSON object (see `child_config`) and answering with one JSON line. With --compare-sb3 the
 runs alternate, ours then SB3's, seed by seed, so that a disturbance of the machine hits both sides.
 Both sides are timed the same way: the wall time of training alone (environment and network creation,
 imports and the final evaluation excluded), and both are evaluated the same way: `--eval-episodes`
@@ -105,13 +106,18 @@ for _algo in ("sac", "td3", "ddpg"):
 
 
 def run_ours_child(algo: str, env_id: str, seed: int, total_timesteps: int, algo_args: list[str], eval_episodes: int):
+    """One run of algorithms/<algo>.py in this process, read through the deep kind's interface only: main's
+    returned DEEP_MAIN_KEYS, and the event file's charts/SPS and charts/episodic_return in main's run_dir."""
     import tyro
-    from algo_loader import load_algo
+    from algo_loader import DEEP_MAIN_KEYS, load_algo
 
     module = load_algo(algo)
     args = tyro.cli(module.Args, args=["--env-id", env_id, "--seed", str(seed), "--total-timesteps",
                                        str(total_timesteps), "--eval-episodes", str(eval_episodes), *algo_args])
     out = module.main(args)
+    missing = [key for key in DEEP_MAIN_KEYS if key not in out]
+    if missing:
+        raise RuntimeError(f"{algo}.py's main returned no {missing}: not a deep-kind file")
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -124,8 +130,8 @@ def run_ours_child(algo: str, env_id: str, seed: int, total_timesteps: int, algo
             "curve": curve}
 
 
-def run_sb3_child(algo: str, env_id: str, seed: int, total_timesteps: int, config: str, sb3_args: str,
-                  eval_episodes: int, threads: int):
+def run_sb3_child(algo: str, env_id: str, seed: int, total_timesteps: int, sb3_config: str, sb3_args: dict,
+                  eval_episodes: int, sb3_threads: int):
     import gymnasium as gym
     import stable_baselines3
     import torch
@@ -133,8 +139,8 @@ def run_sb3_child(algo: str, env_id: str, seed: int, total_timesteps: int, confi
     from stable_baselines3.common.env_util import make_atari_env, make_vec_env
     from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    if sb3_threads > 0:
+        torch.set_num_threads(sb3_threads)
     if SB3_CLASS[algo] == "TRPO":
         import sb3_contrib
 
@@ -142,8 +148,8 @@ def run_sb3_child(algo: str, env_id: str, seed: int, total_timesteps: int, confi
     else:
         model_class = getattr(stable_baselines3, SB3_CLASS[algo])
     atari = algo in ATARI
-    hp = dict(SB3_ZOO[zoo_key(algo, env_id)]) if config == "zoo" else {}
-    hp.update(json.loads(sb3_args) if sb3_args else {})
+    hp = dict(SB3_ZOO[zoo_key(algo, env_id)]) if sb3_config == "zoo" else {}
+    hp.update(sb3_args)
     n_envs = hp.pop("n_envs", 1)
     normalize = hp.pop("normalize", False)
     for key, val in list(hp.items()):
@@ -241,16 +247,41 @@ def evaluate_sb3_atari(model, env_id: str, seed: int, eval_episodes: int, max_fr
 # --------------------------------------------------------------------------------------------------
 
 
-def launch(child_args: list[str], log, core: int | None = None) -> dict:
-    """Run one child process (one training run) and return its JSON result; `core`: pin it to that CPU."""
+def child_config(side: str, algo: str, env_id: str, seed: int, total_timesteps: int, eval_episodes: int,
+                 algo_args: str = "", sb3_config: str = "zoo", sb3_args: str = "", sb3_threads: int = -1) -> dict:
+    """The JSON object a child run is handed: side "ours" (algorithms/<algo>.py, with algo_args, a shell-quoted
+    string, split here) or "sb3" (the Stable-Baselines3 counterpart of <algo>, with sb3_config "zoo" or
+    "default", sb3_args a JSON object of extra keyword arguments, sb3_threads torch threads, -1: torch's default)."""
+    config = {"side": side, "algo": algo, "env_id": env_id, "seed": int(seed), "total_timesteps": int(total_timesteps),
+              "eval_episodes": int(eval_episodes)}
+    if side == "ours":
+        config["algo_args"] = shlex.split(algo_args)
+    else:
+        extra = json.loads(sb3_args) if sb3_args else {}
+        if not isinstance(extra, dict):
+            raise ValueError(f"not a JSON object: {sb3_args}")
+        config.update(sb3_config=sb3_config, sb3_args=extra, sb3_threads=int(sb3_threads))
+    return config
+
+
+def run_child(config: dict) -> dict:
+    """Run the training a child_config describes (in this process) and return its result."""
+    config = dict(config)
+    side = config.pop("side")
+    return run_ours_child(**config) if side == "ours" else run_sb3_child(**config)
+
+
+def launch(config: dict, log, core: int | None = None) -> dict:
+    """Run one child process (one training run, described by a child_config) and return its JSON result;
+    `core`: pin it to that CPU."""
     pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
     with tempfile.TemporaryDirectory() as tmp:  # each run writes its runs/ into a scratch directory
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", *child_args],
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(config)],
                               cwd=tmp, capture_output=True, text=True, preexec_fn=pin)
     log.write(proc.stdout + proc.stderr)
     log.flush()
     if proc.returncode != 0:
-        raise RuntimeError(f"run failed ({' '.join(child_args)}):\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"run failed ({json.dumps(config)}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -313,6 +344,9 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--child"]:  # a child process started by launch(): one training, its JSON result last
+        print(json.dumps(run_child(json.loads(sys.argv[2]))))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", required=True, help="file stem in algorithms/, e.g. ppo")
     parser.add_argument("--env-id", required=True)
@@ -327,20 +361,14 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--tag", default=None, help="output file prefix (default: {algo}_{env_id})")
     parser.add_argument("--out", default=str(ROOT / "benchmark_results"))
-    parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    if "--child" in sys.argv:  # a worker process: run one training and print its JSON result
-        child = sys.argv[sys.argv.index("--child") + 1 :]
-        side, algo, env_id, seed, steps, extra, eval_episodes, threads = child
-        if side == "ours":
-            result = run_ours_child(algo, env_id, int(seed), int(steps), shlex.split(extra), int(eval_episodes))
-        else:
-            config, _, sb3_args = extra.partition("|")
-            result = run_sb3_child(algo, env_id, int(seed), int(steps), config, sb3_args, int(eval_episodes), int(threads))
-        print(json.dumps(result))
-        return
     a = parser.parse_args()
     if not (ROOT / "algorithms" / f"{a.algo}.py").is_file():
         parser.error(f"no file algorithms/{a.algo}.py")
+    try:
+        child_config("ours", a.algo, a.env_id, 0, a.total_timesteps, a.eval_episodes, a.algo_args)
+        child_config("sb3", a.algo, a.env_id, 0, a.total_timesteps, a.eval_episodes, sb3_args=a.sb3_args)
+    except ValueError as e:  # shlex's "No closing quotation" and json's decoding errors are ValueErrors
+        parser.error(f"--algo-args must be a shell-quoted string and --sb3-args a JSON object ({e})")
     if a.compare_sb3 and a.algo not in SB3_CLASS:
         parser.error(f"no Stable-Baselines3 counterpart recorded for {a.algo}")
     if a.compare_sb3 and a.sb3_config == "zoo" and zoo_key(a.algo, a.env_id) not in SB3_ZOO:
@@ -355,9 +383,8 @@ def main() -> None:
     sides = ["ours", "sb3"] if a.compare_sb3 else ["ours"]
     for seed in a.seeds:
         for side in sides:
-            extra = a.algo_args if side == "ours" else f"{a.sb3_config}|{a.sb3_args}"
-            res = launch([side, a.algo, a.env_id, str(seed), str(a.total_timesteps), extra, str(a.eval_episodes),
-                          str(a.sb3_threads)], log)
+            res = launch(child_config(side, a.algo, a.env_id, seed, a.total_timesteps, a.eval_episodes, a.algo_args,
+                                      a.sb3_config, a.sb3_args, a.sb3_threads), log)
             row = {"side": side, "seed": seed, "steps": res["steps"], "train_time": res["train_time"],
                    "sps": res["steps"] / res["train_time"], "eval_mean": float(np.mean(res["eval_returns"])),
                    "eval_std": float(np.std(res["eval_returns"]))}

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import ROOT, SB3_CLASS, SB3_ZOO, launch, plot_curves, summarise, zoo_key  # noqa: E402
+from benchmark import ROOT, SB3_CLASS, SB3_ZOO, child_config, launch, plot_curves, summarise, zoo_key  # noqa: E402
 
 
 def main() -> None:
@@ -74,11 +74,17 @@ def main() -> None:
                 parser.error(f"--run {label!r}: need sb3:FILE with FILE in {sorted(SB3_CLASS)} and ARGS zoo|default[|JSON]")
             if config == "zoo" and zoo_key(file, a.env_id) not in SB3_ZOO:
                 parser.error(f"--run {label!r}: no rl-zoo3 configuration recorded for {file} on {a.env_id}")
-            jobs.append((label, "sb3", file, extra))
+            side = "sb3"
         else:
             if not (ROOT / "algorithms" / f"{algo}.py").is_file():
                 parser.error(f"--run {label!r}: no file algorithms/{algo}.py")
-            jobs.append((label, "ours", algo, extra))
+            file, side = algo, "ours"
+        try:  # a malformed ARGS stops here, before any run
+            child_config(side, file, a.env_id, 0, a.total_timesteps, a.eval_episodes, **(
+                {"algo_args": extra} if side == "ours" else {"sb3_args": extra.partition("|")[2]}))
+        except ValueError as e:  # shlex's "No closing quotation" and json's decoding errors are ValueErrors
+            parser.error(f"--run {label!r}: ARGS must be shell-quoted arguments, or zoo|default[|JSON object] ({e})")
+        jobs.append((label, side, file, extra))
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,8 +101,13 @@ def main() -> None:
         core = free_cores.get()
         try:
             buffer = io.StringIO()
-            res = launch([side, algo, a.env_id, str(seed), str(a.total_timesteps), extra, str(a.eval_episodes), "1"],
-                         buffer, core)
+            if side == "ours":
+                config = child_config(side, algo, a.env_id, seed, a.total_timesteps, a.eval_episodes, algo_args=extra)
+            else:
+                sb3_config, _, sb3_args = extra.partition("|")
+                config = child_config(side, algo, a.env_id, seed, a.total_timesteps, a.eval_episodes,
+                                      sb3_config=sb3_config, sb3_args=sb3_args, sb3_threads=1)
+            res = launch(config, buffer, core)
         finally:
             free_cores.put(core)
         row = {"label": label, "seed": seed, "steps": res["steps"], "train_time": res["train_time"],
