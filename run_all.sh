@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Regenerates benchmark_results/ from scratch: the deep-RL benchmarks against Stable-Baselines3, the
-# Sutton & Barto figures, and the slow learning tests. Several hours on 2 cores (measured: policy about
-# 90 minutes, offpolicy about 80; value: the CartPole table 42 minutes, then on both cores LunarLander about 110,
-# the ablation 36 and Breakout 60); run it on an
-# otherwise idle machine, since the tables compare wall-clock times measured in this same run.
+# Sutton & Barto figures, and the slow learning tests. Several hours on 2 cores (policy about 90 minutes,
+# offpolicy about 80; value: the CartPole table 42 minutes, then on both cores LunarLander about 110, the
+# ablation 36 and Breakout 60). Run it on an otherwise idle machine: the tables compare wall-clock times
+# measured in this same run.
+#
+# Each benchmark writes benchmark_results/<tag>.md (table and command), <tag>.csv (per run), <tag>.png
+# (curves) and <tag>.log; each group then collects every table into benchmark_results/generated_tables.md.
+# The hand-written pages (benchmark_results/README.md, the index, and one page per algorithm,
+# benchmark_results/<file stem>.md) are not touched.
 #
 #   ./run_all.sh            everything
 #   ./run_all.sh deep       only the SB3 comparisons of ppo.py and dqn.py
@@ -29,7 +34,7 @@ DQN_LUNAR="--double-q --hidden-sizes 256 256 --learning-rate 6.3e-4 --batch-size
 # C51 and Rainbow on LunarLander: a support of [-100, 200], the zoo DQN's learning rate and target period, a gradient
 # step every 2 env steps; the files' defaults otherwise (C51: 128-128 network and the zoo DQN's epsilon schedule;
 # Rainbow: a 256-256 network, which learned earlier and ended higher than 128-128 in test runs on seeds 6, 8 and 9,
-# listed in rainbow.py's docstring)
+# listed in benchmark_results/rainbow.md)
 LUNAR_VALUE="--learning-rate 6.3e-4 --v-min -100 --v-max 200 --target-network-frequency 250 --learning-starts 5000 \
 --train-frequency 2"
 C51_LUNAR="$LUNAR_VALUE --exploration-fraction 0.12 --end-e 0.05"
@@ -41,6 +46,21 @@ PPO_SB3_DEFAULTS="--num-envs 1 --num-steps 2048 --num-minibatches 32 --update-ep
 
 B="python tools/benchmark.py --compare-sb3 --sb3-threads 1"
 
+# Collect the benchmark tables (not the hand-written pages) into benchmark_results/generated_tables.md.
+# tools/summary.py reads every .md of the folder it is given, so it is given a folder of links to the tables.
+summarise() {
+  local tables md stem
+  tables="$(mktemp -d)"
+  for md in benchmark_results/*.md; do
+    stem="$(basename "$md" .md)"
+    [[ $stem == README || $stem == generated_tables || -f algorithms/$stem.py ]] && continue
+    ln -s "$PWD/$md" "$tables/"
+    [[ -f benchmark_results/$stem.png ]] && ln -s "$PWD/benchmark_results/$stem.png" "$tables/"
+  done
+  python tools/summary.py "$tables" > benchmark_results/generated_tables.md
+  rm -r "$tables"
+}
+
 if [[ "$what" == all || "$what" == deep ]]; then
   $B --algo ppo --env-id CartPole-v1 --seeds 1 2 3 4 5 --total-timesteps 100000 --tag ppo_CartPole-v1
   $B --algo ppo --env-id CartPole-v1 --seeds 1 2 3 --total-timesteps 100000 --sb3-config default \
@@ -51,11 +71,12 @@ if [[ "$what" == all || "$what" == deep ]]; then
      --tag dqn_CartPole-v1
   $B --algo dqn --env-id LunarLander-v3 --seeds 1 2 3 --total-timesteps 100000 --algo-args="$DQN_LUNAR" \
      --tag dqn_LunarLander-v3
-  python tools/summary.py benchmark_results > benchmark_results/README.md
+  summarise
 fi
 
-# Policy-gradient files (issue 5). CartPole and Pendulum: rl-zoo3's tuned SB3 / sb3-contrib settings.
-# Pendulum, ours: the settings our files' docstrings state (rl-zoo3's, without gSDE).
+# Policy-gradient files. CartPole and Pendulum: rl-zoo3's tuned SB3 / sb3-contrib settings.
+# Pendulum, ours: rl-zoo3's settings without its generalised state-dependent exploration (gSDE), which our
+# files do not have.
 PPO_PENDULUM="--num-envs 4 --num-steps 1024 --num-minibatches 16 --gamma 0.95 --learning-rate 1e-3"
 TRPO_PENDULUM="--num-envs 2 --num-steps 1024 --gamma 0.9 --n-critic-updates 20"
 # MuJoCo, TRPO: rl-zoo3's settings for sb3-contrib written as trpo.py arguments, with observation and reward
@@ -88,10 +109,10 @@ if [[ "$what" == all || "$what" == policy ]]; then
   # PPO figures are at 10M agent steps (40M frames). Deterministic evaluation as for the rest, 10 whole games.
   $B --algo ppo_atari --env-id BreakoutNoFrameskip-v4 --seeds 1 --total-timesteps $ATARI_STEPS \
      --tag ppo_atari_BreakoutNoFrameskip-v4
-  python tools/summary.py benchmark_results > benchmark_results/README.md
+  summarise
 fi
 
-# Deep value methods (issue 4), CartPole-v1, 100k steps, in one table and one figure: dqn.py (as in the deep group),
+# Deep value methods, CartPole-v1, 100k steps, in one table and one figure: dqn.py (as in the deep group),
 # c51.py and rainbow.py with their defaults, SB3's DQN with rl-zoo3's settings; then rainbow.py's ablation, all
 # six components on against each one switched off.
 if [[ "$what" == all || "$what" == value ]]; then
@@ -120,10 +141,10 @@ if [[ "$what" == all || "$what" == value ]]; then
      --tag value_BreakoutNoFrameskip-v4 --title "dqn_atari.py and SB3's DQN on Breakout"
   python tools/curve_stats.py benchmark_results/value_BreakoutNoFrameskip-v4_curves.csv --threshold 20 \
      --out benchmark_results/value_BreakoutNoFrameskip-v4_speed.md
-  python tools/summary.py benchmark_results > benchmark_results/README.md
+  summarise
 fi
 
-# Off-policy continuous control (issue 6) on MuJoCo: rl-zoo3's settings for SB3 (learning from step 10k; TD3 and
+# Off-policy continuous control on MuJoCo: rl-zoo3's settings for SB3 (learning from step 10k; TD3 and
 # DDPG with lr 1e-3 and 400-300 networks) given to our files as arguments, so both sides run the same
 # hyperparameters. One seed at a budget that fits beside the rest of this script; CleanRL's published figures
 # are at 1M steps (SAC HalfCheetah 9635, TD3 Hopper 3135) and these are far below that.
@@ -144,7 +165,7 @@ if [[ "$what" == all || "$what" == offpolicy ]]; then
     $B --algo td3 --env-id $env --seeds 1 --total-timesteps $OFFPOLICY_STEPS --algo-args="$TD3_MUJOCO" --tag td3_$env
     $B --algo sac --env-id $env --seeds 1 --total-timesteps $OFFPOLICY_STEPS --algo-args="$SAC_MUJOCO" --tag sac_$env
   done
-  python tools/summary.py benchmark_results > benchmark_results/README.md
+  summarise
 fi
 
 if [[ "$what" == all || "$what" == classic ]]; then
