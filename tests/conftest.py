@@ -142,5 +142,5 @@ def pytest_terminal_summary(terminalreporter):
     top = sorted(per_file.items(), key=lambda kv: -kv[1])[:5]
     terminalreporter.write_line(
         f"test time per algorithm file: {(total / len(per_file)):.1f} s on average over {len(per_file)} files "
-        f"(shared tests included), budget about 20 s; the most: "
+        f"(shared tests included), budget about 20 s (10 s of wall time with -n 2); the most: "
         + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in top))
