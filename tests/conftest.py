@@ -79,6 +79,15 @@ def run_main(module, argv: list[str], cwd: Path, env: dict | None = None) -> dic
             sys.modules["matplotlib.pyplot"].close("all")
 
 
+def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar a run wrote: {tag: [(step, value), ...]} in the order written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
 def assert_one_line_exit_2(call, expected: str, capture=None) -> None:
     """Bad input: exit status 2 after exactly one stderr line that starts with 'error: ' and contains `expected`
     (case-insensitive), and no traceback. The one check of the rule, in both forms:

@@ -29,7 +29,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import ALGORITHMS, DEEP_MAIN_KEYS, ROOT, assert_one_line_exit_2, load_algo, run_algo, run_main
+from conftest import (
+    ALGORITHMS,
+    DEEP_MAIN_KEYS,
+    ROOT,
+    assert_one_line_exit_2,
+    load_algo,
+    run_algo,
+    run_main,
+    scalars,
+)
 from smoke_configs import BAD_INPUT, SMOKE
 
 FILES = sorted(p.name for p in ALGORITHMS.glob("*.py"))
@@ -51,11 +60,7 @@ def load_tool(name: str):
 
 
 def scalar_tags(run_dir: Path) -> set[str]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return set(acc.Tags()["scalars"])
+    return set(scalars(run_dir))
 
 
 @contextmanager

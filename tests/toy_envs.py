@@ -60,3 +60,34 @@ def register_counting() -> str:
     if COUNTING_ID not in gym.registry:
         gym.register(id=COUNTING_ID, entry_point=Counting, max_episode_steps=3)
     return COUNTING_ID
+
+
+class NanAt(gym.Wrapper):
+    """Passes a real environment through, except that its `at`-th step (counted over episodes) returns a NaN
+    observation or a NaN reward: what a diverging simulator or a bad reward function does to a long run."""
+
+    def __init__(self, env: gym.Env, at: int, quantity: str):
+        super().__init__(env)
+        self.at, self.quantity, self.steps = at, quantity, 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        if self.steps == self.at:
+            if self.quantity == "observation":
+                obs = np.full_like(obs, np.nan)
+            else:
+                reward = float("nan")
+        return obs, reward, terminated, truncated, info
+
+
+def make_nan_at(base: str, at: int, quantity: str, **kwargs) -> gym.Env:
+    return NanAt(gym.make(base, **kwargs), at, quantity)
+
+
+def register_nan_at(base: str, at: int, quantity: str) -> str:
+    """Register `base` with a NaN `quantity` ("observation" or "reward") at step `at`; returns the new id."""
+    env_id = f"NanAt{at}{quantity.title()}-{base.replace('/', '-').replace('-v', 'v')}-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=make_nan_at, kwargs={"base": base, "at": at, "quantity": quantity})
+    return env_id

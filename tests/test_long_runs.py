@@ -1,0 +1,263 @@
+"""Long runs, the same form in every deep file: a signal stops a run at an update boundary with a checkpoint
+(exit 130 for SIGINT), the checkpoint loads with weights_only=True, acts, and resumes in a new run directory up to
+--total-timesteps; a NaN observation or reward stops the run at that step (exit 3) with a loadable
+*_last_finite.pt; the same seed gives the same TensorBoard scalars (charts/SPS aside).
+
+The default test command runs these for ppo.py, dqn.py and sac.py; `pytest -m slow` (and `run_all.sh slow`) runs
+them for every deep file. A new deep file adds an entry to LONG (a test fails until it does).
+
+Signals are sent from inside the run, on a chosen call of the vector environment's step(), so that where the
+run stops does not depend on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shlex
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import torch
+import tyro
+from conftest import assert_one_line_exit_2, load_algo, run_main, scalars
+from smoke_configs import SMOKE
+from toy_envs import register_nan_at
+
+
+@dataclass
+class LongRun:
+    args: list[str]
+    """the run's options (added to the file's smoke options): a few updates, at most a few seconds"""
+    interrupt_at: int
+    """SIGINT arrives during this call of the vector environment's step() (mid-training)"""
+    nan_base: str
+    """the environment the NaN test wraps (the file's own kind of environment)"""
+    bitwise: bool = False
+    """the resumed run ends with the very tensors of the uninterrupted one (networks, optimisers, generators)"""
+    deterministic: bool = True
+    """two runs with one seed write the same scalars (a3c's Hogwild workers are not, by design)"""
+    default_layer: bool = False
+    """also in the default test command (ppo, dqn, sac); the others run in the slow layer"""
+    nan_quantity: str = "observation"
+    extra_resume: list[str] = field(default_factory=list)
+
+
+LONG: dict[str, LongRun] = {
+    "ppo.py": LongRun(args=["--total-timesteps", "1024"], interrupt_at=200, nan_base="CartPole-v1", bitwise=True,
+                      default_layer=True),
+    "dqn.py": LongRun(args=["--save-buffer"], interrupt_at=1000, nan_base="CartPole-v1", bitwise=True,
+                      default_layer=True),
+    "c51.py": LongRun(args=["--save-buffer"], interrupt_at=1000, nan_base="CartPole-v1", bitwise=True),
+    "rainbow.py": LongRun(args=["--save-buffer"], interrupt_at=1000, nan_base="CartPole-v1", bitwise=True),
+    "dqn_atari.py": LongRun(args=["--save-buffer"], interrupt_at=280, nan_base="ALE/Breakout-v5", nan_quantity="reward"),
+    "ddpg.py": LongRun(args=["--save-buffer"], interrupt_at=400, nan_base="Pendulum-v1", bitwise=True),
+    "td3.py": LongRun(args=["--save-buffer"], interrupt_at=400, nan_base="Pendulum-v1", bitwise=True),
+    "sac.py": LongRun(args=["--save-buffer"], interrupt_at=400, nan_base="Pendulum-v1", bitwise=True,
+                      default_layer=True),
+    "ppo_continuous_action.py": LongRun(args=["--total-timesteps", "800"], interrupt_at=150, nan_base="Pendulum-v1",
+                                        bitwise=True),
+    "ppo_atari.py": LongRun(args=["--total-timesteps", "640"], interrupt_at=200, nan_base="ALE/Breakout-v5",
+                            nan_quantity="reward"),
+    "a2c.py": LongRun(args=["--total-timesteps", "800"], interrupt_at=200, nan_base="CartPole-v1", bitwise=True),
+    "trpo.py": LongRun(args=["--total-timesteps", "512"], interrupt_at=100, nan_base="CartPole-v1", bitwise=True),
+    "reinforce.py": LongRun(args=["--total-timesteps", "1200"], interrupt_at=400, nan_base="CartPole-v1", bitwise=True),
+    "actor_critic.py": LongRun(args=["--total-timesteps", "600"], interrupt_at=300, nan_base="CartPole-v1", bitwise=True),
+    "a3c.py": LongRun(args=["--total-timesteps", "1200"], interrupt_at=600, nan_base="CartPole-v1", deterministic=False),
+}
+
+
+def deep_files() -> list[str]:
+    return sorted(name for name, cfg in SMOKE.items() if cfg.kind == "deep")
+
+
+def layer(names: list[str]) -> list:
+    """Each file once: in the default layer if LONG says so, else marked slow."""
+    return [pytest.param(n) if n in LONG and LONG[n].default_layer else pytest.param(n, marks=pytest.mark.slow)
+            for n in names]
+
+
+def test_every_deep_file_has_a_long_run_config():
+    missing = [n for n in deep_files() if n not in LONG]
+    assert not missing, f"add these to LONG in tests/test_long_runs.py: {missing}"
+
+
+def argv(name: str, *extra: str) -> list[str]:
+    return [*SMOKE[name].args, *LONG[name].args, "--eval-episodes", "1", *extra]
+
+
+def interrupt_on_step(monkeypatch, at: int) -> None:
+    """Send this process SIGINT during the at-th call of any vector environment's step()."""
+    calls = {"n": 0}
+    real_step = gym.vector.SyncVectorEnv.step
+
+    def step(self, actions):
+        calls["n"] += 1
+        if calls["n"] == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, actions)
+
+    monkeypatch.setattr(gym.vector.SyncVectorEnv, "step", step)
+
+
+def run_dirs(cwd: Path) -> list[Path]:
+    return sorted((cwd / "runs").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+
+
+def tensors_equal(a, b, where: str = "") -> list[str]:
+    """Paths at which two nested checkpoints differ (tensors compared exactly)."""
+    if isinstance(a, torch.Tensor):
+        return [] if isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b) else [where]
+    if isinstance(a, dict):
+        if not isinstance(b, dict) or a.keys() != b.keys():
+            return [where]
+        return [d for k in a for d in tensors_equal(a[k], b[k], f"{where}/{k}")]
+    if isinstance(a, (list, tuple)):
+        if not isinstance(b, (list, tuple)) or len(a) != len(b):
+            return [where]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in tensors_equal(x, y, f"{where}[{i}]")]
+    return [] if a == b or (a != a and b != b) else [where]
+
+
+@pytest.mark.parametrize("name", layer(deep_files()))
+def test_interrupt_and_resume(name: str, tmp_path: Path, monkeypatch, capsys):
+    module, cfg = load_algo(name), LONG[name]
+    full = run_main(module, argv(name, "--save-model"), tmp_path / "full")
+
+    interrupt_on_step(monkeypatch, cfg.interrupt_at)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(module, argv(name, "--save-model"), tmp_path / "cut")
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 130, err[-2000:]
+    line = next(line for line in err.splitlines() if "resume with: " in line)
+    command = shlex.split(line.split("resume with: ")[1])
+    ckpt_path = Path(command[command.index("--resume") + 1])
+    ckpt_path = ckpt_path if ckpt_path.is_absolute() else tmp_path / "cut" / ckpt_path
+    assert ckpt_path.is_file() and ckpt_path.name.startswith("checkpoint_"), line
+
+    # the checkpoint loads without unpickling code, and its policy acts
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert 0 < ckpt["global_step"] < full["global_step"], (ckpt["global_step"], full["global_step"])
+    assert len(module.evaluate(str(ckpt_path), ckpt["env_id"], 1, seed=0)) == 1
+
+    # the printed command resumes it, in a new run directory whose scalars continue the old steps
+    resumed = run_main(module, [*command[2:], *cfg.extra_resume], tmp_path / "cut")
+    assert resumed["global_step"] == full["global_step"]
+    cut_dirs = run_dirs(tmp_path / "cut")
+    assert len(cut_dirs) == 2 and tmp_path / "cut" / resumed["run_dir"] == cut_dirs[1]
+    before, after = scalars(cut_dirs[0]), scalars(cut_dirs[1])
+    before.pop("eval/episodic_return", None)  # indexed by episode, not step
+    after.pop("eval/episodic_return", None)
+    assert max(s for values in before.values() for s, _ in values) <= ckpt["global_step"]
+    assert min(s for values in after.values() for s, _ in values) > ckpt["global_step"]
+
+    if cfg.bitwise:
+        a = torch.load(tmp_path / "full" / full["model_path"], map_location="cpu", weights_only=True)
+        b = torch.load(tmp_path / "cut" / resumed["model_path"], map_location="cpu", weights_only=True)
+        differ = tensors_equal({k: v for k, v in a.items() if k != "args"}, {k: v for k, v in b.items() if k != "args"})
+        assert not differ, f"the resumed run ends elsewhere than the uninterrupted one: {differ[:10]}"
+        # and its training curve is the uninterrupted one's, the old run directory's steps then the new one's
+        whole, parts = scalars(tmp_path / "full" / full["run_dir"]), {}
+        for part in (before, after):
+            for tag, values in part.items():
+                parts.setdefault(tag, []).extend(values)
+        for tag in set(whole) - {"charts/SPS", "eval/episodic_return"}:  # SPS is a wall-clock figure
+            assert parts.get(tag) == whole[tag], f"{tag} differs after resuming"
+
+
+@pytest.mark.parametrize("name", layer(deep_files()))
+@pytest.mark.parametrize("quantity", ["observation", "reward"])
+def test_nan_stops_the_run(name: str, quantity: str, tmp_path: Path, capsys):
+    module, cfg = load_algo(name), LONG[name]
+    if quantity == "observation" and cfg.nan_quantity == "reward":
+        pytest.skip(f"{name}'s observations are integers (images): a NaN cannot occur")
+    at = cfg.interrupt_at
+    env_id = register_nan_at(cfg.nan_base, at, quantity)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(module, argv(name, "--env-id", env_id), tmp_path)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: non-finite " + quantity), err[-2000:]
+    # every sub-environment meets its NaN on its own at-th step: the run stops at that vector step
+    steps_per_call = int(SMOKE[name].args[SMOKE[name].args.index("--num-envs") + 1]) if "--num-envs" in SMOKE[name].args \
+        else module.Args().num_envs
+    assert f"at step {at * steps_per_call:,};" in lines[0], lines[0]
+    (last,) = list((tmp_path / "runs").glob("*/*_last_finite.pt"))
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    net, _ = module.load_model(str(last))
+    for value in ckpt["model"].values():
+        assert torch.isfinite(value.float()).all()
+    assert net is not None
+
+
+@pytest.mark.parametrize("name", layer(n for n in deep_files() if n not in LONG or LONG[n].deterministic))
+def test_same_seed_same_curves(name: str, tmp_path: Path):
+    module = load_algo(name)
+    a = run_main(module, argv(name), tmp_path / "a")
+    b = run_main(module, argv(name), tmp_path / "b")
+    sa, sb = scalars(tmp_path / "a" / a["run_dir"]), scalars(tmp_path / "b" / b["run_dir"])
+    sa.pop("charts/SPS", None)
+    sb.pop("charts/SPS", None)
+    assert sa.keys() == sb.keys() and len(sa) > 3
+    for tag in sa:
+        assert sa[tag] == sb[tag], f"{tag} differs between two runs with one seed"
+
+
+# ---- bad values and paths, before any work: every deep file, in the default layer (they fail in milliseconds) ----
+
+INF_MEANINGFUL: dict[str, str] = {
+    # option: what +infinity means where it is accepted (NaN is refused everywhere)
+    "max_grad_norm": "no gradient clipping",
+}
+
+
+def float_options(module) -> list[str]:
+    return [f.name for f in dataclasses.fields(module.Args) if "float" in str(f.type)]
+
+
+@pytest.mark.parametrize("name", deep_files())
+def test_float_options_reject_nan_and_infinity(name: str, capsys):
+    """`x <= 0` lets NaN through (every comparison with NaN is false); the checks are written `not x > 0`."""
+    module = load_algo(name)
+    base = tyro.cli(module.Args, args=list(SMOKE[name].args))
+    options = float_options(module)
+    assert options, f"{name} has no float option?"
+    for option in options:
+        for bad in (math.nan, math.inf, -math.inf):
+            if bad == math.inf and option in INF_MEANINGFUL:
+                continue
+            flag = option.replace("_", "-")
+            try:
+                assert_one_line_exit_2(lambda o=option, b=bad: module.check_args(dataclasses.replace(base, **{o: b})), flag, capsys)
+            except BaseException as error:
+                raise AssertionError(f"--{flag} {bad}: {error}") from None
+
+
+@pytest.mark.parametrize("name", deep_files())
+def test_unwritable_run_directory_is_bad_input(name: str, tmp_path: Path, capsys):
+    (tmp_path / "runs").write_text("a file where the runs directory should be")
+    module = load_algo(name)
+    assert_one_line_exit_2(lambda: run_main(module, argv(name), tmp_path), "cannot write the run directory", capsys)
+    assert (tmp_path / "runs").is_file()
+
+
+def test_resume_refuses_what_does_not_fit(tmp_path: Path, capsys):
+    """Another file's checkpoint, another environment, other network sizes, a finished step count: one line, exit 2."""
+    ppo, dqn = load_algo("ppo"), load_algo("dqn")
+    small = [*SMOKE["ppo.py"].args, "--eval-episodes", "1", "--save-model"]
+    mine = tmp_path / run_main(ppo, small, tmp_path)["model_path"]
+    other = tmp_path / "dqn" / run_main(dqn, [*SMOKE["dqn.py"].args, "--save-model"], tmp_path / "dqn")["model_path"]
+    for extra, expected in ((["--resume", str(other)], "does not fit ppo.py"),
+                            (["--resume", str(mine), "--env-id", "Acrobot-v1"], "trained on CartPole-v1"),
+                            (["--resume", str(mine), "--hidden-size", "32", "--total-timesteps", "4096"], "other sizes"),
+                            (["--resume", str(mine)], "--total-timesteps must be larger"),
+                            (["--resume", str(tmp_path / "missing.pt")], "no checkpoint")):
+        assert_one_line_exit_2(lambda extra=extra: run_main(ppo, [*small, *extra], tmp_path / "bad"), expected, capsys)
+    assert not (tmp_path / "bad" / "runs").exists() or not any((tmp_path / "bad" / "runs").iterdir())
