@@ -15,6 +15,9 @@ Writes into --out (benchmark_results/ by default), named by --tag:
     {tag}_curves.csv     training episode returns: side, seed, step, seconds since training start, return
     {tag}.png            mean and min-max band over seeds of return vs steps and vs wall-clock time
     {tag}.md             the summary table (mean +- std over seeds, ratios), with the exact command
+
+--compare-args '...' adds a third side: our file with those arguments added, run right after the plain run of
+each seed (--compare-args=--no-nan-check, with '=' since the value starts with '--', measures what the numerical checks cost).
 """
 
 from __future__ import annotations
@@ -354,6 +357,8 @@ def main() -> None:
     parser.add_argument("--total-timesteps", type=int, required=True)
     parser.add_argument("--algo-args", default="", help="extra arguments for our file, one shell-quoted string")
     parser.add_argument("--compare-sb3", action="store_true", help="also run the matching SB3 algorithm")
+    parser.add_argument("--compare-args", default=None,
+                        help="also run our file with these arguments added (e.g. --compare-args=--no-nan-check), alternating with the plain runs")
     parser.add_argument("--sb3-config", choices=["zoo", "default"], default="zoo",
                         help="SB3 hyperparameters: rl-zoo3's tuned ones for the environment, or SB3's defaults")
     parser.add_argument("--sb3-args", default="", help="JSON dict of extra SB3 keyword arguments")
@@ -380,24 +385,25 @@ def main() -> None:
 
     rows, curves = [], []
     log = open(out / f"{tag}.log", "w")
-    sides = ["ours", "sb3"] if a.compare_sb3 else ["ours"]
+    sides = ["ours"] + (["variant"] if a.compare_args is not None else []) + (["sb3"] if a.compare_sb3 else [])
     for seed in a.seeds:
         for side in sides:
-            res = launch(child_config(side, a.algo, a.env_id, seed, a.total_timesteps, a.eval_episodes, a.algo_args,
-                                      a.sb3_config, a.sb3_args, a.sb3_threads), log)
+            algo_args = f"{a.algo_args} {a.compare_args}" if side == "variant" else a.algo_args
+            res = launch(child_config("ours" if side == "variant" else side, a.algo, a.env_id, seed, a.total_timesteps,
+                                      a.eval_episodes, algo_args, a.sb3_config, a.sb3_args, a.sb3_threads), log)
             row = {"side": side, "seed": seed, "steps": res["steps"], "train_time": res["train_time"],
                    "sps": res["steps"] / res["train_time"], "eval_mean": float(np.mean(res["eval_returns"])),
                    "eval_std": float(np.std(res["eval_returns"]))}
             rows.append(row)
             curves += [(side, seed, *p) for p in res["curve"]]
-            print(f"{tag} {side:>4} seed {seed}: eval {row['eval_mean']:7.1f}  train {row['train_time']:6.1f}s  "
+            print(f"{tag} {side:>7} seed {seed}: eval {row['eval_mean']:7.1f}  train {row['train_time']:6.1f}s  "
                   f"SPS {row['sps']:7.0f}", flush=True)
     log.close()
 
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(out / f"{tag}.csv", index=False)
-    labels = {"ours": f"onefile-rl {a.algo}.py", "sb3": f"SB3 {SB3_CLASS.get(a.algo, a.algo.upper())} ({a.sb3_config})"}
+    labels = {"ours": f"onefile-rl {a.algo}.py", "variant": f"onefile-rl {a.algo}.py {a.compare_args}", "sb3": f"SB3 {SB3_CLASS.get(a.algo, a.algo.upper())} ({a.sb3_config})"}
     pd.DataFrame(curves, columns=["side", "seed", "step", "seconds", "return"]).to_csv(out / f"{tag}_curves.csv", index=False)
 
     plot_curves(out / f"{tag}.png", curves, sides, labels, a.seeds, a.total_timesteps,
@@ -417,6 +423,10 @@ def main() -> None:
         summary[side] = s
         lines.append(f"| {labels[side]} | {s['n']} | {s['steps']:,} | {s['eval_mean']:.1f} ± {s['eval_std']:.1f} | "
                      f"{s['time_mean']:.1f} ± {s['time_std']:.1f} | {s['sps_mean']:.0f} |")
+    if a.compare_args is not None:
+        o, v = summary["ours"], summary["variant"]
+        lines += ["", f"Ratios (with `{a.compare_args}` / without): wall time {v['time_mean'] / o['time_mean']:.3f}, "
+                      f"SPS {v['sps_mean'] / o['sps_mean']:.3f}."]
     if a.compare_sb3:
         o, b = summary["ours"], summary["sb3"]
         lines += ["", f"Ratios (ours / SB3): wall time {o['time_mean'] / b['time_mean']:.2f}, "
