@@ -18,9 +18,11 @@ optimiser's statistics and a global step counter. --num-workers real processes (
        two workers may update the same parameters at the same time; the paper (and Hogwild!) show this
        works because each update is small and sparse in time.
 The main process does not train: it starts the workers, writes what they send through a queue to
-TensorBoard, prints progress, and evaluates and saves the shared model when the step budget is spent.
-A3C is not reproducible run to run even with a fixed seed: the interleaving of the workers' updates depends
-on the operating system's scheduling. Each worker seeds its environment and sampling with seed + rank.
+TensorBoard, prints progress, writes the checkpoints, and evaluates and saves the shared model when the step
+budget is spent. The workers count their environment steps one at a time in the shared counter, so a run
+ends at exactly --total-timesteps. A3C is not reproducible run to run even with a fixed seed: the interleaving
+of the workers' updates depends on the operating system's scheduling. Each worker seeds its environment and
+sampling with seed + rank (+ the resumed step in a resumed run).
 
 The math, as written in the code below, for one worker's rollout t = 0..T-1 (T <= num_steps):
     n-step return  R_t = r_t + gamma * (1 - terminated_t) * B_t,   B_{T-1} = V(s_T) (the final observation
@@ -50,6 +52,22 @@ clipping at 0.5 the clipping shrinks the policy gradient exactly on the updates 
 learning signal, and the policy hardly learns. Bookkeeping for the tests: each worker counts its updates and
 sums the update vectors it wrote into the shared parameters (main() returns both).
 
+Long runs (the same form in every deep file of the collection):
+    python algorithms/a3c.py --checkpoint-every 100000      # runs/<run>/checkpoint_<step>.pt, the newest 2 kept
+    python algorithms/a3c.py --resume runs/<run>/checkpoint_<step>.pt    # continue up to --total-timesteps
+A checkpoint holds the shared model, the shared optimiser's statistics, the global step count and the main
+process's random generators; not the workers' environments: a resumed run starts new episodes, and it is not
+the run that was never interrupted (nor is any A3C run the same twice). The main process writes the periodic
+checkpoints while the workers go on, a snapshot as each worker takes one (an update in flight may be in it in
+part). The workers ignore SIGINT and SIGTERM (Ctrl-C reaches the whole process group); on either the main
+process tells them to stop after their current update, waits for them, writes a checkpoint and exits with status
+130 / 143, printing the command that resumes it; a second signal quits at once. A resumed run writes to a new
+run directory whose TensorBoard steps continue the old ones. The learning-rate schedule reads the progress
+through --total-timesteps: resuming with the same value continues it, a larger one stretches what is left of
+it. A NaN or infinite observation, reward, loss or gradient norm in a worker stops the run (exit 3): that
+worker reports it without applying its update, the main process stops the others and keeps the last finite
+state in runs/<run>/<exp_name>_last_finite.pt; --no-nan-check skips the checks.
+
 Tested: on CartPole-v1 in 200k steps, the training return averaged over 20 episodes passes 150 and the
 deterministic evaluation beats a random policy (> 60) (tests/test_a3c.py).
 Results: benchmark_results/a3c.md
@@ -57,11 +75,15 @@ Results: benchmark_results/a3c.md
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import queue
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -97,6 +119,14 @@ class Args:
     """if toggled, record videos of worker 0's environment into videos/{run_name}"""
     save_model: bool = False
     """if toggled, save the trained model to runs/{run_name}/{exp_name}.pt"""
+    checkpoint_every: int = 0
+    """write the training state to runs/{run_name}/checkpoint_{step}.pt every this many environment steps (0: never)"""
+    keep_checkpoints: int = 2
+    """how many of the newest periodic checkpoints to keep"""
+    resume: str | None = None
+    """continue training from this checkpoint (periodic, interrupted or --save-model) up to --total-timesteps"""
+    nan_check: bool = True
+    """if toggled, a NaN or infinite observation, reward, loss or gradient norm stops the run (exit 3)"""
 
     env_id: str = "CartPole-v1"
     """the Gymnasium id of the environment (Discrete or Box actions, flat Box observations)"""
@@ -143,16 +173,19 @@ def fail(message: str) -> None:
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_workers", "num_steps", "eval_episodes", "hidden_size", "log_every",
                  "losses_every", "torch_threads"):
-        if getattr(args, name) <= 0:
+        if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not (args.learning_rate > 0 and args.max_grad_norm > 0 and args.optimizer_eps > 0):
-        fail("need --learning-rate > 0, --max-grad-norm > 0 and --optimizer-eps > 0")
+    # written `not x > 0` rather than `x <= 0`: a NaN fails every comparison, so only this form rejects it
+    if not (0 < args.learning_rate < math.inf and args.max_grad_norm > 0 and 0 < args.optimizer_eps < math.inf):
+        fail("need 0 < --learning-rate < inf, --max-grad-norm > 0 and 0 < --optimizer-eps < inf")
     if not 0 < args.gamma <= 1:
         fail(f"--gamma must be in (0, 1], got {args.gamma}")
     if not 0 <= args.rmsprop_alpha < 1:
         fail(f"--rmsprop-alpha must be in [0, 1), got {args.rmsprop_alpha}")
-    if not (args.ent_coef >= 0 and args.vf_coef >= 0):
-        fail("need --ent-coef >= 0 and --vf-coef >= 0")
+    if not (0 <= args.ent_coef < math.inf and 0 <= args.vf_coef < math.inf):
+        fail("need --ent-coef and --vf-coef finite and >= 0")
+    if not args.checkpoint_every >= 0 or not args.keep_checkpoints > 0:
+        fail(f"need --checkpoint-every >= 0 and --keep-checkpoints > 0, got {args.checkpoint_every} and {args.keep_checkpoints}")
     if "fork" not in mp.get_all_start_methods():
         fail("a3c.py starts its workers with the 'fork' method, which this platform lacks (use Linux or macOS)")
     try:
@@ -171,6 +204,8 @@ def check_args(args: Args) -> None:
     if not (isinstance(action_space, gym.spaces.Discrete)
             or (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1)):
         fail(f"a3c.py needs a Discrete or one-dimensional Box action space, {args.env_id} has {action_space}")
+    if args.resume is not None and not os.path.isfile(args.resume):
+        fail(f"no checkpoint at {args.resume}")
 
 
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
@@ -283,6 +318,13 @@ class SharedRMSprop:
             updates.append(update)
         return updates
 
+    def state_dict(self) -> dict:
+        return {"square_avg": [v.clone() for v in self.square_avg]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for v, saved in zip(self.square_avg, state["square_avg"], strict=True):
+            v.copy_(saved)  # in place: the tensors stay in shared memory
+
 
 class SharedAdam:
     """Adam on the shared model's parameters; both moments and the step count in shared memory.
@@ -310,6 +352,15 @@ class SharedAdam:
             p.add_(update)
             updates.append(update)
         return updates
+
+    def state_dict(self) -> dict:
+        return {"exp_avg": [m.clone() for m in self.exp_avg], "exp_avg_sq": [v.clone() for v in self.exp_avg_sq],
+                "step_count": self.step_count.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for mine, saved in zip([*self.exp_avg, *self.exp_avg_sq, self.step_count],
+                               [*state["exp_avg"], *state["exp_avg_sq"], state["step_count"]], strict=True):
+            mine.copy_(saved)  # in place: the tensors stay in shared memory
 
 
 def compute_nstep_returns(
@@ -362,11 +413,15 @@ def a3c_loss(
 
 
 def worker(rank: int, args: Args, run_name: str, agent: Agent, model_args: dict, optimizer: SharedRMSprop | SharedAdam,
-           global_step, worker_updates, worker_pids, applied: torch.Tensor, messages) -> None:
-    """One A3C learner (Algorithm S3), running in its own process until the shared step count is spent."""
+           global_step, worker_updates, worker_pids, applied: torch.Tensor, messages, stop_workers,
+           origin: tuple[int, float], start_step: int) -> None:
+    """One A3C learner (Algorithm S3), running in its own process until the shared step count is spent or the
+    main process sets `stop_workers` (checked after each update). Signals are the main process's business."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process decides
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker_pids[rank] = os.getpid()
     torch.set_num_threads(args.torch_threads)
-    seed = args.seed + rank
+    seed = args.seed + rank + start_step  # a resumed run's workers draw apart from the first run's
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -378,26 +433,37 @@ def worker(rank: int, args: Args, run_name: str, agent: Agent, model_args: dict,
     next_obs, _ = env.reset(seed=seed)
     stats, n_updates = None, 0
 
+    def fault(quantity: str, step: int) -> None:  # report to the main process; this update is not applied
+        messages.put(("fault", quantity, step))
+        env.close()
+
     parent = os.getppid()
-    while global_step.value < args.total_timesteps and os.getppid() == parent:  # stop if the main process died
-        lr_now = args.learning_rate * (1.0 - global_step.value / args.total_timesteps) if args.anneal_lr else args.learning_rate
+    while not stop_workers.is_set() and os.getppid() == parent:  # stop if the main process died
+        frac = 1.0 - progress(global_step.value, args.total_timesteps, origin)
+        lr_now = args.learning_rate * frac if args.anneal_lr else args.learning_rate
         local.load_state_dict(agent.state_dict())  # theta' <- theta: a snapshot, other workers keep writing
 
         obs, actions, rewards = [], [], []
         terminated = truncated = False
         for _ in range(args.num_steps):
+            with global_step.get_lock():  # the shared counter T, one step at a time: the run ends at the budget
+                if global_step.value >= args.total_timesteps:
+                    break
+                global_step.value += 1
+                step_now = global_step.value
             obs.append(next_obs)
             action = local.sample_action(torch.as_tensor(next_obs, dtype=torch.float32).unsqueeze(0))[0].numpy()
             actions.append(action)
             env_action = np.clip(action, env.action_space.low, env.action_space.high) if continuous else int(action)
             next_obs, reward, terminated, truncated, info = env.step(env_action)
             rewards.append(float(reward))
+            if args.nan_check and not (finite(next_obs) and math.isfinite(rewards[-1])):
+                return fault("observation" if not finite(next_obs) else "reward", step_now)
             if terminated or truncated:
                 break
         T = len(rewards)
-        with global_step.get_lock():
-            global_step.value += T
-            step_now = global_step.value
+        if T == 0:  # the budget was spent by the other workers
+            break
         if terminated or truncated:
             messages.put(("episode", step_now, float(info["episode"]["r"]), int(info["episode"]["l"])))
             final_obs = next_obs  # in a single environment the last observation is returned before reset
@@ -421,7 +487,10 @@ def worker(rank: int, args: Args, run_name: str, agent: Agent, model_args: dict,
         loss, pg_loss, v_loss, entropy_mean = a3c_loss(logprob, entropy, value, returns, args.ent_coef, args.vf_coef)
         local.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_(local.parameters(), args.max_grad_norm, foreach=True)
+        grad_norm = nn.utils.clip_grad_norm_(local.parameters(), args.max_grad_norm, foreach=True)
+        # one host sync per update; before the shared parameters change, so they stay finite
+        if args.nan_check and not torch.isfinite(loss.detach() + grad_norm):
+            return fault("loss" if not torch.isfinite(loss) else "gradient norm", step_now)
         # the local gradients update the SHARED parameters, no lock
         updates = optimizer.step([p.grad for p in local.parameters()], lr_now)
 
@@ -460,6 +529,185 @@ def load_checkpoint(path: str, algo: str) -> dict:
         fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
              "retrain with --save-model")
     return ckpt
+
+
+# ---- Long runs: the same code in every deep file (checkpoints, interruption, resume, numerical faults) ----
+#
+# A checkpoint is one dict of tensors and plain values (torch.load(..., weights_only=True) reads it): the networks,
+# the optimisers, the step counters, every random generator's state and, where it can be read, the environments'
+# own state. Periodic ones (--checkpoint-every), the one written on SIGINT/SIGTERM and the final --save-model file
+# are the same dict, so any of them resumes (--resume PATH) in a new run directory that continues the old one's
+# TensorBoard steps.
+
+
+def make_run_dir(run_name: str) -> str:
+    """Create a new runs/{run_name} (with a suffix if that exists) and check that it takes files; exit 2 if not."""
+    run_dir, n = f"runs/{run_name}", 1
+    while os.path.exists(run_dir):  # two runs started in the same second (a quick resume) get two directories
+        n += 1
+        run_dir = f"runs/{run_name}_{n}"
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = f"{run_dir}/.write_test"
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        fail(f"cannot write the run directory {run_dir} ({error.strerror}); run from a writable directory")
+    return run_dir
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) set `signum`; the training loop looks at it after each
+    update, writes a checkpoint and exits with status 128 + signum. A second signal exits at once; checkpoints are
+    written atomically, so the previous one stays intact."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # only the main thread may handle signals
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        if self.signum:
+            sys.exit(128 + signum)
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this update to write a checkpoint "
+              "(signal again to quit at once)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def resume_command(args, path: str) -> str:
+    """The command line that continues this run from `path`: this file, every option not at its default, --resume."""
+    parts = ["python", os.path.relpath(__file__)]
+    for field in dataclasses.fields(args):
+        value, flag = getattr(args, field.name), "--" + field.name.replace("_", "-")
+        if field.name == "resume" or value == field.default:
+            continue
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join([*parts, "--resume", path])
+
+
+def write_checkpoint(run_dir: str, checkpoint: dict, written: list[str], keep: int) -> str:
+    """Save the training state as run_dir/checkpoint_{step}.pt; keep the newest `keep` of this run's checkpoints."""
+    path = f"{run_dir}/checkpoint_{checkpoint['global_step']}.pt"
+    save_checkpoint(path, checkpoint)
+    if path not in written:
+        written.append(path)
+    while len(written) > keep:
+        os.remove(written.pop(0))
+    print(f"checkpoint {path} ({os.path.getsize(path) / 1e6:.1f} MB)", flush=True)
+    return path
+
+
+def rng_state(generators: dict[str, np.random.Generator]) -> dict:
+    """Python's, numpy's global, torch's (and CUDA's) and the named numpy generators' states, as tensors, integers
+    and strings."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **{name: g.bit_generator.state for name, g in generators.items()}}
+
+
+def set_rng_state(state: dict, generators: dict[str, np.random.Generator]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, g in generators.items():
+        g.bit_generator.state = state[name]
+
+
+def env_state(envs, obs: np.ndarray) -> dict:
+    """What continues the episodes in progress: each sub-environment's simulator state, random generator and
+    time-limit counter, the episode statistics so far and the current observation. Only the classic-control
+    environments keep their whole state in plain numbers (`unwrapped.state`); for the others (Box2D, MuJoCo,
+    Atari) `resumable` is False and a resumed run starts new episodes."""
+    subs = envs.unwrapped.envs
+    if not all(type(e.unwrapped).__module__.startswith("gymnasium.envs.classic_control") for e in subs):
+        return {"resumable": False}
+    states = []
+    for e in subs:
+        limit = e
+        while not isinstance(limit, gym.wrappers.TimeLimit) and isinstance(limit, gym.Wrapper):
+            limit = limit.env
+        states.append({"state": torch.as_tensor(np.asarray(e.unwrapped.state, dtype=np.float64)),
+                       "np_random": e.unwrapped.np_random.bit_generator.state,
+                       "elapsed_steps": getattr(limit, "_elapsed_steps", None)})
+    return {"resumable": True, "subs": states, "obs": torch.as_tensor(obs),
+            "episode_returns": torch.as_tensor(envs.episode_returns), "episode_lengths": torch.as_tensor(envs.episode_lengths)}
+
+
+def set_env_state(envs, state: dict, seed: int) -> np.ndarray:
+    """Reset the environments, then put back the saved episodes where `state` holds them; returns the observation."""
+    obs, _ = envs.reset(seed=seed)
+    if not state["resumable"] or len(state["subs"]) != len(envs.unwrapped.envs):
+        print("the environments' state was not saved (only classic control's can be): new episodes start", flush=True)
+        return obs
+    for e, s in zip(envs.unwrapped.envs, state["subs"], strict=True):
+        e.unwrapped.state = s["state"].numpy().copy()
+        e.unwrapped.np_random.bit_generator.state = s["np_random"]
+        limit = e
+        while not isinstance(limit, gym.wrappers.TimeLimit) and isinstance(limit, gym.Wrapper):
+            limit = limit.env
+        if s["elapsed_steps"] is not None:
+            limit._elapsed_steps = s["elapsed_steps"]
+    envs.episode_returns[:] = state["episode_returns"].numpy()
+    envs.episode_lengths[:] = state["episode_lengths"].numpy()
+    return state["obs"].numpy().copy()
+
+
+def progress(step: int, total: int, origin: tuple[int, float]) -> float:
+    """The fraction of training done, which every schedule reads. `origin` is (0, 0.0) for a fresh run; a run resumed
+    with a different --total-timesteps sets it to (the resumed step, the progress there), stretching what is left."""
+    start, done = origin
+    return done + (1.0 - done) * (step - start) / (total - start)
+
+
+def check_resume(ckpt: dict, args, model_args: dict) -> None:
+    """A checkpoint to resume holds a training state for this environment and these network sizes."""
+    if "global_step" not in ckpt:
+        fail(f"--resume {args.resume} holds no training state")
+    if ckpt["env_id"] != args.env_id:
+        fail(f"--resume {args.resume} was trained on {ckpt['env_id']}, not --env-id {args.env_id}")
+    if ckpt["model_args"] != model_args:
+        fail(f"--resume {args.resume} holds networks of other sizes ({ckpt['model_args']}, "
+             f"here {model_args}); resume with the options it was trained with")
+    if not ckpt["global_step"] < args.total_timesteps:
+        fail(f"--resume {args.resume} is at step {ckpt['global_step']:,}: --total-timesteps must be larger "
+             f"than that, got {args.total_timesteps:,}")
+
+
+def finite(x: np.ndarray) -> bool:
+    """True when every entry is finite (integer arrays, such as Atari frames, always are)."""
+    return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
+
+
+def numerical_fault(quantity: str, step: int, path: str) -> None:
+    """A NaN or infinity reached training: one line, exit status 3; `path` holds the last finite state."""
+    print(f"error: non-finite {quantity} at step {step:,}; the last finite state is in {path} "
+          "(lower the learning rate, or look at the environment)", file=sys.stderr, flush=True)
+    sys.exit(3)
+
+
+def close_logs(writer, track: bool) -> None:
+    writer.close()
+    if track:
+        import wandb
+
+        wandb.finish()
 
 
 def load_model(path: str) -> tuple[nn.Module, dict]:
@@ -507,7 +755,6 @@ def main(args: Args) -> dict:
 
     # The global model and everything the workers share, in shared memory before the workers are forked.
     agent = Agent(**model_args).share_memory()
-    initial_params = nn.utils.parameters_to_vector(agent.parameters()).detach().clone()
     if args.optimizer == "rmsprop":
         optimizer = SharedRMSprop(list(agent.parameters()), args.rmsprop_alpha, args.optimizer_eps)
     else:
@@ -518,18 +765,57 @@ def main(args: Args) -> dict:
     global_step = ctx.Value("q", 0)
     worker_updates = ctx.Array("q", args.num_workers)
     worker_pids = ctx.Array("q", args.num_workers)
-    applied = torch.zeros(args.num_workers, initial_params.numel()).share_memory_()
+    stop_workers = ctx.Event()  # set by the main process: each worker ends after its current update
     messages = ctx.Queue()
+    generators: dict[str, np.random.Generator] = {}  # the main process draws from no numpy generator of its own
+
+    # The training state a checkpoint holds; resuming puts it back (the schedule runs in environment steps).
+    origin = (0, 0.0)
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume, "a3c")
+        check_resume(ckpt, args, model_args)
+        if ckpt["args"]["optimizer"] != args.optimizer:
+            fail(f"--resume {args.resume} was trained with --optimizer {ckpt['args']['optimizer']}, "
+                 f"not {args.optimizer}")
+        agent.load_state_dict(ckpt["model"])  # in place: the parameters stay in shared memory
+        optimizer.load_state_dict(ckpt["optimizer"])
+        global_step.value, origin = ckpt["global_step"], tuple(ckpt["schedule_origin"])
+        if args.total_timesteps != ckpt["args"]["total_timesteps"]:
+            origin = (global_step.value, progress(global_step.value, ckpt["args"]["total_timesteps"], origin))
+            print(f"--total-timesteps {args.total_timesteps:,} differs from the checkpoint's "
+                  f"{ckpt['args']['total_timesteps']:,}: the schedules stretch from step {global_step.value:,} on",
+                  flush=True)
+        set_rng_state(ckpt["rng"], generators)
+        print(f"resumed from {args.resume} at step {global_step.value:,} (the workers start new episodes)",
+              flush=True)
+    start_step = global_step.value
+    initial_params = nn.utils.parameters_to_vector(agent.parameters()).detach().clone()
+    applied = torch.zeros(args.num_workers, initial_params.numel()).share_memory_()
+
+    def checkpoint() -> dict:
+        """The shared state. Written while the workers run (periodic checkpoints), it is a snapshot like the one
+        each worker takes of theta: an update in flight may be in it in part."""
+        return {"algo": "a3c", "env_id": args.env_id, "model_args": model_args,
+                "model": {k: v.clone() for k, v in agent.state_dict().items()}, "args": asdict(args),
+                "optimizer": optimizer.state_dict(), "global_step": global_step.value, "schedule_origin": origin,
+                "rng": rng_state(generators), "envs": {"resumable": False}}
+
+    run_dir = make_run_dir(run_name)
+    stop = StopSignal()  # before the workers start: they ignore SIGINT/SIGTERM from their first line on
 
     # Start the workers before TensorBoard and W&B start their threads: forking a process with threads
     # running is unsafe, and the children need neither.
     start_time = time.time()
     workers = [ctx.Process(target=worker, args=(rank, args, run_name, agent, model_args, optimizer, global_step,
-                                                worker_updates, worker_pids, applied, messages), daemon=True)
+                                                worker_updates, worker_pids, applied, messages, stop_workers,
+                                                origin, start_step), daemon=True)
                for rank in range(args.num_workers)]
     for p in workers:
         p.start()
 
+    faults: list[tuple[str, int]] = []  # (quantity, step) that workers reported, the first one stops the run
+    written: list[str] = []  # this run's periodic checkpoints, oldest first
+    next_checkpoint = (start_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else 0
     try:
         if args.track:
             import wandb
@@ -538,12 +824,12 @@ def main(args: Args) -> dict:
                        config=asdict(args), name=run_name, save_code=True)
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(f"runs/{run_name}")
+        writer = SummaryWriter(run_dir)
         writer.add_text("hyperparameters",
                         "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
 
         recent_returns: deque[float] = deque(maxlen=20)
-        next_log = args.log_every
+        next_log = (start_step // args.log_every + 1) * args.log_every
 
         def handle(msg) -> None:
             if msg[0] == "episode":
@@ -551,11 +837,13 @@ def main(args: Args) -> dict:
                 recent_returns.append(ep_r)
                 writer.add_scalar("charts/episodic_return", ep_r, step)
                 writer.add_scalar("charts/episodic_length", ep_l, step)
+            elif msg[0] == "fault":
+                faults.append(msg[1:])
             else:
                 _, step, stats = msg
                 for key, val in stats.items():
                     writer.add_scalar(key, val, step)
-                writer.add_scalar("charts/SPS", int(step / (time.time() - start_time)), step)
+                writer.add_scalar("charts/SPS", int((step - start_step) / (time.time() - start_time)), step)
 
         # The main process only listens until every worker has finished (the queue must be drained
         # before the workers can exit: a process does not end while its queued messages are unread).
@@ -564,11 +852,18 @@ def main(args: Args) -> dict:
                 handle(messages.get(timeout=0.2))
             except queue.Empty:
                 pass
+            if (stop.signum or faults) and not stop_workers.is_set():
+                stop_workers.set()  # a signal or a numerical fault: the workers end after their current update
             if global_step.value >= next_log:
-                next_log += args.log_every
-                sps = int(global_step.value / (time.time() - start_time))
+                next_log = (global_step.value // args.log_every + 1) * args.log_every
+                sps = int((global_step.value - start_step) / (time.time() - start_time))
                 recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
                 print(f"step {global_step.value:>9,}  SPS {sps:>6,}  return(last 20 episodes) {recent}", flush=True)
+            # periodic checkpoints: written here, by the main process, while the workers go on
+            if args.checkpoint_every and not stop_workers.is_set() and global_step.value >= next_checkpoint:
+                state = checkpoint()
+                next_checkpoint = (state["global_step"] // args.checkpoint_every + 1) * args.checkpoint_every
+                write_checkpoint(run_dir, state, written, args.keep_checkpoints)
         while True:
             try:
                 handle(messages.get(timeout=0.2))
@@ -577,7 +872,7 @@ def main(args: Args) -> dict:
         for p in workers:
             p.join()
     finally:
-        for p in workers:  # on an error or Ctrl-C in the main process, do not leave workers behind
+        for p in workers:  # on an error or a second signal in the main process, do not leave workers behind
             if p.is_alive():
                 p.terminate()
     train_time = time.time() - start_time
@@ -585,33 +880,44 @@ def main(args: Args) -> dict:
     if failed:
         raise RuntimeError(f"a3c worker(s) {failed} failed (exit codes {[workers[r].exitcode for r in failed]})")
     steps = global_step.value
+    if faults:  # the faulty update was not applied: the shared state is still finite
+        path = f"{run_dir}/{args.exp_name}_last_finite.pt"
+        save_checkpoint(path, checkpoint())
+        close_logs(writer, args.track)
+        numerical_fault(*faults[0], path)
+    # After the workers' last update: the checkpoint a signal asked for (then exit 128 + signal), or a periodic one
+    # whose boundary the last steps crossed.
+    if stop.signum or (args.checkpoint_every and steps >= next_checkpoint):
+        path = write_checkpoint(run_dir, checkpoint(), written, args.keep_checkpoints)
+        if stop.signum:
+            close_logs(writer, args.track)
+            print(f"stopped by {signal.Signals(stop.signum).name} at step {steps:,}; resume with: "
+                  f"{resume_command(args, path)}", file=sys.stderr, flush=True)
+            sys.exit(128 + stop.signum)
+    stop.restore()
+
+    model_path = None
+    if args.save_model:  # the training state at the end: it evaluates, and resumes with a larger --total-timesteps
+        model_path = f"{run_dir}/{args.exp_name}.pt"
+        save_checkpoint(model_path, checkpoint())
 
     eval_returns = evaluate(agent, args.env_id, args.eval_episodes, seed=args.seed + 100_000)
     for i, r in enumerate(eval_returns):
         writer.add_scalar("eval/episodic_return", r, i)
     print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
-          f"(deterministic); trained {steps:,} steps in {train_time:.1f}s by {args.num_workers} workers "
+          f"(deterministic); trained {steps - start_step:,} steps in {train_time:.1f}s by {args.num_workers} workers "
           f"(updates per worker: {list(worker_updates)})")
-
-    model_path = None
-    if args.save_model:
-        model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(model_path, {"algo": "a3c", "env_id": args.env_id, "model_args": model_args,
-                                     "model": agent.state_dict()})
+    if model_path:
         print(f"model saved to {model_path}")
-    writer.close()
-    if args.track:
-        import wandb
-
-        wandb.finish()
+    close_logs(writer, args.track)
     return {
         "eval_return_mean": float(np.mean(eval_returns)),
         "eval_return_std": float(np.std(eval_returns)),
         "eval_returns": eval_returns,
-        "sps": int(steps / train_time),
+        "sps": int((steps - start_step) / train_time),
         "train_time": train_time,
         "global_step": steps,
-        "run_dir": f"runs/{run_name}",
+        "run_dir": run_dir,
         "model_path": model_path,
         # what the tests check: real processes, each of which wrote its updates into the shared parameters
         "worker_pids": list(worker_pids),

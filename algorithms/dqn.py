@@ -273,9 +273,15 @@ class ReplayBuffer:
         return {**arrays, "pos": self.pos, "filled": self.filled}
 
     def load_state_dict(self, state: dict) -> None:
+        if state["obs"].shape != self.obs.shape:
+            fail(f"the checkpoint's replay buffer has another shape ({tuple(state['obs'].shape)}, here "
+                 f"{self.obs.shape}): resume with its --buffer-size and --num-envs")
         for k in ("obs", "actions", "rewards", "next_obs", "terminations"):
             getattr(self, k)[...] = state[k].numpy()
         self.pos, self.filled = state["pos"], state["filled"]
+
+    def __len__(self) -> int:
+        return self.filled * self.num_envs
 
 
 def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
@@ -497,6 +503,15 @@ def finite(x: np.ndarray) -> bool:
     return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
 
 
+def nonfinite_step(obs: np.ndarray, rewards: np.ndarray, infos: dict) -> str:
+    """What is not finite in a vector step: "observation" (the last observation of an episode that ended, in
+    info["final_obs"], included), "reward", or "" when all is finite."""
+    finals = [infos["final_obs"][i] for i in np.flatnonzero(infos["_final_obs"])] if "final_obs" in infos else []
+    if not (finite(obs) and all(finite(np.asarray(f)) for f in finals)):
+        return "observation"
+    return "" if finite(np.asarray(rewards)) else "reward"
+
+
 def numerical_fault(quantity: str, step: int, path: str) -> None:
     """A NaN or infinity reached training: one line, exit status 3; `path` holds the last finite state."""
     print(f"error: non-finite {quantity} at step {step:,}; the last finite state is in {path} "
@@ -590,12 +605,8 @@ def main(args: Args) -> dict:
         # the interrupted episodes go on where they can; elsewhere new ones start, seeded apart from the first ones
         obs = set_env_state(envs, ckpt["envs"], seed=args.seed + global_step)
         if "buffer" in ckpt:
-            if ckpt["buffer"]["obs"].shape != rb.obs.shape:
-                fail(f"--resume {args.resume} holds a replay buffer of another shape "
-                     f"({tuple(ckpt['buffer']['obs'].shape)}, here {rb.obs.shape}): keep --buffer-size and --num-envs")
             rb.load_state_dict(ckpt["buffer"])
-        print(f"resumed from {args.resume} at step {global_step:,} (replay buffer: {rb.filled * rb.num_envs:,} "
-              "transitions)", flush=True)
+        print(f"resumed from {args.resume} at step {global_step:,} (replay buffer: {len(rb):,} transitions)", flush=True)
 
     def checkpoint(with_envs: bool = True) -> dict:
         ckpt = {"algo": "dqn", "env_id": args.env_id, "model_args": model_args, "model": q_network.state_dict(),
@@ -645,8 +656,8 @@ def main(args: Args) -> dict:
                 actions = np.where(explore, envs.action_space.sample(), actions)
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         global_step += args.num_envs
-        if args.nan_check and not (finite(next_obs) and finite(rewards)):
-            fault("observation" if not finite(next_obs) else "reward")
+        if args.nan_check and (bad := nonfinite_step(next_obs, rewards, infos)):
+            fault(bad)
 
         # the transition's next observation is the real last one at an episode end, not the reset one
         real_next_obs = next_obs.copy()
@@ -667,7 +678,7 @@ def main(args: Args) -> dict:
         if train_now:
             next_train += args.train_frequency
         # (a run resumed without its buffer waits until the buffer holds a batch)
-        if train_now and global_step > args.learning_starts and rb.filled * rb.num_envs >= args.batch_size:
+        if train_now and global_step > args.learning_starts and len(rb) >= args.batch_size:
             for _ in range(args.gradient_steps):
                 b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size, device)
                 with torch.no_grad():

@@ -491,6 +491,15 @@ def finite(x: np.ndarray) -> bool:
     return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
 
 
+def nonfinite_step(obs: np.ndarray, rewards: np.ndarray, infos: dict) -> str:
+    """What is not finite in a vector step: "observation" (the last observation of an episode that ended, in
+    info["final_obs"], included), "reward", or "" when all is finite."""
+    finals = [infos["final_obs"][i] for i in np.flatnonzero(infos["_final_obs"])] if "final_obs" in infos else []
+    if not (finite(obs) and all(finite(np.asarray(f)) for f in finals)):
+        return "observation"
+    return "" if finite(np.asarray(rewards)) else "reward"
+
+
 def numerical_fault(quantity: str, step: int, path: str) -> None:
     """A NaN or infinity reached training: one line, exit status 3; `path` holds the last finite state."""
     print(f"error: non-finite {quantity} at step {step:,}; the last finite state is in {path} "
@@ -636,8 +645,8 @@ def main(args: Args) -> dict:
             action = agent.sample_action(torch.as_tensor(next_obs, dtype=torch.float32, device=device)).cpu().numpy()
             actions[step] = action
             next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(action)
-            if args.nan_check and not (finite(next_obs) and finite(rewards[step])):
-                fault("observation" if not finite(next_obs) else "reward")
+            if args.nan_check and (bad := nonfinite_step(next_obs, rewards[step], infos)):
+                fault(bad)
             succ_obs[step] = next_obs
             if "final_obs" in infos:
                 for i in np.flatnonzero(infos["_final_obs"]):

@@ -50,8 +50,8 @@ What is specific to continuous actions (everything else is ppo.py, line for line
 - The normalisation is done in main rather than by wrappers: one set of statistics shared by all
   environments, and the final observations (for the truncation bootstrap) normalised with them too, so V
   sees every input on the same scale.
-- Normalisation statistics are part of the policy. At the end of training the observation mean/var are
-  copied into the Agent's buffers, so the checkpoint carries them with the weights, and greedy_action
+- Normalisation statistics are part of the policy. After every update the observation mean/var are
+  copied into the Agent's buffers, so every checkpoint carries them with the weights, and greedy_action
   (used by evaluate, in-process or from a checkpoint) normalises raw observations with them, frozen.
   (An evaluation that drops these statistics feeds the model inputs on a scale it never saw.)
 
@@ -64,14 +64,34 @@ al., 2018); a terminated one does not. (CleanRL's file treats truncation as term
 Pendulum-v1, where every episode is truncated at 200 steps, removes every bootstrap at the end.) Per step
 only the actor runs, to sample; log pi_old(a|o~), V(o~) and V(o~') come from one batched pass after the
 rollout, with the same parameters and so the same numbers, at a fraction of the per-step cost.
+
+Long runs (the same form as ppo.py's and every deep file's):
+    python algorithms/ppo_continuous_action.py --checkpoint-every 100000   # runs/<run>/checkpoint_<step>.pt
+    python algorithms/ppo_continuous_action.py --resume runs/<run>/checkpoint_<step>.pt   # up to --total-timesteps
+A checkpoint holds the networks, the optimiser, the step counters, every random generator's state, the
+normalisation statistics (observation mean/var, the discounted return's mean/var and each environment's
+running discounted return, all float64) and the environments' own state, so a resumed run ends with the same
+parameters as one never interrupted (classic-control environments such as Pendulum-v1 only: their whole state is
+a few numbers; with MuJoCo or Box2D the resumed run starts new episodes, with the saved statistics). The newest 2
+periodic checkpoints are kept (--keep-checkpoints). Ctrl-C or SIGTERM stops the run after the current rollout and
+its update, writes a checkpoint and exits with status 130 / 143, printing the command that resumes it; a second
+signal quits at once. A resumed run writes to a new run directory whose TensorBoard steps continue the old ones;
+the learning-rate and clip schedules continue exactly with the same --total-timesteps and stretch what is left of
+them with a larger one. A NaN or infinite raw observation or reward (checked before the statistics absorb it),
+loss or gradient norm stops the run at once (exit 3) and keeps the last finite state in
+runs/<run>/<exp_name>_last_finite.pt; --no-nan-check skips the checks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -105,6 +125,14 @@ class Args:
     """if toggled, record videos of the first environment into videos/{run_name}"""
     save_model: bool = False
     """if toggled, save the model and its normalisation statistics to runs/{run_name}/{exp_name}.pt"""
+    checkpoint_every: int = 0
+    """write the training state to runs/{run_name}/checkpoint_{step}.pt every this many environment steps (0: never)"""
+    keep_checkpoints: int = 2
+    """how many of the newest periodic checkpoints to keep"""
+    resume: str | None = None
+    """continue training from this checkpoint (periodic, interrupted or --save-model) up to --total-timesteps"""
+    nan_check: bool = True
+    """if toggled, a NaN or infinite observation, reward, loss or gradient norm stops the run (exit 3)"""
 
     env_id: str = "Pendulum-v1"
     """the Gymnasium id of the environment (Box actions, flat Box observations)"""
@@ -172,12 +200,18 @@ def check_args(args: Args) -> None:
     if (args.num_envs * args.num_steps) % args.num_minibatches:
         fail(f"--num-minibatches {args.num_minibatches} must divide the rollout size num_envs * num_steps "
              f"= {args.num_envs * args.num_steps}")
-    if not args.learning_rate > 0 or not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
-        fail("need --learning-rate > 0, 0 < --gamma <= 1 and 0 <= --gae-lambda <= 1")
-    if not args.clip_coef >= 0 or not args.max_grad_norm > 0:
-        fail(f"need --clip-coef >= 0 and --max-grad-norm > 0, got {args.clip_coef} and {args.max_grad_norm}")
-    if not args.clip_obs > 0 or not args.clip_reward > 0:
-        fail(f"--clip-obs and --clip-reward must be positive, got {args.clip_obs} and {args.clip_reward}")
+    if not 0 < args.learning_rate < math.inf or not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+        fail("need 0 < --learning-rate < inf, 0 < --gamma <= 1 and 0 <= --gae-lambda <= 1")
+    # written `not x > 0` rather than `x <= 0`: a NaN fails every comparison, so only this form rejects it
+    for name, value, low in (("clip-coef", args.clip_coef, 0), ("ent-coef", args.ent_coef, 0), ("vf-coef", args.vf_coef, 0)):
+        if not low <= value < math.inf:
+            fail(f"--{name} must be a finite number >= {low}, got {value}")
+    if not args.max_grad_norm > 0 or (args.target_kl is not None and not 0 < args.target_kl < math.inf):
+        fail(f"need --max-grad-norm > 0 and --target-kl > 0 (finite), got {args.max_grad_norm} and {args.target_kl}")
+    if not 0 < args.clip_obs < math.inf or not 0 < args.clip_reward < math.inf:
+        fail(f"--clip-obs and --clip-reward must be positive and finite, got {args.clip_obs} and {args.clip_reward}")
+    if not args.checkpoint_every >= 0 or not args.keep_checkpoints > 0:
+        fail(f"need --checkpoint-every >= 0 and --keep-checkpoints > 0, got {args.checkpoint_every} and {args.keep_checkpoints}")
     try:
         gym.spec(args.env_id)
     except gym.error.Error:
@@ -191,6 +225,8 @@ def check_args(args: Args) -> None:
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         fail(f"ppo_continuous_action.py needs a flat Box observation, {args.env_id} has {obs_space}; "
              "use an environment such as Pendulum-v1 or HalfCheetah-v5")
+    if args.resume is not None and not os.path.isfile(args.resume):
+        fail(f"no checkpoint at {args.resume}")
 
 
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
@@ -415,6 +451,194 @@ def load_checkpoint(path: str, algo: str) -> dict:
     return ckpt
 
 
+# ---- Long runs: the same code in every deep file (checkpoints, interruption, resume, numerical faults) ----
+#
+# A checkpoint is one dict of tensors and plain values (torch.load(..., weights_only=True) reads it): the networks,
+# the optimisers, the step counters, every random generator's state and, where it can be read, the environments'
+# own state. Periodic ones (--checkpoint-every), the one written on SIGINT/SIGTERM and the final --save-model file
+# are the same dict, so any of them resumes (--resume PATH) in a new run directory that continues the old one's
+# TensorBoard steps.
+
+
+def make_run_dir(run_name: str) -> str:
+    """Create a new runs/{run_name} (with a suffix if that exists) and check that it takes files; exit 2 if not."""
+    run_dir, n = f"runs/{run_name}", 1
+    while os.path.exists(run_dir):  # two runs started in the same second (a quick resume) get two directories
+        n += 1
+        run_dir = f"runs/{run_name}_{n}"
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = f"{run_dir}/.write_test"
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        fail(f"cannot write the run directory {run_dir} ({error.strerror}); run from a writable directory")
+    return run_dir
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) set `signum`; the training loop looks at it after each
+    update, writes a checkpoint and exits with status 128 + signum. A second signal exits at once; checkpoints are
+    written atomically, so the previous one stays intact."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # only the main thread may handle signals
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        if self.signum:
+            sys.exit(128 + signum)
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this update to write a checkpoint "
+              "(signal again to quit at once)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def resume_command(args, path: str) -> str:
+    """The command line that continues this run from `path`: this file, every option not at its default, --resume."""
+    parts = ["python", os.path.relpath(__file__)]
+    for field in dataclasses.fields(args):
+        value, flag = getattr(args, field.name), "--" + field.name.replace("_", "-")
+        if field.name == "resume" or value == field.default:
+            continue
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join([*parts, "--resume", path])
+
+
+def write_checkpoint(run_dir: str, checkpoint: dict, written: list[str], keep: int) -> str:
+    """Save the training state as run_dir/checkpoint_{step}.pt; keep the newest `keep` of this run's checkpoints."""
+    path = f"{run_dir}/checkpoint_{checkpoint['global_step']}.pt"
+    save_checkpoint(path, checkpoint)
+    if path not in written:
+        written.append(path)
+    while len(written) > keep:
+        os.remove(written.pop(0))
+    print(f"checkpoint {path} ({os.path.getsize(path) / 1e6:.1f} MB)", flush=True)
+    return path
+
+
+def rng_state(generators: dict[str, np.random.Generator]) -> dict:
+    """Python's, numpy's global, torch's (and CUDA's) and the named numpy generators' states, as tensors, integers
+    and strings."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **{name: g.bit_generator.state for name, g in generators.items()}}
+
+
+def set_rng_state(state: dict, generators: dict[str, np.random.Generator]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, g in generators.items():
+        g.bit_generator.state = state[name]
+
+
+def env_state(envs, obs: np.ndarray) -> dict:
+    """What continues the episodes in progress: each sub-environment's simulator state, random generator and
+    time-limit counter, the episode statistics so far and the current observation. Only the classic-control
+    environments keep their whole state in plain numbers (`unwrapped.state`); for the others (Box2D, MuJoCo,
+    Atari) `resumable` is False and a resumed run starts new episodes."""
+    subs = envs.unwrapped.envs
+    if not all(type(e.unwrapped).__module__.startswith("gymnasium.envs.classic_control") for e in subs):
+        return {"resumable": False}
+    states = []
+    for e in subs:
+        limit = e
+        while not isinstance(limit, gym.wrappers.TimeLimit) and isinstance(limit, gym.Wrapper):
+            limit = limit.env
+        states.append({"state": torch.as_tensor(np.asarray(e.unwrapped.state, dtype=np.float64)),
+                       "np_random": e.unwrapped.np_random.bit_generator.state,
+                       "elapsed_steps": getattr(limit, "_elapsed_steps", None)})
+    return {"resumable": True, "subs": states, "obs": torch.as_tensor(obs),
+            "episode_returns": torch.as_tensor(envs.episode_returns), "episode_lengths": torch.as_tensor(envs.episode_lengths)}
+
+
+def set_env_state(envs, state: dict, seed: int) -> np.ndarray:
+    """Reset the environments, then put back the saved episodes where `state` holds them; returns the observation."""
+    obs, _ = envs.reset(seed=seed)
+    if not state["resumable"] or len(state["subs"]) != len(envs.unwrapped.envs):
+        print("the environments' state was not saved (only classic control's can be): new episodes start", flush=True)
+        return obs
+    for e, s in zip(envs.unwrapped.envs, state["subs"], strict=True):
+        e.unwrapped.state = s["state"].numpy().copy()
+        e.unwrapped.np_random.bit_generator.state = s["np_random"]
+        limit = e
+        while not isinstance(limit, gym.wrappers.TimeLimit) and isinstance(limit, gym.Wrapper):
+            limit = limit.env
+        if s["elapsed_steps"] is not None:
+            limit._elapsed_steps = s["elapsed_steps"]
+    envs.episode_returns[:] = state["episode_returns"].numpy()
+    envs.episode_lengths[:] = state["episode_lengths"].numpy()
+    return state["obs"].numpy().copy()
+
+
+def progress(step: int, total: int, origin: tuple[int, float]) -> float:
+    """The fraction of training done, which every schedule reads. `origin` is (0, 0.0) for a fresh run; a run resumed
+    with a different --total-timesteps sets it to (the resumed step, the progress there), stretching what is left."""
+    start, done = origin
+    return done + (1.0 - done) * (step - start) / (total - start)
+
+
+def check_resume(ckpt: dict, args, model_args: dict) -> None:
+    """A checkpoint to resume holds a training state for this environment and these network sizes."""
+    if "global_step" not in ckpt:
+        fail(f"--resume {args.resume} holds no training state")
+    if ckpt["env_id"] != args.env_id:
+        fail(f"--resume {args.resume} was trained on {ckpt['env_id']}, not --env-id {args.env_id}")
+    if ckpt["model_args"] != model_args:
+        fail(f"--resume {args.resume} holds networks of other sizes ({ckpt['model_args']}, "
+             f"here {model_args}); resume with the options it was trained with")
+    if not ckpt["global_step"] < args.total_timesteps:
+        fail(f"--resume {args.resume} is at step {ckpt['global_step']:,}: --total-timesteps must be larger "
+             f"than that, got {args.total_timesteps:,}")
+
+
+def finite(x: np.ndarray) -> bool:
+    """True when every entry is finite (integer arrays, such as Atari frames, always are)."""
+    return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
+
+
+def nonfinite_step(obs: np.ndarray, rewards: np.ndarray, infos: dict) -> str:
+    """What is not finite in a vector step: "observation" (the last observation of an episode that ended, in
+    info["final_obs"], included), "reward", or "" when all is finite."""
+    finals = [infos["final_obs"][i] for i in np.flatnonzero(infos["_final_obs"])] if "final_obs" in infos else []
+    if not (finite(obs) and all(finite(np.asarray(f)) for f in finals)):
+        return "observation"
+    return "" if finite(np.asarray(rewards)) else "reward"
+
+
+def numerical_fault(quantity: str, step: int, path: str) -> None:
+    """A NaN or infinity reached training: one line, exit status 3; `path` holds the last finite state."""
+    print(f"error: non-finite {quantity} at step {step:,}; the last finite state is in {path} "
+          "(lower the learning rate, or look at the environment)", file=sys.stderr, flush=True)
+    sys.exit(3)
+
+
+def close_logs(writer, track: bool) -> None:
+    writer.close()
+    if track:
+        import wandb
+
+        wandb.finish()
+
+
 def load_model(path: str) -> tuple[Agent, dict]:
     """The trained Agent of a checkpoint written by this file, and the checkpoint."""
     ckpt = load_checkpoint(path, "ppo_continuous_action")
@@ -448,16 +672,6 @@ def main(args: Args) -> dict:
     num_iterations = -(-args.total_timesteps // batch_size)  # ceil: at least total_timesteps steps
     run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=asdict(args), name=run_name, save_code=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
-
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -484,6 +698,62 @@ def main(args: Args) -> dict:
     # fused=True: one kernel updates all parameters at once; the default loops over a dozen small tensors,
     # which for networks this small costs more than the forward and backward passes
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+    generators = {"action_space": envs.action_space.np_random}
+    normalisers = {name: rms for name, rms in (("obs", obs_rms), ("reward", reward_scaler and reward_scaler.rms)) if rms}
+
+    # The training state a checkpoint holds; resuming puts it back (schedules run in iterations here).
+    global_step, iteration, origin = 0, 0, (0, 0.0)
+    raw_obs, _ = envs.reset(seed=args.seed)
+    if obs_rms is not None:
+        obs_rms.update(raw_obs)
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume, "ppo_continuous_action")
+        check_resume(ckpt, args, model_args)
+        agent.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        global_step, iteration, origin = ckpt["global_step"], ckpt["iteration"], tuple(ckpt["schedule_origin"])
+        if args.total_timesteps != ckpt["args"]["total_timesteps"]:
+            origin = (iteration, progress(iteration, -(-ckpt["args"]["total_timesteps"] // batch_size), origin))
+            print(f"--total-timesteps {args.total_timesteps:,} differs from the checkpoint's "
+                  f"{ckpt['args']['total_timesteps']:,}: the schedules stretch from step {global_step:,} on", flush=True)
+        set_rng_state(ckpt["rng"], generators)
+        for name, rms in normalisers.items():  # the running statistics, float64 as they were
+            vars(rms).update({k: v.numpy().copy() for k, v in ckpt["normalisation"].get(name, {}).items()})
+        # the interrupted episodes go on where they can; elsewhere new ones start, seeded apart from the first ones
+        raw_obs = set_env_state(envs, ckpt["envs"], seed=args.seed + global_step)
+        returns = ckpt["reward_returns"]  # the discounted returns of the episodes in progress, where they go on
+        if reward_scaler and returns is not None and ckpt["envs"]["resumable"] and len(returns) == args.num_envs:
+            reward_scaler.returns = returns.numpy().copy()
+        print(f"resumed from {args.resume} at step {global_step:,}", flush=True)
+    next_obs = normalize_obs(raw_obs, obs_rms, args.clip_obs)
+
+    def checkpoint(with_envs: bool = True) -> dict:
+        return {"algo": "ppo_continuous_action", "env_id": args.env_id, "model_args": model_args,
+                "model": agent.state_dict(),
+                "args": asdict(args), "optimizer": optimizer.state_dict(), "global_step": global_step,
+                "iteration": iteration, "schedule_origin": origin, "rng": rng_state(generators),
+                "envs": env_state(envs, raw_obs) if with_envs else {"resumable": False},
+                "normalisation": {name: {k: torch.as_tensor(np.asarray(v)) for k, v in vars(rms).items()}
+                                  for name, rms in normalisers.items()},
+                "reward_returns": torch.as_tensor(reward_scaler.returns) if reward_scaler else None}
+
+    def fault(quantity: str) -> None:  # the networks are still finite: the check runs before they change
+        path = f"{run_dir}/{args.exp_name}_last_finite.pt"
+        save_checkpoint(path, checkpoint(with_envs=False))
+        envs.close()
+        close_logs(writer, args.track)
+        numerical_fault(quantity, global_step, path)
+
+    run_dir = make_run_dir(run_name)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=asdict(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
 
     # Rollout storage, [num_steps, num_envs, ...], in numpy: the environments speak numpy, and the
     # whole rollout is moved to torch once per iteration instead of once per step. Observations are
@@ -495,17 +765,16 @@ def main(args: Args) -> dict:
     terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
     truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
 
-    global_step = 0
-    start_time = time.time()
+    start_step, start_time = global_step, time.time()
     recent_returns: deque[float] = deque(maxlen=20)
-    next_log = args.log_every
-    raw_obs, _ = envs.reset(seed=args.seed)
-    if obs_rms is not None:
-        obs_rms.update(raw_obs)
-    next_obs = normalize_obs(raw_obs, obs_rms, args.clip_obs)
+    next_log = (global_step // args.log_every + 1) * args.log_every
+    next_checkpoint = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else 0
+    written: list[str] = []  # this run's periodic checkpoints, oldest first
+    stop = StopSignal()
 
-    for iteration in range(1, num_iterations + 1):
-        frac = 1.0 - (iteration - 1.0) / num_iterations
+    while iteration < num_iterations:
+        iteration += 1
+        frac = 1.0 - progress(iteration - 1, num_iterations, origin)
         lr_now = frac * args.learning_rate if args.anneal_lr else args.learning_rate
         optimizer.param_groups[0]["lr"] = lr_now
         clip_now = frac * args.clip_coef if args.anneal_clip else args.clip_coef
@@ -517,6 +786,8 @@ def main(args: Args) -> dict:
             action = agent.sample_action(torch.as_tensor(next_obs, dtype=torch.float32, device=device)).cpu().numpy()
             actions[step] = action  # unclipped: its log-probability is the one the ratio needs
             raw_obs, raw_reward, terminations[step], truncations[step], infos = envs.step(np.clip(action, low, high))
+            if args.nan_check and (bad := nonfinite_step(raw_obs, raw_reward, infos)):  # before the statistics absorb them
+                fault(bad)
             # As SB3's VecNormalize: the statistics absorb the observations the policy will act on next
             # (reset observations included), and a final observation is normalised with the same, updated
             # statistics, so V sees it on the same scale as every other input.
@@ -549,7 +820,7 @@ def main(args: Args) -> dict:
         )
         b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
 
-        stop = False
+        stop_epochs = False
         for _epoch in range(args.update_epochs):
             perm = torch.randperm(batch_size, device=device)
             for start in range(0, batch_size, minibatch_size):
@@ -562,20 +833,26 @@ def main(args: Args) -> dict:
                     new_logprob, b_logprobs[mb], mb_adv, new_value, b_values[mb], b_returns[mb], clip_now, args.clip_vloss
                 )
                 if args.target_kl is not None and approx_kl(logratio) > 1.5 * args.target_kl:
-                    stop = True  # as SB3: skip this update and end the rollout's epochs
+                    stop_epochs = True  # as SB3: skip this update and end the rollout's epochs
                     break
                 loss = pg_loss - args.ent_coef * entropy.mean() + args.vf_coef * v_loss
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+                grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+                # one host sync per minibatch; before optimizer.step(), so the networks stay finite
+                if args.nan_check and not torch.isfinite(loss.detach() + grad_norm):
+                    fault("loss" if not torch.isfinite(loss) else "gradient norm")
                 optimizer.step()
-            if stop:
+            if stop_epochs:
                 break
+        if obs_rms is not None:  # the statistics become part of the policy (see Agent), in every checkpoint
+            agent.obs_mean.copy_(torch.as_tensor(obs_rms.mean))
+            agent.obs_var.copy_(torch.as_tensor(obs_rms.var))
 
         # Logging once per rollout, from the last minibatch: the only host syncs of the iteration.
         var_y = b_returns.var()
         explained_var = float("nan") if var_y == 0 else float(1 - (b_returns - b_values).var() / var_y)
-        sps = int(global_step / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         stats = {
             "charts/learning_rate": lr_now,
             "losses/value_loss": v_loss.item(),
@@ -590,41 +867,45 @@ def main(args: Args) -> dict:
         for key, val in stats.items():
             writer.add_scalar(key, val, global_step)
         if global_step >= next_log or iteration == num_iterations:
-            next_log += args.log_every
+            next_log = (global_step // args.log_every + 1) * args.log_every
             recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
             print(f"step {global_step:>9,}  SPS {sps:>6,}  return(last 20 episodes) {recent}", flush=True)
 
+        # After the update: a periodic checkpoint, or the one a signal asked for (then exit 128 + signal).
+        if stop.signum or (args.checkpoint_every and global_step >= next_checkpoint):
+            next_checkpoint = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else 0
+            path = write_checkpoint(run_dir, checkpoint(), written, args.keep_checkpoints)
+            if stop.signum:
+                envs.close()
+                close_logs(writer, args.track)
+                print(f"stopped by {signal.Signals(stop.signum).name} at step {global_step:,}; resume with: "
+                      f"{resume_command(args, path)}", file=sys.stderr, flush=True)
+                sys.exit(128 + stop.signum)
+    stop.restore()
+
     train_time = time.time() - start_time
+    model_path = None
+    if args.save_model:  # the training state at the end: it evaluates, and resumes with a larger --total-timesteps
+        model_path = f"{run_dir}/{args.exp_name}.pt"
+        save_checkpoint(model_path, checkpoint())
     envs.close()
-    if obs_rms is not None:  # the statistics become part of the policy (see Agent)
-        agent.obs_mean.copy_(torch.as_tensor(obs_rms.mean))
-        agent.obs_var.copy_(torch.as_tensor(obs_rms.var))
 
     eval_returns = evaluate(agent, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
     for i, r in enumerate(eval_returns):
         writer.add_scalar("eval/episodic_return", r, i)
     print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
-          f"(deterministic); trained {global_step:,} steps in {train_time:.1f}s")
-
-    model_path = None
-    if args.save_model:
-        model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(model_path, {"algo": "ppo_continuous_action", "env_id": args.env_id, "model_args": model_args,
-                                     "model": agent.state_dict()})
+          f"(deterministic); trained {global_step - start_step:,} steps in {train_time:.1f}s")
+    if model_path:
         print(f"model saved to {model_path}")
-    writer.close()
-    if args.track:
-        import wandb
-
-        wandb.finish()
+    close_logs(writer, args.track)
     return {
         "eval_return_mean": float(np.mean(eval_returns)),
         "eval_return_std": float(np.std(eval_returns)),
         "eval_returns": eval_returns,
-        "sps": int(global_step / train_time),
+        "sps": int((global_step - start_step) / train_time),
         "train_time": train_time,
         "global_step": global_step,
-        "run_dir": f"runs/{run_name}",
+        "run_dir": run_dir,
         "model_path": model_path,
     }
 

@@ -53,13 +53,32 @@ The defaults are chosen for CartPole-v1 in 100k steps; the paper's Atari values 
 n 3, 51 atoms, sigma_0 0.5, Adam eps 1.5e-4.
 Tested: all six parts on, seed 1 reaches a greedy return of 475 on CartPole-v1 in 100k steps (tests/test_rainbow.py).
 Results: benchmark_results/rainbow.md
+
+Long runs (the form of ppo.py, the same in every deep file):
+    python algorithms/rainbow.py --checkpoint-every 50000 --save-buffer    # runs/<run>/checkpoint_<step>.pt
+    python algorithms/rainbow.py --resume runs/<run>/checkpoint_<step>.pt  # continue up to --total-timesteps
+A checkpoint holds the online and target networks (with the noisy layers' current noise), the optimiser, the step
+counters (next training phase, next target update), every random generator's state (the noise is drawn from
+torch's), the classic-control environments' own state with each environment's n-step queue of steps not yet
+stored (other environments start new episodes on resume, and the queues start empty) and, with --save-buffer, the
+replay buffer with its sum tree of priorities and the largest priority seen; resumed with all of it, a run ends
+with the same parameters as one never interrupted. Ctrl-C or SIGTERM stops the run after the current step's
+update, writes a checkpoint and exits 130 / 143 with the command that resumes it. The beta and epsilon schedules
+read the progress through --total-timesteps: a larger value on resume stretches what is left of them. A NaN or
+infinite observation, reward, loss or gradient norm stops the run (exit 3), keeping the last finite state in
+runs/<run>/<exp_name>_last_finite.pt; --no-nan-check skips the checks.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -94,6 +113,16 @@ class Args:
     """if toggled, record videos of the first environment into videos/{run_name}"""
     save_model: bool = False
     """if toggled, save the trained model to runs/{run_name}/{exp_name}.pt"""
+    checkpoint_every: int = 0
+    """write the training state to runs/{run_name}/checkpoint_{step}.pt every this many environment steps (0: never)"""
+    keep_checkpoints: int = 2
+    """how many of the newest periodic checkpoints to keep"""
+    resume: str | None = None
+    """continue training from this checkpoint (periodic, interrupted or --save-model) up to --total-timesteps"""
+    nan_check: bool = True
+    """if toggled, a NaN or infinite observation, reward, loss or gradient norm stops the run (exit 3)"""
+    save_buffer: bool = False
+    """if toggled, checkpoints (periodic, on a signal, --save-model) also hold the replay buffer (its size is printed)"""
 
     env_id: str = "CartPole-v1"
     """the Gymnasium id of the environment (discrete actions, flat observations)"""
@@ -172,10 +201,16 @@ def fail(message: str) -> None:
 
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency", "gradient_steps",
-                 "target_network_frequency", "learning_rate", "max_grad_norm", "adam_eps", "eval_episodes",
-                 "log_every", "torch_threads", "n_step", "prior_eps"):
+                 "target_network_frequency", "eval_episodes", "log_every", "torch_threads", "keep_checkpoints",
+                 "n_step"):
         if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    # written `not x > 0` rather than `x <= 0`: a NaN fails every comparison, so only this form rejects it
+    if not 0 < args.learning_rate < math.inf or not args.max_grad_norm > 0 or not args.checkpoint_every >= 0:
+        fail(f"need 0 < --learning-rate < inf, --max-grad-norm > 0 and --checkpoint-every >= 0, got "
+             f"{args.learning_rate}, {args.max_grad_norm} and {args.checkpoint_every}")
+    if not 0 < args.adam_eps < math.inf or not 0 < args.prior_eps < math.inf:
+        fail(f"need 0 < --adam-eps < inf and 0 < --prior-eps < inf, got {args.adam_eps} and {args.prior_eps}")
     if not (args.hidden_sizes and all(h > 0 for h in args.hidden_sizes)):
         fail(f"--hidden-sizes needs one or more positive widths, got {' '.join(map(str, args.hidden_sizes))}")
     if not (args.learning_starts >= 0 and 0 < args.tau <= 1 and 0 < args.gamma <= 1):
@@ -184,12 +219,14 @@ def check_args(args: Args) -> None:
         fail("need --start-e and --end-e in [0, 1] and 0 < --exploration-fraction <= 1")
     if args.n_atoms < 2:
         fail(f"--n-atoms must be at least 2 (the support needs two ends), got {args.n_atoms}")
-    if not args.v_min < args.v_max:
-        fail(f"need --v-min < --v-max, got {args.v_min} and {args.v_max}")
-    if not (args.alpha >= 0 and 0 <= args.beta_start <= 1):
-        fail(f"need --alpha >= 0 and 0 <= --beta-start <= 1, got {args.alpha} and {args.beta_start}")
-    if not args.sigma_0 >= 0:
-        fail(f"--sigma-0 must be >= 0, got {args.sigma_0}")
+    if not -math.inf < args.v_min < args.v_max < math.inf:
+        fail(f"need finite --v-min < --v-max, got {args.v_min} and {args.v_max}")
+    if not (0 <= args.alpha < math.inf and 0 <= args.beta_start <= 1):
+        fail(f"need 0 <= --alpha < inf and 0 <= --beta-start <= 1, got {args.alpha} and {args.beta_start}")
+    if not 0 <= args.sigma_0 < math.inf:
+        fail(f"--sigma-0 must be >= 0 and finite, got {args.sigma_0}")
+    if args.resume is not None and not os.path.isfile(args.resume):
+        fail(f"no checkpoint at {args.resume}")
     try:
         gym.spec(args.env_id)
     except gym.error.Error:
@@ -417,6 +454,29 @@ class PrioritizedReplayBuffer:
         self.max_priority = max(self.max_priority, float(priorities.max()))
         self.tree.update(idx, priorities**self.alpha)
 
+    def state_dict(self) -> dict:
+        """The stored transitions, the sum tree of priorities, the largest priority and the ring's position, as
+        tensors (checkpoints with --save-buffer)."""
+        keys = ("obs", "actions", "rewards", "next_obs", "terminations", "discounts")
+        arrays = {k: torch.from_numpy(getattr(self, k)) for k in keys}
+        tree = torch.from_numpy(self.tree.tree) if self.prioritized else None
+        return {**arrays, "tree": tree, "max_priority": self.max_priority, "pos": self.pos, "size": self.size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["obs"].shape != self.obs.shape:
+            fail(f"the checkpoint's replay buffer has another shape ({tuple(state['obs'].shape)}, here "
+                 f"{self.obs.shape}): resume with its --buffer-size")
+        for k in ("obs", "actions", "rewards", "next_obs", "terminations", "discounts"):
+            getattr(self, k)[...] = state[k].numpy()
+        self.max_priority, self.pos, self.size = state["max_priority"], state["pos"], state["size"]
+        if self.prioritized and state["tree"] is not None:
+            self.tree.tree[...] = state["tree"].numpy()
+        elif self.prioritized:  # saved with --no-prioritized: every stored transition gets the largest priority
+            self.tree.update(np.arange(self.size), np.full(self.size, self.max_priority**self.alpha))
+
+    def __len__(self) -> int:
+        return self.size
+
 
 class NStepQueue:
     """Turns one-step vector transitions into n-step ones, one queue per environment.
@@ -448,9 +508,19 @@ class NStepQueue:
                 self._emit(q, real_next_obs[i], False, out)
         return out
 
+    def state_dict(self) -> dict:
+        """Each environment's queued steps (not yet a whole n-step transition), as tensors (checkpoints)."""
+        return {"queues": [{"obs": torch.from_numpy(np.array([o for o, _, _ in q])),
+                            "actions": torch.tensor([int(a) for _, a, _ in q], dtype=torch.int64),
+                            "rewards": torch.tensor([r for _, _, r in q], dtype=torch.float64)} for q in self.queues]}
 
-def linear_schedule(start: float, end: float, duration: float, t: int) -> float:
-    """start -> end linearly over `duration` steps, then end (it decays or grows)."""
+    def load_state_dict(self, state: dict) -> None:
+        self.queues = [deque(zip(list(q["obs"].numpy()), q["actions"].numpy(), q["rewards"].tolist(), strict=True))
+                       for q in state["queues"]]
+
+
+def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
+    """start -> end linearly over `duration` (of training's progress, in [0, 1]), then end (it decays or grows)."""
     return start + min(t / duration, 1.0) * (end - start)
 
 
@@ -545,6 +615,194 @@ def load_checkpoint(path: str, algo: str) -> dict:
     return ckpt
 
 
+# ---- Long runs: the same code in every deep file (checkpoints, interruption, resume, numerical faults) ----
+#
+# A checkpoint is one dict of tensors and plain values (torch.load(..., weights_only=True) reads it): the networks,
+# the optimisers, the step counters, every random generator's state and, where it can be read, the environments'
+# own state. Periodic ones (--checkpoint-every), the one written on SIGINT/SIGTERM and the final --save-model file
+# are the same dict, so any of them resumes (--resume PATH) in a new run directory that continues the old one's
+# TensorBoard steps.
+
+
+def make_run_dir(run_name: str) -> str:
+    """Create a new runs/{run_name} (with a suffix if that exists) and check that it takes files; exit 2 if not."""
+    run_dir, n = f"runs/{run_name}", 1
+    while os.path.exists(run_dir):  # two runs started in the same second (a quick resume) get two directories
+        n += 1
+        run_dir = f"runs/{run_name}_{n}"
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = f"{run_dir}/.write_test"
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        fail(f"cannot write the run directory {run_dir} ({error.strerror}); run from a writable directory")
+    return run_dir
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) set `signum`; the training loop looks at it after each
+    update, writes a checkpoint and exits with status 128 + signum. A second signal exits at once; checkpoints are
+    written atomically, so the previous one stays intact."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # only the main thread may handle signals
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        if self.signum:
+            sys.exit(128 + signum)
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this update to write a checkpoint "
+              "(signal again to quit at once)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def resume_command(args, path: str) -> str:
+    """The command line that continues this run from `path`: this file, every option not at its default, --resume."""
+    parts = ["python", os.path.relpath(__file__)]
+    for field in dataclasses.fields(args):
+        value, flag = getattr(args, field.name), "--" + field.name.replace("_", "-")
+        if field.name == "resume" or value == field.default:
+            continue
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join([*parts, "--resume", path])
+
+
+def write_checkpoint(run_dir: str, checkpoint: dict, written: list[str], keep: int) -> str:
+    """Save the training state as run_dir/checkpoint_{step}.pt; keep the newest `keep` of this run's checkpoints."""
+    path = f"{run_dir}/checkpoint_{checkpoint['global_step']}.pt"
+    save_checkpoint(path, checkpoint)
+    if path not in written:
+        written.append(path)
+    while len(written) > keep:
+        os.remove(written.pop(0))
+    print(f"checkpoint {path} ({os.path.getsize(path) / 1e6:.1f} MB)", flush=True)
+    return path
+
+
+def rng_state(generators: dict[str, np.random.Generator]) -> dict:
+    """Python's, numpy's global, torch's (and CUDA's) and the named numpy generators' states, as tensors, integers
+    and strings."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **{name: g.bit_generator.state for name, g in generators.items()}}
+
+
+def set_rng_state(state: dict, generators: dict[str, np.random.Generator]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, g in generators.items():
+        g.bit_generator.state = state[name]
+
+
+def env_state(envs, obs: np.ndarray) -> dict:
+    """What continues the episodes in progress: each sub-environment's simulator state, random generator and
+    time-limit counter, the episode statistics so far and the current observation. Only the classic-control
+    environments keep their whole state in plain numbers (`unwrapped.state`); for the others (Box2D, MuJoCo,
+    Atari) `resumable` is False and a resumed run starts new episodes."""
+    subs = envs.unwrapped.envs
+    if not all(type(e.unwrapped).__module__.startswith("gymnasium.envs.classic_control") for e in subs):
+        return {"resumable": False}
+    states = []
+    for e in subs:
+        limit = e
+        while not isinstance(limit, gym.wrappers.TimeLimit) and isinstance(limit, gym.Wrapper):
+            limit = limit.env
+        states.append({"state": torch.as_tensor(np.asarray(e.unwrapped.state, dtype=np.float64)),
+                       "np_random": e.unwrapped.np_random.bit_generator.state,
+                       "elapsed_steps": getattr(limit, "_elapsed_steps", None)})
+    return {"resumable": True, "subs": states, "obs": torch.as_tensor(obs),
+            "episode_returns": torch.as_tensor(envs.episode_returns), "episode_lengths": torch.as_tensor(envs.episode_lengths)}
+
+
+def set_env_state(envs, state: dict, seed: int) -> np.ndarray:
+    """Reset the environments, then put back the saved episodes where `state` holds them; returns the observation."""
+    obs, _ = envs.reset(seed=seed)
+    if not state["resumable"] or len(state["subs"]) != len(envs.unwrapped.envs):
+        print("the environments' state was not saved (only classic control's can be): new episodes start", flush=True)
+        return obs
+    for e, s in zip(envs.unwrapped.envs, state["subs"], strict=True):
+        e.unwrapped.state = s["state"].numpy().copy()
+        e.unwrapped.np_random.bit_generator.state = s["np_random"]
+        limit = e
+        while not isinstance(limit, gym.wrappers.TimeLimit) and isinstance(limit, gym.Wrapper):
+            limit = limit.env
+        if s["elapsed_steps"] is not None:
+            limit._elapsed_steps = s["elapsed_steps"]
+    envs.episode_returns[:] = state["episode_returns"].numpy()
+    envs.episode_lengths[:] = state["episode_lengths"].numpy()
+    return state["obs"].numpy().copy()
+
+
+def progress(step: int, total: int, origin: tuple[int, float]) -> float:
+    """The fraction of training done, which every schedule reads. `origin` is (0, 0.0) for a fresh run; a run resumed
+    with a different --total-timesteps sets it to (the resumed step, the progress there), stretching what is left."""
+    start, done = origin
+    return done + (1.0 - done) * (step - start) / (total - start)
+
+
+def check_resume(ckpt: dict, args, model_args: dict) -> None:
+    """A checkpoint to resume holds a training state for this environment and these network sizes."""
+    if "global_step" not in ckpt:
+        fail(f"--resume {args.resume} holds no training state")
+    if ckpt["env_id"] != args.env_id:
+        fail(f"--resume {args.resume} was trained on {ckpt['env_id']}, not --env-id {args.env_id}")
+    if ckpt["model_args"] != model_args:
+        fail(f"--resume {args.resume} holds networks of other sizes ({ckpt['model_args']}, "
+             f"here {model_args}); resume with the options it was trained with")
+    if not ckpt["global_step"] < args.total_timesteps:
+        fail(f"--resume {args.resume} is at step {ckpt['global_step']:,}: --total-timesteps must be larger "
+             f"than that, got {args.total_timesteps:,}")
+
+
+def finite(x: np.ndarray) -> bool:
+    """True when every entry is finite (integer arrays, such as Atari frames, always are)."""
+    return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
+
+
+def nonfinite_step(obs: np.ndarray, rewards: np.ndarray, infos: dict) -> str:
+    """What is not finite in a vector step: "observation" (the last observation of an episode that ended, in
+    info["final_obs"], included), "reward", or "" when all is finite."""
+    finals = [infos["final_obs"][i] for i in np.flatnonzero(infos["_final_obs"])] if "final_obs" in infos else []
+    if not (finite(obs) and all(finite(np.asarray(f)) for f in finals)):
+        return "observation"
+    return "" if finite(np.asarray(rewards)) else "reward"
+
+
+def numerical_fault(quantity: str, step: int, path: str) -> None:
+    """A NaN or infinity reached training: one line, exit status 3; `path` holds the last finite state."""
+    print(f"error: non-finite {quantity} at step {step:,}; the last finite state is in {path} "
+          "(lower the learning rate, or look at the environment)", file=sys.stderr, flush=True)
+    sys.exit(3)
+
+
+def close_logs(writer, track: bool) -> None:
+    writer.close()
+    if track:
+        import wandb
+
+        wandb.finish()
+
+
 def load_model(path: str) -> tuple[QNetwork, dict]:
     ckpt = load_checkpoint(path, "rainbow")
     q_network = QNetwork(**ckpt["model_args"])
@@ -573,16 +831,6 @@ def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, se
 def main(args: Args) -> dict:
     check_args(args)
     run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=asdict(args), name=run_name, save_code=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -615,21 +863,75 @@ def main(args: Args) -> dict:
     n_step_queue = NStepQueue(args.n_step, args.gamma, args.num_envs)
     support = q_network.support
     batch_index = torch.arange(args.batch_size, device=device)
+    generators = {"explore": rng, "buffer": rb.rng, "action_space": envs.action_space.np_random}
 
-    global_step = 0
-    start_time = time.time()
-    recent_returns: deque[float] = deque(maxlen=20)
-    next_log = args.log_every
+    # The training state a checkpoint holds; resuming puts it back.
+    global_step, origin = 0, (0, 0.0)
     next_train = args.train_frequency  # training phases at multiples of train_frequency, after learning_starts
     next_target = args.target_network_frequency
-    loss = q_values = None
     obs, _ = envs.reset(seed=args.seed)
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume, "rainbow")
+        check_resume(ckpt, args, model_args)
+        q_network.load_state_dict(ckpt["model"])
+        target_network.load_state_dict(ckpt["target_network"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        global_step, origin = ckpt["global_step"], tuple(ckpt["schedule_origin"])
+        next_train, next_target = ckpt["next_train"], ckpt["next_target"]
+        if args.total_timesteps != ckpt["args"]["total_timesteps"]:
+            origin = (global_step, progress(global_step, ckpt["args"]["total_timesteps"], origin))
+            print(f"--total-timesteps {args.total_timesteps:,} differs from the checkpoint's "
+                  f"{ckpt['args']['total_timesteps']:,}: the schedules stretch from step {global_step:,} on", flush=True)
+        set_rng_state(ckpt["rng"], generators)
+        # the interrupted episodes go on where they can; elsewhere new ones start, seeded apart from the first ones
+        obs = set_env_state(envs, ckpt["envs"], seed=args.seed + global_step)
+        if ckpt["envs"]["resumable"] and len(ckpt["n_step"]["queues"]) == args.num_envs:
+            n_step_queue.load_state_dict(ckpt["n_step"])  # the steps the interrupted episodes have queued
+        if "buffer" in ckpt:
+            rb.load_state_dict(ckpt["buffer"])
+        print(f"resumed from {args.resume} at step {global_step:,} (replay buffer: {len(rb):,} transitions)", flush=True)
+
+    def checkpoint(with_envs: bool = True) -> dict:
+        ckpt = {"algo": "rainbow", "env_id": args.env_id, "model_args": model_args, "model": q_network.state_dict(),
+                "args": asdict(args), "target_network": target_network.state_dict(), "optimizer": optimizer.state_dict(),
+                "global_step": global_step, "next_train": next_train, "next_target": next_target,
+                "schedule_origin": origin, "rng": rng_state(generators),
+                "envs": env_state(envs, obs) if with_envs else {"resumable": False}, "n_step": n_step_queue.state_dict()}
+        if args.save_buffer:
+            ckpt["buffer"] = rb.state_dict()
+        return ckpt
+
+    def fault(quantity: str) -> None:  # the networks are still finite: the check runs before they change
+        path = f"{run_dir}/{args.exp_name}_last_finite.pt"
+        save_checkpoint(path, checkpoint(with_envs=False))
+        envs.close()
+        close_logs(writer, args.track)
+        numerical_fault(quantity, global_step, path)
+
+    run_dir = make_run_dir(run_name)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=asdict(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
+    start_step, start_time = global_step, time.time()
+    recent_returns: deque[float] = deque(maxlen=20)
+    next_log = (global_step // args.log_every + 1) * args.log_every
+    next_checkpoint = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else 0
+    written: list[str] = []  # this run's periodic checkpoints, oldest first
+    stop = StopSignal()
+    loss = q_values = None
 
     while global_step < args.total_timesteps:
         # with noisy layers, exploration comes from fresh noise for every action, not from epsilon
-        epsilon = 0.0 if args.noisy else linear_schedule(args.start_e, args.end_e,
-                                                         args.exploration_fraction * args.total_timesteps, global_step)
-        beta = linear_schedule(args.beta_start, 1.0, args.total_timesteps, global_step)
+        epsilon = 0.0 if args.noisy else linear_schedule(args.start_e, args.end_e, args.exploration_fraction,
+                                                         progress(global_step, args.total_timesteps, origin))
+        beta = linear_schedule(args.beta_start, 1.0, 1.0, progress(global_step, args.total_timesteps, origin))
         if global_step < args.learning_starts:
             actions = envs.action_space.sample()
         else:
@@ -643,6 +945,8 @@ def main(args: Args) -> dict:
                 actions = np.where(explore, envs.action_space.sample(), actions)
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         global_step += args.num_envs
+        if args.nan_check and (bad := nonfinite_step(next_obs, rewards, infos)):
+            fault(bad)
 
         # the transition's next observation is the real last one at an episode end, not the reset one
         real_next_obs = next_obs.copy()
@@ -664,7 +968,8 @@ def main(args: Args) -> dict:
         train_now = global_step >= next_train
         if train_now:
             next_train += args.train_frequency
-        if train_now and global_step > args.learning_starts and rb.size > 0:
+        # (a run resumed without its buffer waits until the buffer holds a batch)
+        if train_now and global_step > args.learning_starts and len(rb) >= args.batch_size:
             for _ in range(args.gradient_steps):
                 if args.noisy:  # fresh noise for every gradient step, independently in both networks
                     q_network.reset_noise()
@@ -693,7 +998,10 @@ def main(args: Args) -> dict:
                 loss = (b_weights * per_sample).mean()  # importance weights correct the prioritised sampling
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm, foreach=True)
+                grad_norm = nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm, foreach=True)
+                # one host sync per gradient step; before optimizer.step(), so the network stays finite
+                if args.nan_check and not torch.isfinite(loss.detach() + grad_norm):
+                    fault("loss" if not torch.isfinite(loss) else "gradient norm")
                 optimizer.step()
                 if args.prioritized:
                     rb.update_priorities(idx, priorities.cpu().numpy().astype(np.float64) + args.prior_eps)
@@ -704,8 +1012,8 @@ def main(args: Args) -> dict:
             soft_update(target_network, q_network, args.tau)
 
         if global_step >= next_log:
-            next_log += args.log_every
-            sps = int(global_step / (time.time() - start_time))
+            next_log = (global_step // args.log_every + 1) * args.log_every
+            sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
             writer.add_scalar("charts/epsilon", epsilon, global_step)
             writer.add_scalar("charts/beta", beta, global_step)
@@ -717,39 +1025,46 @@ def main(args: Args) -> dict:
             print(f"step {global_step:>9,}  SPS {sps:>6,}  beta {beta:.3f}  return(last 20 episodes) {recent}",
                   flush=True)
 
+        # After the step's update: a periodic checkpoint, or the one a signal asked for (then exit 128 + signal).
+        if stop.signum or (args.checkpoint_every and global_step >= next_checkpoint):
+            next_checkpoint = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else 0
+            path = write_checkpoint(run_dir, checkpoint(), written, args.keep_checkpoints)
+            if stop.signum:
+                envs.close()
+                close_logs(writer, args.track)
+                print(f"stopped by {signal.Signals(stop.signum).name} at step {global_step:,}; resume with: "
+                      f"{resume_command(args, path)}", file=sys.stderr, flush=True)
+                sys.exit(128 + stop.signum)
+    stop.restore()
+
     train_time = time.time() - start_time
-    envs.close()
-    writer.add_scalar("charts/SPS", int(global_step / train_time), global_step)
+    writer.add_scalar("charts/SPS", int((global_step - start_step) / train_time), global_step)
     writer.add_scalar("charts/epsilon", epsilon, global_step)
     if loss is not None:
         writer.add_scalar("losses/loss", loss.item(), global_step)
         writer.add_scalar("losses/q_values", q_values.item(), global_step)
+    model_path = None
+    if args.save_model:  # the training state at the end: it evaluates, and resumes with a larger --total-timesteps
+        model_path = f"{run_dir}/{args.exp_name}.pt"
+        save_checkpoint(model_path, checkpoint())
+    envs.close()
 
     eval_returns = evaluate(q_network, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
     for i, r in enumerate(eval_returns):
         writer.add_scalar("eval/episodic_return", r, i)
     print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
-          f"(greedy, mean weights); trained {global_step:,} steps in {train_time:.1f}s")
-
-    model_path = None
-    if args.save_model:
-        model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(model_path, {"algo": "rainbow", "env_id": args.env_id, "model_args": model_args,
-                                     "model": q_network.state_dict()})
-        print(f"model saved to {model_path}")
-    writer.close()
-    if args.track:
-        import wandb
-
-        wandb.finish()
+          f"(greedy, mean weights); trained {global_step - start_step:,} steps in {train_time:.1f}s")
+    if model_path:
+        print(f"model saved to {model_path}" + (" (with the replay buffer)" if args.save_buffer else ""))
+    close_logs(writer, args.track)
     return {
         "eval_return_mean": float(np.mean(eval_returns)),
         "eval_return_std": float(np.std(eval_returns)),
         "eval_returns": eval_returns,
-        "sps": int(global_step / train_time),
+        "sps": int((global_step - start_step) / train_time),
         "train_time": train_time,
         "global_step": global_step,
-        "run_dir": f"runs/{run_name}",
+        "run_dir": run_dir,
         "model_path": model_path,
     }
 

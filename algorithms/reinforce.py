@@ -45,8 +45,25 @@ end: the steps after the cut would have added rewards.
     the episode gone on: the missing tail weighs gamma^(T-t), 0.37 at 100 steps before the cut with
     gamma = 0.99. On CartPole that only matters once the policy already balances for 500 steps.
 
-One environment, not vectorised: an episode is a plain list of steps, so the file reads like the
-book's pseudocode. Its statistics come from RecordEpisodeStatistics (info["episode"]).
+One environment, not batched: an episode is a plain list of steps, so the file reads like the book's
+pseudocode. It runs as a vector environment of one without autoreset (the loop resets it after each
+episode), the form the long-run helpers below checkpoint; its statistics come from RecordEpisodeStatistics
+(info["episode"]).
+
+Long runs (the same form in every deep file of the collection):
+    python algorithms/reinforce.py --checkpoint-every 100000   # runs/<run>/checkpoint_<step>.pt, the newest 2 kept
+    python algorithms/reinforce.py --resume runs/<run>/checkpoint_<step>.pt    # continue up to --total-timesteps
+A checkpoint holds the policy, the critic (--baseline), their optimisers, the step count, every random
+generator's state and the environment's own state, so a resumed run ends with the same parameters as one never
+interrupted (classic-control environments only: their whole state is a few numbers; with any other environment
+the resumed run starts a new episode). Ctrl-C or SIGTERM stops the run after the current update (its
+--episodes-per-update episodes and the gradient step), writes a checkpoint and exits with status 130 / 143,
+printing the command that resumes it; a second signal quits at once. A resumed run writes to a new run directory
+whose TensorBoard steps continue the old ones; there are no schedules, so --total-timesteps only says where it
+ends. A --save-model file written where the budget cut an episode continues that episode: its remaining steps'
+returns-to-go need only the rewards still to come. A NaN or infinite observation, reward, loss or gradient norm
+stops the run at once (exit 3) and keeps the last finite state in runs/<run>/<exp_name>_last_finite.pt;
+--no-nan-check skips the checks.
 
 Tested: a deterministic evaluation of >= 400 on CartPole-v1 in 100k steps, with and without --baseline
 (tests/test_reinforce.py).
@@ -55,10 +72,14 @@ Results: benchmark_results/reinforce.md
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -92,6 +113,14 @@ class Args:
     """if toggled, record videos of the environment into videos/{run_name}"""
     save_model: bool = False
     """if toggled, save the trained model to runs/{run_name}/{exp_name}.pt"""
+    checkpoint_every: int = 0
+    """write the training state to runs/{run_name}/checkpoint_{step}.pt every this many environment steps (0: never)"""
+    keep_checkpoints: int = 2
+    """how many of the newest periodic checkpoints to keep"""
+    resume: str | None = None
+    """continue training from this checkpoint (periodic, interrupted or --save-model) up to --total-timesteps"""
+    nan_check: bool = True
+    """if toggled, a NaN or infinite observation, reward, loss or gradient norm stops the run (exit 3)"""
 
     env_id: str = "CartPole-v1"
     """the Gymnasium id of the environment (Discrete or Box actions, flat Box observations)"""
@@ -130,15 +159,18 @@ def fail(message: str) -> None:
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "episodes_per_update", "value_epochs", "hidden_size", "eval_episodes", "log_every",
                  "torch_threads"):
-        if getattr(args, name) <= 0:
+        if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not (args.learning_rate > 0 and args.critic_learning_rate > 0):
-        fail(f"need --learning-rate > 0 and --critic-learning-rate > 0, got {args.learning_rate} and "
+    # written `not x > 0` rather than `x <= 0`: a NaN fails every comparison, so only this form rejects it
+    if not (0 < args.learning_rate < math.inf and 0 < args.critic_learning_rate < math.inf):
+        fail(f"need 0 < --learning-rate < inf and 0 < --critic-learning-rate < inf, got {args.learning_rate} and "
              f"{args.critic_learning_rate}")
     if not 0 < args.gamma <= 1:
         fail(f"need 0 < --gamma <= 1, got {args.gamma}")
-    if not args.ent_coef >= 0:
-        fail(f"--ent-coef must be >= 0, got {args.ent_coef}")
+    if not 0 <= args.ent_coef < math.inf:
+        fail(f"--ent-coef must be a finite number >= 0, got {args.ent_coef}")
+    if not args.checkpoint_every >= 0 or not args.keep_checkpoints > 0:
+        fail(f"need --checkpoint-every >= 0 and --keep-checkpoints > 0, got {args.checkpoint_every} and {args.keep_checkpoints}")
     try:
         gym.spec(args.env_id)
     except gym.error.Error:
@@ -153,6 +185,8 @@ def check_args(args: Args) -> None:
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         fail(f"reinforce.py needs a flat Box observation, {args.env_id} has {obs_space}; "
              "use e.g. CartPole-v1 or Pendulum-v1")
+    if args.resume is not None and not os.path.isfile(args.resume):
+        fail(f"no checkpoint at {args.resume}")
 
 
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
@@ -310,6 +344,194 @@ def load_checkpoint(path: str, algo: str) -> dict:
     return ckpt
 
 
+# ---- Long runs: the same code in every deep file (checkpoints, interruption, resume, numerical faults) ----
+#
+# A checkpoint is one dict of tensors and plain values (torch.load(..., weights_only=True) reads it): the networks,
+# the optimisers, the step counters, every random generator's state and, where it can be read, the environments'
+# own state. Periodic ones (--checkpoint-every), the one written on SIGINT/SIGTERM and the final --save-model file
+# are the same dict, so any of them resumes (--resume PATH) in a new run directory that continues the old one's
+# TensorBoard steps.
+
+
+def make_run_dir(run_name: str) -> str:
+    """Create a new runs/{run_name} (with a suffix if that exists) and check that it takes files; exit 2 if not."""
+    run_dir, n = f"runs/{run_name}", 1
+    while os.path.exists(run_dir):  # two runs started in the same second (a quick resume) get two directories
+        n += 1
+        run_dir = f"runs/{run_name}_{n}"
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = f"{run_dir}/.write_test"
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        fail(f"cannot write the run directory {run_dir} ({error.strerror}); run from a writable directory")
+    return run_dir
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) set `signum`; the training loop looks at it after each
+    update, writes a checkpoint and exits with status 128 + signum. A second signal exits at once; checkpoints are
+    written atomically, so the previous one stays intact."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # only the main thread may handle signals
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        if self.signum:
+            sys.exit(128 + signum)
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this update to write a checkpoint "
+              "(signal again to quit at once)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def resume_command(args, path: str) -> str:
+    """The command line that continues this run from `path`: this file, every option not at its default, --resume."""
+    parts = ["python", os.path.relpath(__file__)]
+    for field in dataclasses.fields(args):
+        value, flag = getattr(args, field.name), "--" + field.name.replace("_", "-")
+        if field.name == "resume" or value == field.default:
+            continue
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join([*parts, "--resume", path])
+
+
+def write_checkpoint(run_dir: str, checkpoint: dict, written: list[str], keep: int) -> str:
+    """Save the training state as run_dir/checkpoint_{step}.pt; keep the newest `keep` of this run's checkpoints."""
+    path = f"{run_dir}/checkpoint_{checkpoint['global_step']}.pt"
+    save_checkpoint(path, checkpoint)
+    if path not in written:
+        written.append(path)
+    while len(written) > keep:
+        os.remove(written.pop(0))
+    print(f"checkpoint {path} ({os.path.getsize(path) / 1e6:.1f} MB)", flush=True)
+    return path
+
+
+def rng_state(generators: dict[str, np.random.Generator]) -> dict:
+    """Python's, numpy's global, torch's (and CUDA's) and the named numpy generators' states, as tensors, integers
+    and strings."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **{name: g.bit_generator.state for name, g in generators.items()}}
+
+
+def set_rng_state(state: dict, generators: dict[str, np.random.Generator]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, g in generators.items():
+        g.bit_generator.state = state[name]
+
+
+def env_state(envs, obs: np.ndarray) -> dict:
+    """What continues the episodes in progress: each sub-environment's simulator state, random generator and
+    time-limit counter, the episode statistics so far and the current observation. Only the classic-control
+    environments keep their whole state in plain numbers (`unwrapped.state`); for the others (Box2D, MuJoCo,
+    Atari) `resumable` is False and a resumed run starts new episodes."""
+    subs = envs.unwrapped.envs
+    if not all(type(e.unwrapped).__module__.startswith("gymnasium.envs.classic_control") for e in subs):
+        return {"resumable": False}
+    states = []
+    for e in subs:
+        limit = e
+        while not isinstance(limit, gym.wrappers.TimeLimit) and isinstance(limit, gym.Wrapper):
+            limit = limit.env
+        states.append({"state": torch.as_tensor(np.asarray(e.unwrapped.state, dtype=np.float64)),
+                       "np_random": e.unwrapped.np_random.bit_generator.state,
+                       "elapsed_steps": getattr(limit, "_elapsed_steps", None)})
+    return {"resumable": True, "subs": states, "obs": torch.as_tensor(obs),
+            "episode_returns": torch.as_tensor(envs.episode_returns), "episode_lengths": torch.as_tensor(envs.episode_lengths)}
+
+
+def set_env_state(envs, state: dict, seed: int) -> np.ndarray:
+    """Reset the environments, then put back the saved episodes where `state` holds them; returns the observation."""
+    obs, _ = envs.reset(seed=seed)
+    if not state["resumable"] or len(state["subs"]) != len(envs.unwrapped.envs):
+        print("the environments' state was not saved (only classic control's can be): new episodes start", flush=True)
+        return obs
+    for e, s in zip(envs.unwrapped.envs, state["subs"], strict=True):
+        e.unwrapped.state = s["state"].numpy().copy()
+        e.unwrapped.np_random.bit_generator.state = s["np_random"]
+        limit = e
+        while not isinstance(limit, gym.wrappers.TimeLimit) and isinstance(limit, gym.Wrapper):
+            limit = limit.env
+        if s["elapsed_steps"] is not None:
+            limit._elapsed_steps = s["elapsed_steps"]
+    envs.episode_returns[:] = state["episode_returns"].numpy()
+    envs.episode_lengths[:] = state["episode_lengths"].numpy()
+    return state["obs"].numpy().copy()
+
+
+def progress(step: int, total: int, origin: tuple[int, float]) -> float:
+    """The fraction of training done, which every schedule reads. `origin` is (0, 0.0) for a fresh run; a run resumed
+    with a different --total-timesteps sets it to (the resumed step, the progress there), stretching what is left."""
+    start, done = origin
+    return done + (1.0 - done) * (step - start) / (total - start)
+
+
+def check_resume(ckpt: dict, args, model_args: dict) -> None:
+    """A checkpoint to resume holds a training state for this environment and these network sizes."""
+    if "global_step" not in ckpt:
+        fail(f"--resume {args.resume} holds no training state")
+    if ckpt["env_id"] != args.env_id:
+        fail(f"--resume {args.resume} was trained on {ckpt['env_id']}, not --env-id {args.env_id}")
+    if ckpt["model_args"] != model_args:
+        fail(f"--resume {args.resume} holds networks of other sizes ({ckpt['model_args']}, "
+             f"here {model_args}); resume with the options it was trained with")
+    if not ckpt["global_step"] < args.total_timesteps:
+        fail(f"--resume {args.resume} is at step {ckpt['global_step']:,}: --total-timesteps must be larger "
+             f"than that, got {args.total_timesteps:,}")
+
+
+def finite(x: np.ndarray) -> bool:
+    """True when every entry is finite (integer arrays, such as Atari frames, always are)."""
+    return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
+
+
+def nonfinite_step(obs: np.ndarray, rewards: np.ndarray, infos: dict) -> str:
+    """What is not finite in a vector step: "observation" (the last observation of an episode that ended, in
+    info["final_obs"], included), "reward", or "" when all is finite."""
+    finals = [infos["final_obs"][i] for i in np.flatnonzero(infos["_final_obs"])] if "final_obs" in infos else []
+    if not (finite(obs) and all(finite(np.asarray(f)) for f in finals)):
+        return "observation"
+    return "" if finite(np.asarray(rewards)) else "reward"
+
+
+def numerical_fault(quantity: str, step: int, path: str) -> None:
+    """A NaN or infinity reached training: one line, exit status 3; `path` holds the last finite state."""
+    print(f"error: non-finite {quantity} at step {step:,}; the last finite state is in {path} "
+          "(lower the learning rate, or look at the environment)", file=sys.stderr, flush=True)
+    sys.exit(3)
+
+
+def close_logs(writer, track: bool) -> None:
+    writer.close()
+    if track:
+        import wandb
+
+        wandb.finish()
+
+
 def load_model(path: str) -> tuple[nn.Module, dict]:
     ckpt = load_checkpoint(path, "reinforce")
     policy = Policy(**ckpt["model_args"])
@@ -339,16 +561,6 @@ def main(args: Args) -> dict:
     check_args(args)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=asdict(args), name=run_name, save_code=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
-
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -356,13 +568,17 @@ def main(args: Args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    env = gym.wrappers.RecordEpisodeStatistics(make_env(args.env_id, 0, args.capture_video, run_name)())
-    env.action_space.seed(args.seed)
-    discrete = isinstance(env.action_space, gym.spaces.Discrete)
-    obs_dim = int(np.prod(env.observation_space.shape))
-    act_dim = int(env.action_space.n) if discrete else int(env.action_space.shape[0])
+    # One environment, in a vector of one without autoreset: the loop resets it after each episode, as the book
+    # does; the vector form is what the long-run helpers checkpoint (env_state / set_env_state).
+    envs = gym.vector.SyncVectorEnv([make_env(args.env_id, 0, args.capture_video, run_name)],
+                                    autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    envs.action_space.seed(args.seed)
+    discrete = isinstance(envs.single_action_space, gym.spaces.Discrete)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    act_dim = int(envs.single_action_space.n) if discrete else int(envs.single_action_space.shape[0])
     if not discrete:
-        low, high = env.action_space.low, env.action_space.high
+        low, high = envs.single_action_space.low, envs.single_action_space.high
     model_args = {"obs_dim": obs_dim, "act_dim": act_dim, "discrete": discrete, "hidden_size": args.hidden_size,
                   "action_low": None if discrete else low.tolist(), "action_high": None if discrete else high.tolist()}
 
@@ -372,12 +588,60 @@ def main(args: Args) -> dict:
     if args.baseline:
         critic = ValueNetwork(obs_dim, args.hidden_size).to(device)
         critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, fused=True)
+    generators = {"action_space": envs.action_space.np_random}
 
+    # The training state a checkpoint holds; resuming puts it back (no schedules here: only the step count).
     global_step = 0
-    start_time = time.time()
+    obs, _ = envs.reset(seed=args.seed)
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume, "reinforce")
+        check_resume(ckpt, args, model_args)
+        if ("critic" in ckpt) != args.baseline:
+            fail(f"--resume {args.resume} was trained {'with' if 'critic' in ckpt else 'without'} --baseline; "
+                 "resume with the options it was trained with")
+        policy.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if critic is not None:
+            critic.load_state_dict(ckpt["critic"])
+            critic_optimizer.load_state_dict(ckpt["critic_optimizer"])
+        global_step = ckpt["global_step"]
+        set_rng_state(ckpt["rng"], generators)
+        # the interrupted episode goes on where it can; elsewhere a new one starts, seeded apart from the first one
+        obs = set_env_state(envs, ckpt["envs"], seed=args.seed + global_step)
+        print(f"resumed from {args.resume} at step {global_step:,}", flush=True)
+
+    def checkpoint(with_envs: bool = True) -> dict:
+        ckpt = {"algo": "reinforce", "env_id": args.env_id, "model_args": model_args, "model": policy.state_dict(),
+                "args": asdict(args), "optimizer": optimizer.state_dict(), "global_step": global_step,
+                "rng": rng_state(generators), "envs": env_state(envs, obs) if with_envs else {"resumable": False}}
+        if critic is not None:
+            ckpt["critic"], ckpt["critic_optimizer"] = critic.state_dict(), critic_optimizer.state_dict()
+        return ckpt
+
+    def fault(quantity: str) -> None:  # the networks are still finite: the check runs before they change
+        path = f"{run_dir}/{args.exp_name}_last_finite.pt"
+        save_checkpoint(path, checkpoint(with_envs=False))
+        envs.close()
+        close_logs(writer, args.track)
+        numerical_fault(quantity, global_step, path)
+
+    run_dir = make_run_dir(run_name)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=asdict(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
+    start_step, start_time = global_step, time.time()
     recent_returns: deque[float] = deque(maxlen=20)
-    next_log = args.log_every
-    obs, _ = env.reset(seed=args.seed)
+    next_log = (global_step // args.log_every + 1) * args.log_every
+    next_checkpoint = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else 0
+    written: list[str] = []  # this run's periodic checkpoints, oldest first
+    stop = StopSignal()
 
     while global_step < args.total_timesteps:
         # 1. Play episodes_per_update complete episodes with the current policy (the last one may be cut
@@ -386,23 +650,26 @@ def main(args: Args) -> dict:
         for _ in range(args.episodes_per_update):
             ep_obs, ep_actions, ep_rewards = [], [], []
             while True:
-                action = policy.sample(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
-                env_action = int(action) if discrete else np.clip(action, low, high)
-                next_obs, reward, terminated, truncated, info = env.step(env_action)
+                action = policy.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+                env_action = action if discrete else np.clip(action, low, high)
+                next_obs, reward, terminated, truncated, info = envs.step(env_action)
                 global_step += 1
-                ep_obs.append(obs)
-                ep_actions.append(action)
-                ep_rewards.append(float(reward))
+                if args.nan_check and (bad := nonfinite_step(next_obs, reward, info)):
+                    fault(bad)
+                terminated, truncated = bool(terminated[0]), bool(truncated[0])
+                ep_obs.append(obs[0])
+                ep_actions.append(action[0])
+                ep_rewards.append(float(reward[0]))
                 obs = next_obs
                 if terminated or truncated or global_step >= args.total_timesteps:
                     break
-            episodes.append((ep_obs, ep_actions, ep_rewards, obs, terminated))
+            episodes.append((ep_obs, ep_actions, ep_rewards, obs[0], terminated))
             if terminated or truncated:
-                ep_r, ep_l = float(info["episode"]["r"]), int(info["episode"]["l"])
+                ep_r, ep_l = float(info["episode"]["r"][0]), int(info["episode"]["l"][0])
                 recent_returns.append(ep_r)
                 writer.add_scalar("charts/episodic_return", ep_r, global_step)
                 writer.add_scalar("charts/episodic_length", ep_l, global_step)
-                obs, _ = env.reset()
+                obs, _ = envs.reset()
             if global_step >= args.total_timesteps:
                 break
 
@@ -429,6 +696,11 @@ def main(args: Args) -> dict:
         loss = policy_loss - args.ent_coef * entropy.mean()
         optimizer.zero_grad()
         loss.backward()
+        # nothing is clipped here: the norm is computed for the check alone (one host sync per update, which
+        # follows whole episodes); before optimizer.step(), so the networks stay finite
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in policy.parameters() if p.grad is not None], foreach=True)
+        if args.nan_check and not torch.isfinite(loss.detach() + grad_norm):
+            fault("loss" if not torch.isfinite(loss) else "gradient norm")
         optimizer.step()
 
         # 4. The critic: regression of V(s_t) onto G_t.
@@ -437,47 +709,56 @@ def main(args: Args) -> dict:
                 value_loss = ((critic(b_obs) - b_returns) ** 2).mean()
                 critic_optimizer.zero_grad()
                 value_loss.backward()
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in critic.parameters() if p.grad is not None],
+                                                          foreach=True)
+                if args.nan_check and not torch.isfinite(value_loss.detach() + grad_norm):
+                    fault("value loss" if not torch.isfinite(value_loss) else "value gradient norm")
                 critic_optimizer.step()
             writer.add_scalar("losses/value_loss", value_loss.item(), global_step)
         writer.add_scalar("losses/policy_loss", policy_loss.item(), global_step)
         writer.add_scalar("losses/entropy", entropy.mean().item(), global_step)
         if global_step >= next_log or global_step >= args.total_timesteps:
             next_log = (global_step // args.log_every + 1) * args.log_every
-            sps = int(global_step / (time.time() - start_time))
+            sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
             recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
             print(f"step {global_step:>9,}  SPS {sps:>6,}  return(last 20 episodes) {recent}", flush=True)
 
+        # After the update: a periodic checkpoint, or the one a signal asked for (then exit 128 + signal).
+        if stop.signum or (args.checkpoint_every and global_step >= next_checkpoint):
+            next_checkpoint = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else 0
+            path = write_checkpoint(run_dir, checkpoint(), written, args.keep_checkpoints)
+            if stop.signum:
+                envs.close()
+                close_logs(writer, args.track)
+                print(f"stopped by {signal.Signals(stop.signum).name} at step {global_step:,}; resume with: "
+                      f"{resume_command(args, path)}", file=sys.stderr, flush=True)
+                sys.exit(128 + stop.signum)
+    stop.restore()
+
     train_time = time.time() - start_time
-    env.close()
+    model_path = None
+    if args.save_model:  # the training state at the end: it evaluates, and resumes with a larger --total-timesteps
+        model_path = f"{run_dir}/{args.exp_name}.pt"
+        save_checkpoint(model_path, checkpoint())
+    envs.close()
 
     eval_returns = evaluate(policy, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
     for i, r in enumerate(eval_returns):
         writer.add_scalar("eval/episodic_return", r, i)
     print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
-          f"(deterministic); trained {global_step:,} steps in {train_time:.1f}s")
-
-    model_path = None
-    if args.save_model:
-        model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        checkpoint = {"algo": "reinforce", "env_id": args.env_id, "model_args": model_args, "model": policy.state_dict()}
-        if critic is not None:
-            checkpoint["critic"] = critic.state_dict()
-        save_checkpoint(model_path, checkpoint)
+          f"(deterministic); trained {global_step - start_step:,} steps in {train_time:.1f}s")
+    if model_path:
         print(f"model saved to {model_path}")
-    writer.close()
-    if args.track:
-        import wandb
-
-        wandb.finish()
+    close_logs(writer, args.track)
     return {
         "eval_return_mean": float(np.mean(eval_returns)),
         "eval_return_std": float(np.std(eval_returns)),
         "eval_returns": eval_returns,
-        "sps": int(global_step / train_time),
+        "sps": int((global_step - start_step) / train_time),
         "train_time": train_time,
         "global_step": global_step,
-        "run_dir": f"runs/{run_name}",
+        "run_dir": run_dir,
         "model_path": model_path,
     }
 

@@ -9,7 +9,7 @@ those three changes and nothing else.
 Run:
     python algorithms/td3.py                                   # Pendulum-v1, 20k steps
     python algorithms/td3.py --env-id HalfCheetah-v5 --total-timesteps 1000000 --learning-starts 5000
-    python algorithms/td3.py --save-model --save-buffer         # a checkpoint that can resume
+    python algorithms/td3.py --save-model --save-buffer         # the final state, which can resume
     python algorithms/td3.py --resume runs/<run>/td3.pt --total-timesteps 40000
     python algorithms/td3.py --help
 
@@ -40,22 +40,35 @@ More than one environment may run in parallel (--num-envs); every count (learnin
 train_frequency, log_every, total_timesteps) is in environment steps summed over the environments,
 so the number of gradient steps per environment step does not depend on --num-envs.
 
-Checkpoints and resuming: --save-model writes the actor (what `evaluate` needs, under "model") and the
-training state: the twin critic, both target networks, both Adam states, the step and update counters and
-the random generators (Python's, torch's, the replay sampler's, the action space's). The replay buffer is
-included only with --save-buffer (it can be large: 1e6 MuJoCo transitions are about 100 MB). --resume PATH
-continues from the checkpoint's step up to --total-timesteps (the total, not the extra steps); without
-the buffer, updates wait until the empty buffer holds batch_size transitions. The environments' internal
-states (physics, time-limit counters) cannot be saved generically: a resumed run starts fresh episodes,
-reset with seed + global_step.
+Long runs (the same form in every deep file of the collection):
+    python algorithms/td3.py --checkpoint-every 5000 --save-buffer   # runs/<run>/checkpoint_<step>.pt, newest 2 kept
+    python algorithms/td3.py --resume runs/<run>/checkpoint_<step>.pt    # continue up to --total-timesteps
+A checkpoint holds the actor (under "model", what `evaluate` needs), the twin critic, both target networks, both
+Adam states, the step and update counters (next_train, n_updates: the clock of the policy delay), every random
+generator's state (Python's, numpy's, torch's, which draws the exploration and smoothing noise, the replay
+sampler's, the action space's) and the environments' own state; with --save-buffer also the replay buffer (it can
+be large: 1e6 MuJoCo transitions are about 100 MB; its size is printed). So, with --save-buffer, a resumed run ends
+with the same parameters as one never interrupted (classic-control environments such as Pendulum-v1 only: their
+whole state is a few numbers; with any other environment, MuJoCo's included, the resumed run starts new episodes).
+Without the buffer, updates wait until the empty buffer holds batch_size transitions. Ctrl-C or SIGTERM stops the
+run after the current step's update, writes a checkpoint and exits with status 130 / 143, printing the command
+that resumes it; a second signal quits at once. A resumed run writes to a new run directory whose TensorBoard steps
+continue the old ones; --save-model's file is the same training state and resumes with a larger --total-timesteps.
+A NaN or infinite observation, reward, critic loss or actor loss stops the run at once (exit 3) and keeps the last
+finite state in runs/<run>/<exp_name>_last_finite.pt; --no-nan-check skips the checks.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -91,9 +104,15 @@ class Args:
     save_model: bool = False
     """if toggled, save the model and training state to runs/{run_name}/{exp_name}.pt"""
     save_buffer: bool = False
-    """if toggled (with --save-model), the checkpoint also holds the replay buffer"""
+    """if toggled, checkpoints (periodic, on a signal, --save-model) also hold the replay buffer (it can be large: its size is printed)"""
+    checkpoint_every: int = 0
+    """write the training state to runs/{run_name}/checkpoint_{step}.pt every this many environment steps (0: never)"""
+    keep_checkpoints: int = 2
+    """how many of the newest periodic checkpoints to keep"""
     resume: str | None = None
-    """a checkpoint written by --save-model: continue its training up to --total-timesteps"""
+    """continue training from this checkpoint (periodic, interrupted or --save-model) up to --total-timesteps"""
+    nan_check: bool = True
+    """if toggled, a NaN or infinite observation, reward or loss stops the run (exit 3)"""
 
     env_id: str = "Pendulum-v1"
     """the Gymnasium id of the environment (bounded Box actions, flat Box observations)"""
@@ -140,19 +159,21 @@ def fail(message: str) -> None:
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency", "policy_frequency",
                  "eval_episodes", "log_every", "torch_threads"):
-        if getattr(args, name) <= 0:
+        if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.learning_starts < 0 or not 0 < args.tau <= 1 or not 0 < args.gamma <= 1:
+    # written `not x > 0` rather than `x <= 0`: a NaN fails every comparison, so only this form rejects it
+    if not args.learning_starts >= 0 or not 0 < args.tau <= 1 or not 0 < args.gamma <= 1:
         fail("need --learning-starts >= 0, 0 < --tau <= 1 and 0 < --gamma <= 1")
-    if not args.learning_rate > 0 or not min(args.exploration_noise, args.policy_noise, args.noise_clip) >= 0:
-        fail("need --learning-rate > 0 and --exploration-noise, --policy-noise, --noise-clip >= 0")
-    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+    noises = (args.exploration_noise, args.policy_noise, args.noise_clip)
+    if not 0 < args.learning_rate < math.inf or not all(0 <= x < math.inf for x in noises):
+        fail("need 0 < --learning-rate < inf and 0 <= --exploration-noise, --policy-noise, --noise-clip < inf")
+    if not args.hidden_sizes or not min(args.hidden_sizes) > 0:
         fail(f"--hidden-sizes must be positive widths, got {args.hidden_sizes}")
-    if args.save_buffer and not args.save_model:
-        fail("--save-buffer needs --save-model")
+    if not args.checkpoint_every >= 0 or not args.keep_checkpoints > 0:
+        fail(f"need --checkpoint-every >= 0 and --keep-checkpoints > 0, got {args.checkpoint_every} and {args.keep_checkpoints}")
     check_env(args.env_id)
-    if args.resume is not None:
-        check_resume(load_checkpoint(args.resume, "td3"), args)
+    if args.resume is not None and not os.path.isfile(args.resume):
+        fail(f"no checkpoint at {args.resume}")
 
 
 def check_env(env_id: str) -> None:
@@ -175,20 +196,6 @@ def check_env(env_id: str) -> None:
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         fail(f"--env-id {env_id} has {obs_space} observations; this algorithm needs a flat Box observation, "
              "e.g. Pendulum-v1")
-
-
-def check_resume(ckpt: dict, args: Args) -> None:
-    """A checkpoint to resume holds the training state and fits the arguments."""
-    if "critic" not in ckpt or "global_step" not in ckpt:
-        fail(f"--resume {args.resume} holds no training state; write one with --save-model")
-    if ckpt["env_id"] != args.env_id or tuple(ckpt["model_args"]["hidden_sizes"]) != tuple(args.hidden_sizes):
-        fail(f"--resume {args.resume} was trained on {ckpt['env_id']} with --hidden-sizes "
-             f"{tuple(ckpt['model_args']['hidden_sizes'])}; pass the same --env-id and --hidden-sizes")
-    if ckpt["global_step"] >= args.total_timesteps:
-        fail(f"--total-timesteps {args.total_timesteps} is the total budget and the checkpoint is already at step "
-             f"{ckpt['global_step']}; pass a larger --total-timesteps")
-    if ckpt.get("buffer", {}).get("size", 0) > args.buffer_size:
-        fail(f"--resume {args.resume} holds {ckpt['buffer']['size']} transitions, more than --buffer-size {args.buffer_size}")
 
 
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
@@ -316,20 +323,6 @@ def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
         t.lerp_(o, tau)
 
 
-def rng_state(generators: dict[str, np.random.Generator]) -> dict:
-    """Python's, torch's and the named numpy generators' states, in types torch.load(weights_only=True) reads."""
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            **{name: g.bit_generator.state for name, g in generators.items()}}
-
-
-def set_rng_state(state: dict, generators: dict[str, np.random.Generator]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    for name, g in generators.items():
-        g.bit_generator.state = state[name]
-
-
 def save_checkpoint(path: str, checkpoint: dict) -> None:
     """Write atomically (temporary file, then rename): an interrupted save never leaves a corrupt file."""
     tmp = f"{path}.tmp"
@@ -351,6 +344,194 @@ def load_checkpoint(path: str, algo: str) -> dict:
         fail(f"{path} does not fit {algo}.py (written by {ckpt.get('algo') or 'an older version or another program'}); "
              "retrain with --save-model")
     return ckpt
+
+
+# ---- Long runs: the same code in every deep file (checkpoints, interruption, resume, numerical faults) ----
+#
+# A checkpoint is one dict of tensors and plain values (torch.load(..., weights_only=True) reads it): the networks,
+# the optimisers, the step counters, every random generator's state and, where it can be read, the environments'
+# own state. Periodic ones (--checkpoint-every), the one written on SIGINT/SIGTERM and the final --save-model file
+# are the same dict, so any of them resumes (--resume PATH) in a new run directory that continues the old one's
+# TensorBoard steps.
+
+
+def make_run_dir(run_name: str) -> str:
+    """Create a new runs/{run_name} (with a suffix if that exists) and check that it takes files; exit 2 if not."""
+    run_dir, n = f"runs/{run_name}", 1
+    while os.path.exists(run_dir):  # two runs started in the same second (a quick resume) get two directories
+        n += 1
+        run_dir = f"runs/{run_name}_{n}"
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = f"{run_dir}/.write_test"
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        fail(f"cannot write the run directory {run_dir} ({error.strerror}); run from a writable directory")
+    return run_dir
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) set `signum`; the training loop looks at it after each
+    update, writes a checkpoint and exits with status 128 + signum. A second signal exits at once; checkpoints are
+    written atomically, so the previous one stays intact."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # only the main thread may handle signals
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        if self.signum:
+            sys.exit(128 + signum)
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this update to write a checkpoint "
+              "(signal again to quit at once)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def resume_command(args, path: str) -> str:
+    """The command line that continues this run from `path`: this file, every option not at its default, --resume."""
+    parts = ["python", os.path.relpath(__file__)]
+    for field in dataclasses.fields(args):
+        value, flag = getattr(args, field.name), "--" + field.name.replace("_", "-")
+        if field.name == "resume" or value == field.default:
+            continue
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join([*parts, "--resume", path])
+
+
+def write_checkpoint(run_dir: str, checkpoint: dict, written: list[str], keep: int) -> str:
+    """Save the training state as run_dir/checkpoint_{step}.pt; keep the newest `keep` of this run's checkpoints."""
+    path = f"{run_dir}/checkpoint_{checkpoint['global_step']}.pt"
+    save_checkpoint(path, checkpoint)
+    if path not in written:
+        written.append(path)
+    while len(written) > keep:
+        os.remove(written.pop(0))
+    print(f"checkpoint {path} ({os.path.getsize(path) / 1e6:.1f} MB)", flush=True)
+    return path
+
+
+def rng_state(generators: dict[str, np.random.Generator]) -> dict:
+    """Python's, numpy's global, torch's (and CUDA's) and the named numpy generators' states, as tensors, integers
+    and strings."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **{name: g.bit_generator.state for name, g in generators.items()}}
+
+
+def set_rng_state(state: dict, generators: dict[str, np.random.Generator]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, g in generators.items():
+        g.bit_generator.state = state[name]
+
+
+def env_state(envs, obs: np.ndarray) -> dict:
+    """What continues the episodes in progress: each sub-environment's simulator state, random generator and
+    time-limit counter, the episode statistics so far and the current observation. Only the classic-control
+    environments keep their whole state in plain numbers (`unwrapped.state`); for the others (Box2D, MuJoCo,
+    Atari) `resumable` is False and a resumed run starts new episodes."""
+    subs = envs.unwrapped.envs
+    if not all(type(e.unwrapped).__module__.startswith("gymnasium.envs.classic_control") for e in subs):
+        return {"resumable": False}
+    states = []
+    for e in subs:
+        limit = e
+        while not isinstance(limit, gym.wrappers.TimeLimit) and isinstance(limit, gym.Wrapper):
+            limit = limit.env
+        states.append({"state": torch.as_tensor(np.asarray(e.unwrapped.state, dtype=np.float64)),
+                       "np_random": e.unwrapped.np_random.bit_generator.state,
+                       "elapsed_steps": getattr(limit, "_elapsed_steps", None)})
+    return {"resumable": True, "subs": states, "obs": torch.as_tensor(obs),
+            "episode_returns": torch.as_tensor(envs.episode_returns), "episode_lengths": torch.as_tensor(envs.episode_lengths)}
+
+
+def set_env_state(envs, state: dict, seed: int) -> np.ndarray:
+    """Reset the environments, then put back the saved episodes where `state` holds them; returns the observation."""
+    obs, _ = envs.reset(seed=seed)
+    if not state["resumable"] or len(state["subs"]) != len(envs.unwrapped.envs):
+        print("the environments' state was not saved (only classic control's can be): new episodes start", flush=True)
+        return obs
+    for e, s in zip(envs.unwrapped.envs, state["subs"], strict=True):
+        e.unwrapped.state = s["state"].numpy().copy()
+        e.unwrapped.np_random.bit_generator.state = s["np_random"]
+        limit = e
+        while not isinstance(limit, gym.wrappers.TimeLimit) and isinstance(limit, gym.Wrapper):
+            limit = limit.env
+        if s["elapsed_steps"] is not None:
+            limit._elapsed_steps = s["elapsed_steps"]
+    envs.episode_returns[:] = state["episode_returns"].numpy()
+    envs.episode_lengths[:] = state["episode_lengths"].numpy()
+    return state["obs"].numpy().copy()
+
+
+def progress(step: int, total: int, origin: tuple[int, float]) -> float:
+    """The fraction of training done, which every schedule reads. `origin` is (0, 0.0) for a fresh run; a run resumed
+    with a different --total-timesteps sets it to (the resumed step, the progress there), stretching what is left."""
+    start, done = origin
+    return done + (1.0 - done) * (step - start) / (total - start)
+
+
+def check_resume(ckpt: dict, args, model_args: dict) -> None:
+    """A checkpoint to resume holds a training state for this environment and these network sizes."""
+    if "global_step" not in ckpt:
+        fail(f"--resume {args.resume} holds no training state")
+    if ckpt["env_id"] != args.env_id:
+        fail(f"--resume {args.resume} was trained on {ckpt['env_id']}, not --env-id {args.env_id}")
+    if ckpt["model_args"] != model_args:
+        fail(f"--resume {args.resume} holds networks of other sizes ({ckpt['model_args']}, "
+             f"here {model_args}); resume with the options it was trained with")
+    if not ckpt["global_step"] < args.total_timesteps:
+        fail(f"--resume {args.resume} is at step {ckpt['global_step']:,}: --total-timesteps must be larger "
+             f"than that, got {args.total_timesteps:,}")
+
+
+def finite(x: np.ndarray) -> bool:
+    """True when every entry is finite (integer arrays, such as Atari frames, always are)."""
+    return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
+
+
+def nonfinite_step(obs: np.ndarray, rewards: np.ndarray, infos: dict) -> str:
+    """What is not finite in a vector step: "observation" (the last observation of an episode that ended, in
+    info["final_obs"], included), "reward", or "" when all is finite."""
+    finals = [infos["final_obs"][i] for i in np.flatnonzero(infos["_final_obs"])] if "final_obs" in infos else []
+    if not (finite(obs) and all(finite(np.asarray(f)) for f in finals)):
+        return "observation"
+    return "" if finite(np.asarray(rewards)) else "reward"
+
+
+def numerical_fault(quantity: str, step: int, path: str) -> None:
+    """A NaN or infinity reached training: one line, exit status 3; `path` holds the last finite state."""
+    print(f"error: non-finite {quantity} at step {step:,}; the last finite state is in {path} "
+          "(lower the learning rate, or look at the environment)", file=sys.stderr, flush=True)
+    sys.exit(3)
+
+
+def close_logs(writer, track: bool) -> None:
+    writer.close()
+    if track:
+        import wandb
+
+        wandb.finish()
 
 
 def load_model(path: str) -> tuple[Actor, dict]:
@@ -382,16 +563,6 @@ def main(args: Args) -> dict:
     check_args(args)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=asdict(args), name=run_name, save_code=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
-
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -421,29 +592,66 @@ def main(args: Args) -> dict:
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, args.seed)
     action_low, action_high = torch.as_tensor(low, device=device), torch.as_tensor(high, device=device)
+    # the exploration noise is drawn from torch's generator, which rng_state saves with these
     generators = {"buffer": rb.rng, "action_space": envs.action_space.np_random}
 
-    global_step, n_updates = 0, 0  # n_updates: critic gradient steps so far (the policy_frequency clock)
+    # The training state a checkpoint holds; resuming puts it back. n_updates: critic gradient steps so far (the
+    # policy_frequency clock); next_train: the step of the next critic step, one per train_frequency environment
+    # steps after learning_starts.
+    global_step, n_updates, next_train = 0, 0, args.learning_starts + args.train_frequency
+    obs, _ = envs.reset(seed=args.seed)
     if args.resume is not None:
         ckpt = load_checkpoint(args.resume, "td3")
+        check_resume(ckpt, args, model_args)
+        if ckpt.get("buffer", {}).get("size", 0) > args.buffer_size:
+            fail(f"--resume {args.resume} holds {ckpt['buffer']['size']} transitions, more than --buffer-size {args.buffer_size}")
         for name, obj in (("model", actor), ("critic", critic), ("actor_target", actor_target),
                           ("critic_target", critic_target), ("actor_optimizer", actor_optimizer),
                           ("critic_optimizer", critic_optimizer)):
             obj.load_state_dict(ckpt[name])
-        set_rng_state(ckpt["rng"], generators)
         global_step, n_updates = ckpt["global_step"], ckpt["n_updates"]
+        next_train = max(ckpt["next_train"], next_train)  # a larger --learning-starts postpones learning
+        set_rng_state(ckpt["rng"], generators)
+        # the interrupted episodes go on where they can; elsewhere new ones start, seeded apart from the first ones
+        obs = set_env_state(envs, ckpt["envs"], seed=args.seed + global_step)
         if "buffer" in ckpt:
             rb.load_state_dict(ckpt["buffer"])
         print(f"resumed from {args.resume} at step {global_step:,} (replay buffer: {rb.size:,} transitions)", flush=True)
 
-    # one critic step per train_frequency environment steps after learning_starts (or the resumed step)
-    next_train = max(args.learning_starts, global_step) + args.train_frequency
+    def checkpoint(with_envs: bool = True) -> dict:
+        return {"algo": "td3", "env_id": args.env_id, "model_args": model_args, "model": actor.state_dict(),
+                "args": asdict(args), "critic": critic.state_dict(), "actor_target": actor_target.state_dict(),
+                "critic_target": critic_target.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),
+                "critic_optimizer": critic_optimizer.state_dict(), "global_step": global_step,
+                "n_updates": n_updates, "next_train": next_train, "rng": rng_state(generators),
+                "envs": env_state(envs, obs) if with_envs else {"resumable": False},
+                **({"buffer": rb.state_dict()} if args.save_buffer else {})}
+
+    def fault(quantity: str) -> None:  # the networks are still finite: the check runs before they change
+        path = f"{run_dir}/{args.exp_name}_last_finite.pt"
+        save_checkpoint(path, checkpoint(with_envs=False))
+        envs.close()
+        close_logs(writer, args.track)
+        numerical_fault(quantity, global_step, path)
+
+    run_dir = make_run_dir(run_name)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=asdict(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
     start_step, start_time = global_step, time.time()
     recent_returns: deque[float] = deque(maxlen=20)
     next_log = (global_step // args.log_every + 1) * args.log_every
+    next_checkpoint = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else 0
+    written: list[str] = []  # this run's periodic checkpoints, oldest first
+    stop = StopSignal()
     losses: dict[str, torch.Tensor] = {}  # the latest losses, detached; copied to the host only when logged
-    # the first run resets with the seed; a resumed one starts fresh episodes with seed + global_step
-    obs, _ = envs.reset(seed=args.seed + global_step)
 
     while global_step < args.total_timesteps:
         if global_step < args.learning_starts:
@@ -455,6 +663,8 @@ def main(args: Args) -> dict:
             actions = np.clip(actions.cpu().numpy(), low, high)
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         global_step += args.num_envs
+        if args.nan_check and (bad := nonfinite_step(next_obs, rewards, infos)):
+            fault(bad)
 
         # the transition's next observation is the real last one at an episode end, not the reset one
         real_next_obs = next_obs.copy()
@@ -471,6 +681,8 @@ def main(args: Args) -> dict:
                 writer.add_scalar("charts/episodic_return", ep_r, global_step)
                 writer.add_scalar("charts/episodic_length", ep_l, global_step)
 
+        # NaN checks of the updates: each loss before its optimizer.step() (one host sync each), so the networks stay
+        # finite; no gradient norm (these files do not clip, and computing one would cost every update)
         while next_train <= global_step:
             next_train += args.train_frequency
             if rb.size < args.batch_size:  # only after resuming without the buffer
@@ -487,6 +699,8 @@ def main(args: Args) -> dict:
             qf_loss = qf1_loss + qf2_loss
             critic_optimizer.zero_grad()
             qf_loss.backward()
+            if args.nan_check and not torch.isfinite(qf_loss.detach()):
+                fault("critic loss")
             critic_optimizer.step()
             n_updates += 1
             losses.update(qf1_loss=qf1_loss.detach(), qf2_loss=qf2_loss.detach(), qf_loss=qf_loss.detach(),
@@ -496,6 +710,8 @@ def main(args: Args) -> dict:
                 actor_loss = -critic.q1(b_obs, actor(b_obs)).mean()
                 actor_optimizer.zero_grad()
                 actor_loss.backward()  # also fills the critic's gradients; critic_optimizer.zero_grad() clears them
+                if args.nan_check and not torch.isfinite(actor_loss.detach()):
+                    fault("actor loss")
                 actor_optimizer.step()
                 soft_update(actor_target, actor, args.tau)
                 soft_update(critic_target, critic, args.tau)
@@ -511,20 +727,24 @@ def main(args: Args) -> dict:
             print(f"step {global_step:>9,}  SPS {sps:>6,}  updates {n_updates:>9,}  return(last 20 episodes) {recent}",
                   flush=True)
 
-    train_time = time.time() - start_time
-    envs.close()
+        # After the step's update: a periodic checkpoint, or the one a signal asked for (then exit 128 + signal).
+        if stop.signum or (args.checkpoint_every and global_step >= next_checkpoint):
+            next_checkpoint = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else 0
+            path = write_checkpoint(run_dir, checkpoint(), written, args.keep_checkpoints)
+            if stop.signum:
+                envs.close()
+                close_logs(writer, args.track)
+                print(f"stopped by {signal.Signals(stop.signum).name} at step {global_step:,}; resume with: "
+                      f"{resume_command(args, path)}", file=sys.stderr, flush=True)
+                sys.exit(128 + stop.signum)
+    stop.restore()
 
+    train_time = time.time() - start_time
     model_path = None
-    if args.save_model:  # the training state is taken here, before evaluation
-        model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        checkpoint = {"algo": "td3", "env_id": args.env_id, "model_args": model_args, "model": actor.state_dict(),
-                      "critic": critic.state_dict(), "actor_target": actor_target.state_dict(),
-                      "critic_target": critic_target.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),
-                      "critic_optimizer": critic_optimizer.state_dict(), "global_step": global_step,
-                      "n_updates": n_updates, "rng": rng_state(generators)}
-        if args.save_buffer:
-            checkpoint["buffer"] = rb.state_dict()
-        save_checkpoint(model_path, checkpoint)
+    if args.save_model:  # the training state at the end: it evaluates, and resumes with a larger --total-timesteps
+        model_path = f"{run_dir}/{args.exp_name}.pt"
+        save_checkpoint(model_path, checkpoint())
+    envs.close()
 
     eval_returns = evaluate(actor, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
     for i, r in enumerate(eval_returns):
@@ -532,12 +752,9 @@ def main(args: Args) -> dict:
     print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
           f"(deterministic); trained {global_step - start_step:,} steps in {train_time:.1f}s")
     if model_path:
-        print(f"model saved to {model_path}" + (" (with the replay buffer)" if args.save_buffer else ""))
-    writer.close()
-    if args.track:
-        import wandb
-
-        wandb.finish()
+        print(f"model saved to {model_path} ({os.path.getsize(model_path) / 1e6:.1f} MB"
+              + (", with the replay buffer)" if args.save_buffer else ")"))
+    close_logs(writer, args.track)
     return {
         "eval_return_mean": float(np.mean(eval_returns)),
         "eval_return_std": float(np.std(eval_returns)),
@@ -546,7 +763,7 @@ def main(args: Args) -> dict:
         "train_time": train_time,
         "global_step": global_step,
         "n_updates": n_updates,
-        "run_dir": f"runs/{run_name}",
+        "run_dir": run_dir,
         "model_path": model_path,
     }
 

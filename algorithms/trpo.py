@@ -55,14 +55,28 @@ roots. The running mean/var are merged batch by batch (Chan, Golub & LeVeque's p
 from mean 0, var 1 with a weight of 1e-4, as VecNormalize does; they absorb every observation the policy acts
 on (reset observations included, final observations not). The reward is divided by the standard deviation of
 the discounted return, not centred, and only the learning sees it: charts/episodic_return stays the raw
-return. The observation statistics are part of the policy: those in force at the end of training are copied
-into the actor's buffers (obs_mean, obs_var), so they are saved with its weights, and greedy_action, which
-takes raw observations, normalises with them, frozen, in process or from a checkpoint.
+return. The observation statistics are part of the policy: those in force at each checkpoint and at the end of
+training are copied into the actor's buffers (obs_mean, obs_var), so they are saved with its weights, and
+greedy_action, which takes raw observations, normalises with them, frozen, in process or from a checkpoint.
 
 Time-limit truncation is not termination: a truncated episode bootstraps from the value of the observation
 where it was cut, a terminated one does not. The vector environment runs in Gymnasium's same-step autoreset
 mode: when an episode ends, step() returns the next episode's first observation and puts the last one in
 info["final_obs"], so no step is spent on a reset and none has to be masked out.
+
+Long runs (the same form in every deep file of the collection):
+    python algorithms/trpo.py --checkpoint-every 100000      # runs/<run>/checkpoint_<step>.pt, the newest 2 kept
+    python algorithms/trpo.py --resume runs/<run>/checkpoint_<step>.pt    # continue up to --total-timesteps
+A checkpoint holds the actor, the critic and its optimiser, the step counters, every random generator's state,
+the observation and reward normalisation statistics and the environments' own state, so a resumed run ends with
+the same parameters as one never interrupted (classic-control environments only: their whole state is a few
+numbers; with any other environment the resumed run starts new episodes). Ctrl-C or SIGTERM stops the run after
+the current iteration (the policy step and the critic's epochs), writes a checkpoint and exits with status
+130 / 143, printing the command that resumes it; a second signal quits at once. A resumed run writes to a new run
+directory whose TensorBoard steps continue the old ones (nothing here is scheduled, so a larger --total-timesteps
+simply runs longer). A NaN or infinite observation, reward, surrogate loss, KL, policy step, critic loss or
+critic gradient norm stops the run at once (exit 3), before it reaches the networks, and keeps the last finite
+state in runs/<run>/<exp_name>_last_finite.pt; --no-nan-check skips the checks.
 
 Tested: a deterministic evaluation of >= 475 on CartPole-v1 in 200k steps, and of >= -400 on Pendulum-v1 with
 the command above in 100k steps (tests/test_trpo.py).
@@ -71,10 +85,14 @@ Results: benchmark_results/trpo.md
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -109,6 +127,14 @@ class Args:
     """if toggled, record videos of the first environment into videos/{run_name}"""
     save_model: bool = False
     """if toggled, save the trained model to runs/{run_name}/{exp_name}.pt"""
+    checkpoint_every: int = 0
+    """write the training state to runs/{run_name}/checkpoint_{step}.pt every this many environment steps (0: never)"""
+    keep_checkpoints: int = 2
+    """how many of the newest periodic checkpoints to keep"""
+    resume: str | None = None
+    """continue training from this checkpoint (periodic, interrupted or --save-model) up to --total-timesteps"""
+    nan_check: bool = True
+    """if toggled, a NaN or infinite observation, reward, loss, step or gradient norm stops the run (exit 3)"""
 
     env_id: str = "CartPole-v1"
     """the Gymnasium id of the environment (Discrete or Box actions, flat Box observations)"""
@@ -165,20 +191,23 @@ def fail(message: str) -> None:
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_envs", "num_steps", "cg_iters", "line_search_max_iter", "n_critic_updates",
                  "batch_size", "hidden_size", "eval_episodes", "log_every", "torch_threads"):
-        if getattr(args, name) <= 0:
+        if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.norm_adv and args.num_envs * args.num_steps < 2:
         fail("--norm-adv needs a rollout of at least 2 samples (num_envs * num_steps >= 2); or pass --no-norm-adv")
-    if not args.target_kl > 0:
-        fail(f"--target-kl must be positive, got {args.target_kl}")
-    if not args.cg_damping >= 0:
-        fail(f"--cg-damping must be >= 0, got {args.cg_damping}")
+    # written `not x > 0` rather than `x <= 0`: a NaN fails every comparison, so only this form rejects it
+    if not 0 < args.target_kl < math.inf:
+        fail(f"--target-kl must be a finite number > 0, got {args.target_kl}")
+    if not 0 <= args.cg_damping < math.inf:
+        fail(f"--cg-damping must be a finite number >= 0, got {args.cg_damping}")
     if not 0 < args.line_search_factor < 1:
         fail(f"--line-search-factor must be in (0, 1), got {args.line_search_factor}")
-    if not (args.learning_rate > 0 and 0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
-        fail("need --learning-rate > 0, 0 < --gamma <= 1 and 0 <= --gae-lambda <= 1")
-    if not (args.clip_obs > 0 and args.clip_reward > 0):
-        fail(f"--clip-obs and --clip-reward must be positive, got {args.clip_obs} and {args.clip_reward}")
+    if not (0 < args.learning_rate < math.inf and 0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
+        fail("need 0 < --learning-rate < inf, 0 < --gamma <= 1 and 0 <= --gae-lambda <= 1")
+    if not (0 < args.clip_obs < math.inf and 0 < args.clip_reward < math.inf):
+        fail(f"--clip-obs and --clip-reward must be finite and positive, got {args.clip_obs} and {args.clip_reward}")
+    if not args.checkpoint_every >= 0 or not args.keep_checkpoints > 0:
+        fail(f"need --checkpoint-every >= 0 and --keep-checkpoints > 0, got {args.checkpoint_every} and {args.keep_checkpoints}")
     try:
         gym.spec(args.env_id)
     except gym.error.Error:
@@ -197,6 +226,8 @@ def check_args(args: Args) -> None:
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         fail(f"trpo.py needs a flat Box observation, {args.env_id} has {obs_space}; "
              "use an environment such as CartPole-v1 or Pendulum-v1")
+    if args.resume is not None and not os.path.isfile(args.resume):
+        fail(f"no checkpoint at {args.resume}")
 
 
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
@@ -489,13 +520,16 @@ def trpo_step(
     cg_damping: float,
     line_search_factor: float,
     line_search_max_iter: int,
+    nan_check: bool = True,
 ) -> dict:
     """One natural-gradient step of the actor on a batch, under the trust region mean KL <= max_kl.
 
     The actor's current parameters are theta_old: the batch was collected with them. Only parameters with
     requires_grad are updated. Returns the statistics of the step: whether the line search accepted a step,
     the fraction factor^i of the full step it took (0 if none), the surrogate before and after, the measured
-    mean KL from the old policy (0 if rejected) and the entropy of the policy after the step.
+    mean KL from the old policy (0 if rejected) and the entropy of the policy after the step. With nan_check, a
+    non-finite surrogate, KL or step direction leaves the actor unchanged and is named in stats["nonfinite"]
+    (None otherwise), for the caller to stop on.
     """
     params = [p for p in actor.parameters() if p.requires_grad]
     with torch.no_grad():
@@ -515,7 +549,13 @@ def trpo_step(
     shs = step_dir @ fvp(step_dir)
     stats = {"accepted": False, "step_fraction": 0.0, "surrogate_old": surrogate.item(),
              "surrogate_new": surrogate.item(), "kl": 0.0, "entropy": actor.entropy(dist).mean().item(),
-             "line_search_iters": 0}
+             "line_search_iters": 0, "nonfinite": None}
+    # one host sync, before the parameters move (the actor has no optimiser whose step the check could precede)
+    if nan_check and not bool(torch.isfinite(torch.stack([surrogate.detach(), kl.detach(), shs.detach()])).all()
+                              & torch.isfinite(step_dir).all()):
+        stats["nonfinite"] = ("surrogate loss" if not torch.isfinite(surrogate) else "KL" if not torch.isfinite(kl)
+                              else "policy step")
+        return stats
     if not (torch.isfinite(shs) and shs > 0):  # g = 0 (e.g. all advantages 0): there is no direction to step in
         return stats
     full_step = torch.sqrt(2 * max_kl / shs) * step_dir
@@ -560,6 +600,194 @@ def load_checkpoint(path: str, algo: str) -> dict:
     return ckpt
 
 
+# ---- Long runs: the same code in every deep file (checkpoints, interruption, resume, numerical faults) ----
+#
+# A checkpoint is one dict of tensors and plain values (torch.load(..., weights_only=True) reads it): the networks,
+# the optimisers, the step counters, every random generator's state and, where it can be read, the environments'
+# own state. Periodic ones (--checkpoint-every), the one written on SIGINT/SIGTERM and the final --save-model file
+# are the same dict, so any of them resumes (--resume PATH) in a new run directory that continues the old one's
+# TensorBoard steps.
+
+
+def make_run_dir(run_name: str) -> str:
+    """Create a new runs/{run_name} (with a suffix if that exists) and check that it takes files; exit 2 if not."""
+    run_dir, n = f"runs/{run_name}", 1
+    while os.path.exists(run_dir):  # two runs started in the same second (a quick resume) get two directories
+        n += 1
+        run_dir = f"runs/{run_name}_{n}"
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = f"{run_dir}/.write_test"
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        fail(f"cannot write the run directory {run_dir} ({error.strerror}); run from a writable directory")
+    return run_dir
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) set `signum`; the training loop looks at it after each
+    update, writes a checkpoint and exits with status 128 + signum. A second signal exits at once; checkpoints are
+    written atomically, so the previous one stays intact."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # only the main thread may handle signals
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        if self.signum:
+            sys.exit(128 + signum)
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this update to write a checkpoint "
+              "(signal again to quit at once)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def resume_command(args, path: str) -> str:
+    """The command line that continues this run from `path`: this file, every option not at its default, --resume."""
+    parts = ["python", os.path.relpath(__file__)]
+    for field in dataclasses.fields(args):
+        value, flag = getattr(args, field.name), "--" + field.name.replace("_", "-")
+        if field.name == "resume" or value == field.default:
+            continue
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join([*parts, "--resume", path])
+
+
+def write_checkpoint(run_dir: str, checkpoint: dict, written: list[str], keep: int) -> str:
+    """Save the training state as run_dir/checkpoint_{step}.pt; keep the newest `keep` of this run's checkpoints."""
+    path = f"{run_dir}/checkpoint_{checkpoint['global_step']}.pt"
+    save_checkpoint(path, checkpoint)
+    if path not in written:
+        written.append(path)
+    while len(written) > keep:
+        os.remove(written.pop(0))
+    print(f"checkpoint {path} ({os.path.getsize(path) / 1e6:.1f} MB)", flush=True)
+    return path
+
+
+def rng_state(generators: dict[str, np.random.Generator]) -> dict:
+    """Python's, numpy's global, torch's (and CUDA's) and the named numpy generators' states, as tensors, integers
+    and strings."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **{name: g.bit_generator.state for name, g in generators.items()}}
+
+
+def set_rng_state(state: dict, generators: dict[str, np.random.Generator]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, g in generators.items():
+        g.bit_generator.state = state[name]
+
+
+def env_state(envs, obs: np.ndarray) -> dict:
+    """What continues the episodes in progress: each sub-environment's simulator state, random generator and
+    time-limit counter, the episode statistics so far and the current observation. Only the classic-control
+    environments keep their whole state in plain numbers (`unwrapped.state`); for the others (Box2D, MuJoCo,
+    Atari) `resumable` is False and a resumed run starts new episodes."""
+    subs = envs.unwrapped.envs
+    if not all(type(e.unwrapped).__module__.startswith("gymnasium.envs.classic_control") for e in subs):
+        return {"resumable": False}
+    states = []
+    for e in subs:
+        limit = e
+        while not isinstance(limit, gym.wrappers.TimeLimit) and isinstance(limit, gym.Wrapper):
+            limit = limit.env
+        states.append({"state": torch.as_tensor(np.asarray(e.unwrapped.state, dtype=np.float64)),
+                       "np_random": e.unwrapped.np_random.bit_generator.state,
+                       "elapsed_steps": getattr(limit, "_elapsed_steps", None)})
+    return {"resumable": True, "subs": states, "obs": torch.as_tensor(obs),
+            "episode_returns": torch.as_tensor(envs.episode_returns), "episode_lengths": torch.as_tensor(envs.episode_lengths)}
+
+
+def set_env_state(envs, state: dict, seed: int) -> np.ndarray:
+    """Reset the environments, then put back the saved episodes where `state` holds them; returns the observation."""
+    obs, _ = envs.reset(seed=seed)
+    if not state["resumable"] or len(state["subs"]) != len(envs.unwrapped.envs):
+        print("the environments' state was not saved (only classic control's can be): new episodes start", flush=True)
+        return obs
+    for e, s in zip(envs.unwrapped.envs, state["subs"], strict=True):
+        e.unwrapped.state = s["state"].numpy().copy()
+        e.unwrapped.np_random.bit_generator.state = s["np_random"]
+        limit = e
+        while not isinstance(limit, gym.wrappers.TimeLimit) and isinstance(limit, gym.Wrapper):
+            limit = limit.env
+        if s["elapsed_steps"] is not None:
+            limit._elapsed_steps = s["elapsed_steps"]
+    envs.episode_returns[:] = state["episode_returns"].numpy()
+    envs.episode_lengths[:] = state["episode_lengths"].numpy()
+    return state["obs"].numpy().copy()
+
+
+def progress(step: int, total: int, origin: tuple[int, float]) -> float:
+    """The fraction of training done, which every schedule reads. `origin` is (0, 0.0) for a fresh run; a run resumed
+    with a different --total-timesteps sets it to (the resumed step, the progress there), stretching what is left."""
+    start, done = origin
+    return done + (1.0 - done) * (step - start) / (total - start)
+
+
+def check_resume(ckpt: dict, args, model_args: dict) -> None:
+    """A checkpoint to resume holds a training state for this environment and these network sizes."""
+    if "global_step" not in ckpt:
+        fail(f"--resume {args.resume} holds no training state")
+    if ckpt["env_id"] != args.env_id:
+        fail(f"--resume {args.resume} was trained on {ckpt['env_id']}, not --env-id {args.env_id}")
+    if ckpt["model_args"] != model_args:
+        fail(f"--resume {args.resume} holds networks of other sizes ({ckpt['model_args']}, "
+             f"here {model_args}); resume with the options it was trained with")
+    if not ckpt["global_step"] < args.total_timesteps:
+        fail(f"--resume {args.resume} is at step {ckpt['global_step']:,}: --total-timesteps must be larger "
+             f"than that, got {args.total_timesteps:,}")
+
+
+def finite(x: np.ndarray) -> bool:
+    """True when every entry is finite (integer arrays, such as Atari frames, always are)."""
+    return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
+
+
+def nonfinite_step(obs: np.ndarray, rewards: np.ndarray, infos: dict) -> str:
+    """What is not finite in a vector step: "observation" (the last observation of an episode that ended, in
+    info["final_obs"], included), "reward", or "" when all is finite."""
+    finals = [infos["final_obs"][i] for i in np.flatnonzero(infos["_final_obs"])] if "final_obs" in infos else []
+    if not (finite(obs) and all(finite(np.asarray(f)) for f in finals)):
+        return "observation"
+    return "" if finite(np.asarray(rewards)) else "reward"
+
+
+def numerical_fault(quantity: str, step: int, path: str) -> None:
+    """A NaN or infinity reached training: one line, exit status 3; `path` holds the last finite state."""
+    print(f"error: non-finite {quantity} at step {step:,}; the last finite state is in {path} "
+          "(lower the learning rate, or look at the environment)", file=sys.stderr, flush=True)
+    sys.exit(3)
+
+
+def close_logs(writer, track: bool) -> None:
+    writer.close()
+    if track:
+        import wandb
+
+        wandb.finish()
+
+
 def load_model(path: str) -> tuple[nn.Module, dict]:
     ckpt = load_checkpoint(path, "trpo")
     actor = Actor(**ckpt["model_args"])
@@ -589,17 +817,7 @@ def main(args: Args) -> dict:
     check_args(args)
     batch_size = args.num_envs * args.num_steps
     num_iterations = -(-args.total_timesteps // batch_size)  # ceil: at least total_timesteps steps
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=asdict(args), name=run_name, save_code=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -633,6 +851,71 @@ def main(args: Args) -> dict:
     actor = Actor(**model_args).to(device)
     critic = ValueNetwork(obs_dim, args.hidden_size).to(device)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # eps as SB3
+    generators = {"action_space": envs.action_space.np_random}
+
+    # The training state a checkpoint holds; resuming puts it back. Nothing is scheduled here (the critic's learning
+    # rate is constant), so a different --total-timesteps only changes where the run ends.
+    global_step, iteration = 0, 0
+    raw_obs, _ = envs.reset(seed=args.seed)
+    if obs_rms is not None:
+        obs_rms.update(raw_obs)
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume, "trpo")
+        check_resume(ckpt, args, model_args)
+        actor.load_state_dict(ckpt["model"])
+        critic.load_state_dict(ckpt["critic"])
+        critic_optimizer.load_state_dict(ckpt["critic_optimizer"])
+        global_step, iteration = ckpt["global_step"], ckpt["iteration"]
+        set_rng_state(ckpt["rng"], generators)
+        # the interrupted episodes go on where they can; elsewhere new ones start, seeded apart from the first ones
+        raw_obs = set_env_state(envs, ckpt["envs"], seed=args.seed + global_step)
+        episodes_go_on = ckpt["envs"]["resumable"] and len(ckpt["envs"]["subs"]) == args.num_envs
+        if obs_rms is not None:
+            obs_rms.mean, obs_rms.var = ckpt["obs_rms"]["mean"].numpy().copy(), ckpt["obs_rms"]["var"].numpy().copy()
+            obs_rms.count = ckpt["obs_rms"]["count"]
+            if not episodes_go_on:  # the new episodes' first observations, as at the start of a run
+                obs_rms.update(raw_obs)
+        if reward_scaler is not None and ckpt.get("reward_rms") is not None:
+            saved = ckpt["reward_rms"]
+            reward_scaler.rms.mean, reward_scaler.rms.var = saved["mean"].numpy().copy(), saved["var"].numpy().copy()
+            reward_scaler.rms.count = saved["count"]
+            if episodes_go_on:  # the discounted returns of the episodes in progress
+                reward_scaler.returns = saved["returns"].numpy().copy()
+        print(f"resumed from {args.resume} at step {global_step:,}", flush=True)
+    next_obs = normalize_obs(raw_obs, obs_rms, args.clip_obs)
+
+    def checkpoint(with_envs: bool = True) -> dict:
+        if obs_rms is not None:  # the statistics in force become part of the policy (see Actor)
+            actor.obs_mean.copy_(torch.as_tensor(obs_rms.mean))
+            actor.obs_var.copy_(torch.as_tensor(obs_rms.var))
+        return {"algo": "trpo", "env_id": args.env_id, "model_args": model_args, "model": actor.state_dict(),
+                "args": asdict(args), "critic": critic.state_dict(), "critic_optimizer": critic_optimizer.state_dict(),
+                "global_step": global_step, "iteration": iteration, "rng": rng_state(generators),
+                # the raw observation: normalised again on resuming, with the same statistics, to the same numbers
+                "envs": env_state(envs, raw_obs) if with_envs else {"resumable": False},
+                "obs_rms": None if obs_rms is None else
+                {"mean": torch.tensor(obs_rms.mean), "var": torch.tensor(obs_rms.var), "count": obs_rms.count},
+                "reward_rms": None if reward_scaler is None else
+                {"mean": torch.tensor(reward_scaler.rms.mean), "var": torch.tensor(reward_scaler.rms.var),
+                 "count": reward_scaler.rms.count, "returns": torch.tensor(reward_scaler.returns)}}
+
+    def fault(quantity: str) -> None:  # the networks are still finite: the check runs before they change
+        path = f"{run_dir}/{args.exp_name}_last_finite.pt"
+        save_checkpoint(path, checkpoint(with_envs=False))
+        envs.close()
+        close_logs(writer, args.track)
+        numerical_fault(quantity, global_step, path)
+
+    run_dir = make_run_dir(run_name)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=asdict(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
 
     # Rollout storage, [num_steps, num_envs, ...], in numpy: the environments speak numpy, and the
     # whole rollout is moved to torch once per iteration instead of once per step. Observations are stored
@@ -647,16 +930,15 @@ def main(args: Args) -> dict:
     terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
     truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
 
-    global_step = 0
-    start_time = time.time()
+    start_step, start_time = global_step, time.time()
     recent_returns: deque[float] = deque(maxlen=20)
-    next_log = args.log_every
-    raw_obs, _ = envs.reset(seed=args.seed)
-    if obs_rms is not None:
-        obs_rms.update(raw_obs)
-    next_obs = normalize_obs(raw_obs, obs_rms, args.clip_obs)
+    next_log = (global_step // args.log_every + 1) * args.log_every
+    next_checkpoint = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else 0
+    written: list[str] = []  # this run's periodic checkpoints, oldest first
+    stop = StopSignal()
 
-    for iteration in range(1, num_iterations + 1):
+    while iteration < num_iterations:
+        iteration += 1
         # Collect the rollout with the actor alone; V(s) and V(s') come from one batched pass afterwards.
         for step in range(args.num_steps):
             global_step += args.num_envs
@@ -665,6 +947,9 @@ def main(args: Args) -> dict:
             actions[step] = action
             env_action = action if discrete else np.clip(action, space.low, space.high)  # store the unclipped sample
             raw_obs, raw_reward, terminations[step], truncations[step], infos = envs.step(env_action)
+            # before the statistics absorb them: the last finite state keeps finite statistics
+            if args.nan_check and (bad := nonfinite_step(raw_obs, raw_reward, infos)):
+                fault(bad)
             # As SB3's VecNormalize: the statistics absorb the observations the policy will act on next
             # (reset observations included), and a final observation is normalised with the same, updated
             # statistics, so V sees it on the same scale as every other input.
@@ -698,9 +983,12 @@ def main(args: Args) -> dict:
         if args.norm_adv:
             b_advantages = (b_advantages - b_advantages.mean()) / (b_advantages.std() + 1e-8)
 
-        # The policy: one natural-gradient step on the whole rollout (the Fisher uses every sample).
+        # The policy: one natural-gradient step on the whole rollout (the Fisher uses every sample); with
+        # --nan-check a non-finite surrogate, KL or step leaves the actor as it was and stops the run here.
         step_stats = trpo_step(actor, b_obs, b_actions, b_advantages, args.target_kl, args.cg_iters,
-                               args.cg_damping, args.line_search_factor, args.line_search_max_iter)
+                               args.cg_damping, args.line_search_factor, args.line_search_max_iter, args.nan_check)
+        if step_stats["nonfinite"]:
+            fault(step_stats["nonfinite"])
 
         # The critic: regression on the GAE returns, computed with the values before this update.
         for _epoch in range(args.n_critic_updates):
@@ -710,11 +998,17 @@ def main(args: Args) -> dict:
                 v_loss = ((critic(b_obs[mb]) - b_returns[mb]) ** 2).mean()
                 critic_optimizer.zero_grad()
                 v_loss.backward()
+                if args.nan_check:  # the critic is not clipped: its gradient norm is computed for this check alone
+                    grad_norm = nn.utils.get_total_norm([p.grad for p in critic.parameters() if p.grad is not None],
+                                                        foreach=True)
+                    # one host sync per minibatch; before critic_optimizer.step(), so the critic stays finite
+                    if not torch.isfinite(v_loss.detach() + grad_norm):
+                        fault("critic loss" if not torch.isfinite(v_loss) else "critic gradient norm")
                 critic_optimizer.step()
 
         var_y = b_returns.var()
         explained_var = float("nan") if var_y == 0 else float(1 - (b_returns - b_values).var() / var_y)
-        sps = int(global_step / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         stats = {
             "charts/learning_rate": args.learning_rate,
             "losses/value_loss": v_loss.item(),
@@ -733,41 +1027,48 @@ def main(args: Args) -> dict:
         for key, val in stats.items():
             writer.add_scalar(key, val, global_step)
         if global_step >= next_log or iteration == num_iterations:
-            next_log += args.log_every
+            next_log = (global_step // args.log_every + 1) * args.log_every
             recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
             print(f"step {global_step:>9,}  SPS {sps:>6,}  return(last 20 episodes) {recent}", flush=True)
 
+        # After the iteration: a periodic checkpoint, or the one a signal asked for (then exit 128 + signal).
+        if stop.signum or (args.checkpoint_every and global_step >= next_checkpoint):
+            next_checkpoint = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else 0
+            path = write_checkpoint(run_dir, checkpoint(), written, args.keep_checkpoints)
+            if stop.signum:
+                envs.close()
+                close_logs(writer, args.track)
+                print(f"stopped by {signal.Signals(stop.signum).name} at step {global_step:,}; resume with: "
+                      f"{resume_command(args, path)}", file=sys.stderr, flush=True)
+                sys.exit(128 + stop.signum)
+    stop.restore()
+
     train_time = time.time() - start_time
-    envs.close()
     if obs_rms is not None:  # the statistics become part of the policy (see Actor)
         actor.obs_mean.copy_(torch.as_tensor(obs_rms.mean))
         actor.obs_var.copy_(torch.as_tensor(obs_rms.var))
+    model_path = None
+    if args.save_model:  # the training state at the end: it evaluates, and resumes with a larger --total-timesteps
+        model_path = f"{run_dir}/{args.exp_name}.pt"
+        save_checkpoint(model_path, checkpoint())
+    envs.close()
 
     eval_returns = evaluate(actor, args.env_id, args.eval_episodes, seed=args.seed + 100_000, device=str(device))
     for i, r in enumerate(eval_returns):
         writer.add_scalar("eval/episodic_return", r, i)
     print(f"eval: {np.mean(eval_returns):.1f} +- {np.std(eval_returns):.1f} over {args.eval_episodes} episodes "
-          f"(deterministic); trained {global_step:,} steps in {train_time:.1f}s")
-
-    model_path = None
-    if args.save_model:
-        model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(model_path, {"algo": "trpo", "env_id": args.env_id, "model_args": model_args,
-                                     "model": actor.state_dict(), "critic": critic.state_dict()})
+          f"(deterministic); trained {global_step - start_step:,} steps in {train_time:.1f}s")
+    if model_path:
         print(f"model saved to {model_path}")
-    writer.close()
-    if args.track:
-        import wandb
-
-        wandb.finish()
+    close_logs(writer, args.track)
     return {
         "eval_return_mean": float(np.mean(eval_returns)),
         "eval_return_std": float(np.std(eval_returns)),
         "eval_returns": eval_returns,
-        "sps": int(global_step / train_time),
+        "sps": int((global_step - start_step) / train_time),
         "train_time": train_time,
         "global_step": global_step,
-        "run_dir": f"runs/{run_name}",
+        "run_dir": run_dir,
         "model_path": model_path,
     }
 

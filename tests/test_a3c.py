@@ -1,15 +1,20 @@
 """a3c.py: the shared optimisers against torch.optim, the n-step returns and the loss against
-independent calculations, a run that proves several worker processes wrote into the shared model, and a
-learning regression."""
+independent calculations, a run that proves several worker processes wrote into the shared model, the long-run
+form with several workers (a signal stops them all, a worker's NaN stops the run), and a learning regression."""
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import shlex
+import signal
 
+import gymnasium as gym
 import pytest
 import torch
-from conftest import assert_one_line_exit_2, load_algo
+from conftest import assert_one_line_exit_2, load_algo, run_main, scalars
+from toy_envs import register_nan_at
 
 a3c = load_algo("a3c")
 
@@ -39,6 +44,12 @@ def test_shared_optimisers_match_torch_optim(kind):
         torch.testing.assert_close(m, r.detach(), rtol=1e-5, atol=1e-6)
     state = opt.square_avg if kind == "rmsprop" else [*opt.exp_avg, *opt.exp_avg_sq, opt.step_count]
     assert all(t.is_shared() for t in state), "the optimiser's state must be in shared memory"
+    # a checkpoint's copy of the statistics goes back in place: still shared, the same numbers
+    saved = opt.state_dict()
+    other = a3c.SharedRMSprop(mine, 0.99, 1e-5) if kind == "rmsprop" else a3c.SharedAdam(mine, 1e-5)
+    other.load_state_dict(saved)
+    restored = other.square_avg if kind == "rmsprop" else [*other.exp_avg, *other.exp_avg_sq, other.step_count]
+    assert all(t.is_shared() and torch.equal(t, u) for t, u in zip(restored, state, strict=True))
 
 
 def test_nstep_returns_cut_at_the_episode_end_of_a_worker_rollout():
@@ -118,3 +129,75 @@ def test_learns_cartpole(tmp_path, monkeypatch):
     best = max(sum(returns[i : i + 20]) / 20 for i in range(len(returns) - 19))
     assert best >= 150, best
     assert out["eval_return_mean"] > 60, out["eval_returns"]
+
+
+class SignalParentAt(gym.Wrapper):
+    """In a worker process, the `at`-th step sends SIGINT to the main process (its parent), once over all
+    workers and runs (`flag`, a file, is created by the one that sends it): a signal at a point of the training
+    that does not depend on the machine's speed."""
+
+    def __init__(self, env: gym.Env, at: int, flag: str, test_pid: int):
+        super().__init__(env)
+        self.at, self.flag, self.test_pid, self.steps = at, flag, test_pid, 0
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps == self.at and os.getppid() == self.test_pid:  # a worker of a run in the test process
+            try:
+                os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                os.kill(self.test_pid, signal.SIGINT)
+        return self.env.step(action)
+
+
+def test_a_signal_stops_every_worker_and_the_run_resumes(tmp_path, capsys):
+    """Two workers; SIGINT reaches the main process mid-run: it stops both workers, writes one checkpoint of the
+    shared state, exits 130 with the resume command; that command finishes the run at exactly --total-timesteps
+    in a new run directory whose steps continue the old ones."""
+    env_id = "SignalParentAt200-CartPole-v0"
+    gym.register(env_id, entry_point=lambda **kw: SignalParentAt(gym.make("CartPole-v1"), **kw), max_episode_steps=500,
+                 kwargs={"at": 200, "flag": str(tmp_path / "signalled"), "test_pid": os.getpid()})
+    try:
+        argv = ["--env-id", env_id, "--num-workers", "2", "--total-timesteps", "1500", "--eval-episodes", "1",
+                "--optimizer", "adam"]
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(a3c, argv, tmp_path)
+        assert exit_info.value.code == 130
+        assert not multiprocessing.active_children(), "the workers outlived the run"
+        ckpts = list((tmp_path / "runs").glob("*/checkpoint_*.pt"))
+        assert len(ckpts) == 1
+        ckpt = torch.load(ckpts[0], map_location="cpu", weights_only=True)
+        assert 200 < ckpt["global_step"] < 1500 and not ckpt["envs"]["resumable"]
+        assert int(ckpt["optimizer"]["step_count"]) > 0
+        line = next(line for line in capsys.readouterr().err.splitlines() if "resume with: " in line)
+        command = shlex.split(line.split("resume with: ")[1])
+        assert (tmp_path / command[command.index("--resume") + 1]).resolve() == ckpts[0].resolve()
+        resumed = run_main(a3c, command[2:], tmp_path)
+        assert resumed["global_step"] == 1500 and all(n > 0 for n in resumed["worker_updates"])
+        after = scalars(tmp_path / resumed["run_dir"])
+        after.pop("eval/episodic_return")
+        assert min(s for values in after.values() for s, _ in values) > ckpt["global_step"]
+    finally:
+        del gym.registry[env_id]
+
+
+def test_a_workers_nan_stops_the_run(tmp_path, capsys):
+    """Two workers; one meets a NaN reward: it does not apply that update, the main process stops the other and
+    keeps the (finite) shared state; one line, exit 3."""
+    env_id = register_nan_at("CartPole-v1", 300, "reward")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(a3c, ["--env-id", env_id, "--num-workers", "2", "--total-timesteps", "3000", "--eval-episodes", "1"],
+                 tmp_path)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_info.value.code == 3 and len(lines) == 1 and lines[0].startswith("error: non-finite reward at step "), err
+    step = int(lines[0].split("at step ")[1].split(";")[0].replace(",", ""))
+    assert 300 < step < 3000, step  # each worker meets its NaN at its own 300th step
+    assert not multiprocessing.active_children(), "the workers outlived the run"
+    (last,) = list((tmp_path / "runs").glob("*/a3c_last_finite.pt"))
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert a3c.load_model(str(last))[0] is not None

@@ -134,12 +134,27 @@ def test_resume_restores_the_training_state_and_continues(tmp_path, monkeypatch,
 
     # bad resumes: one line, exit 2, before any work
     assert_one_line_exit_2(lambda: ddpg.main(ddpg.Args(total_timesteps=300, resume=first["model_path"], hidden_sizes=(16, 16))),
-                           "larger --total-timesteps", capsys)
+                           "--total-timesteps must be larger", capsys)
     assert_one_line_exit_2(lambda: ddpg.main(ddpg.Args(total_timesteps=900, resume=first["model_path"])),
-                           "--hidden-sizes", capsys)
+                           "other sizes", capsys)
     torch.save({**saved, "algo": "td3"}, tmp_path / "other.pt")
     assert_one_line_exit_2(lambda: ddpg.main(ddpg.Args(total_timesteps=900, resume=str(tmp_path / "other.pt"))),
                            "does not fit ddpg.py", capsys)
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_networks_change(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ddpg, "td_target", lambda rewards, terminations, next_q, gamma: torch.full_like(next_q, float("nan")))
+    with pytest.raises(SystemExit) as exit_info:
+        ddpg.main(ddpg.Args(total_timesteps=300, **{**SMALL, "save_model": False}))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3 and "non-finite critic loss at step 101;" in err, err
+    (last,) = tmp_path.glob("runs/*/ddpg_last_finite.pt")
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["n_updates"] == 0 and all(torch.isfinite(v).all() for v in ckpt["critic"].values())
+    # --no-nan-check: the run goes on, and ends with NaN networks
+    out = ddpg.main(ddpg.Args(total_timesteps=150, nan_check=False, **SMALL))
+    assert torch.isnan(torch.load(out["model_path"], weights_only=True)["critic"]["net.0.weight"]).all()
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """dqn_atari.py: the compact frame replay memory against the stacks the environment really produced (a fake
 environment of numbered frames and a real Atari game, with episode and life ends, 1-step episodes and
 ring wrap-around), the TD target with terminated vs truncated ends by hand, the Nature CNN, an overfitting
-check of the update (as main() writes it) on a fixed batch, and bad input."""
+check of the update (as main() writes it) on a fixed batch, the memory's state_dict round trip (--save-buffer)
+and bad input."""
 
 from __future__ import annotations
 
@@ -138,6 +139,43 @@ def test_frame_buffer_on_breakout_with_lost_lives():
     assert covered["after_reset"] == {0, 1, 2, 3}
 
 
+def test_frame_buffer_state_dict_round_trip(tmp_path):
+    """--save-buffer: the memory goes through torch.save / torch.load(weights_only=True) whole (frames, flags,
+    each column's position), samples the same afterwards, and, as the environments start new games on resume,
+    its next row starts an episode; the stacks it rebuilds then are the environment's."""
+    envs = numbered_envs([([3, 5], ["terminated", "truncated"]), ([4], ["terminated"])])
+    rb = da.FrameReplayBuffer(capacity=40, num_envs=2, seed=0)
+    envs.action_space.seed(0)
+    obs, _ = envs.reset(seed=0)
+    for _ in range(30):  # the ring wraps
+        actions = envs.action_space.sample()
+        next_obs, rewards, term, trunc, infos = envs.step(actions)
+        real_next = np.array([infos["final_obs"][i] if term[i] or trunc[i] else next_obs[i] for i in range(2)])
+        rb.add(obs, actions, rewards, real_next, term, trunc)
+        obs = next_obs
+    torch.save(rb.state_dict(), tmp_path / "buffer.pt")
+    state = torch.load(tmp_path / "buffer.pt", weights_only=True)
+    copy = da.FrameReplayBuffer(capacity=40, num_envs=2, seed=1)
+    copy.load_state_dict(state)
+    for k in ("frames", "actions", "rewards", "terminated", "first", "valid", "pos", "filled"):
+        np.testing.assert_array_equal(getattr(copy, k), getattr(rb, k), err_msg=k)
+    copy.rng.bit_generator.state = rb.rng.bit_generator.state
+    for a, b in zip(rb.sample(16), copy.sample(16), strict=True):
+        torch.testing.assert_close(a, b)
+    assert copy.episode_start.all()
+    # a resumed run: new episodes (frames numbered from 50,000), whose first transition stacks its reset frame
+    envs = numbered_envs([([3], ["terminated"]), ([3], ["terminated"])])
+    for e in envs.envs:
+        e.unwrapped.next_id = 50_000
+    obs, _ = envs.reset(seed=1)
+    next_obs, rewards, term, trunc, _ = envs.step(np.array([1, 2]))
+    copy.add(obs, np.array([1, 2]), rewards, next_obs, term, trunc)
+    rows, cols = (copy.pos - 2) % copy.rows, np.arange(2)
+    assert copy.first[rows, cols].all() and copy.sampleable(rows, cols).all()
+    np.testing.assert_array_equal(copy.stacks(rows, cols), obs)
+    np.testing.assert_array_equal(copy.stacks((rows + 1) % copy.rows, cols), next_obs)
+
+
 def test_td_target_by_hand_terminated_vs_truncated():
     gamma = 0.5
     next_q = torch.tensor([[2.0, 5.0], [2.0, 5.0], [-1.0, -3.0]])
@@ -219,6 +257,9 @@ def test_update_fits_a_fixed_batch():
     (dict(batch_size=0), "batch-size"),
     (dict(eval_epsilon=2.0), "eval-epsilon"),
     (dict(max_grad_norm=float("nan")), "max-grad-norm"),
+    (dict(learning_rate=float("inf")), "learning-rate"),
+    (dict(keep_checkpoints=0), "keep-checkpoints"),
+    (dict(resume="no/such/checkpoint.pt"), "no checkpoint"),
 ])
 def test_check_args_rejects_with_one_line(overrides, expected, capfd):
     assert_one_line_exit_2(lambda: da.check_args(da.Args(**overrides)), expected, capfd)

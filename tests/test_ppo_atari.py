@@ -215,6 +215,16 @@ def test_check_args_rejects_with_one_line(overrides, expected, capfd):
     assert_one_line_exit_2(lambda: pa.check_args(pa.Args(**overrides)), expected, capfd)
 
 
+def test_check_args_looks_inside_an_id_registered_with_a_function(capfd):
+    """An id whose entry point is a function (a wrapper around a game, as tests/toy_envs.py's NaN injector) is
+    made once: an ale-py game inside passes, anything else is refused as before."""
+    for env_id, base in (("WrappedBreakoutTest-v0", "BreakoutNoFrameskip-v4"), ("WrappedCartPoleTest-v0", "CartPole-v1")):
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point=lambda base=base, **kwargs: gym.wrappers.ClipReward(gym.make(base, **kwargs), -1, 1))
+    pa.check_args(pa.Args(env_id="WrappedBreakoutTest-v0"))
+    assert_one_line_exit_2(lambda: pa.check_args(pa.Args(env_id="WrappedCartPoleTest-v0")), "is not one", capfd)
+
+
 # ----------------------------------------------------------------------------------------------- learning
 
 

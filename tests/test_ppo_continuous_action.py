@@ -303,6 +303,20 @@ def test_evaluation_from_the_checkpoint_uses_the_saved_statistics(trained, tmp_p
     assert np.max(np.abs(np.subtract(raw_returns, out["eval_returns"]))) > 1.0
 
 
+def test_checkpoint_holds_the_normalisation_statistics(trained):
+    """The --save-model file is the training state: the running statistics as float64 tensors (what resuming
+    puts back), the same observation statistics in the Agent's buffers, and each environment's discounted return."""
+    args, out = trained
+    ckpt = torch.load(out["model_path"], map_location="cpu", weights_only=True)
+    obs, reward = ckpt["normalisation"]["obs"], ckpt["normalisation"]["reward"]
+    assert obs["mean"].dtype == obs["var"].dtype == torch.float64 and obs["mean"].shape == (3,)
+    assert torch.equal(obs["mean"], ckpt["model"]["obs_mean"]) and torch.equal(obs["var"], ckpt["model"]["obs_var"])
+    assert float(obs["count"]) == pytest.approx(args.total_timesteps + args.num_envs + 1e-4)  # the resets too
+    assert float(reward["count"]) == pytest.approx(args.total_timesteps + 1e-4) and reward["var"].shape == ()
+    assert ckpt["reward_returns"].dtype == torch.float64 and ckpt["reward_returns"].shape == (args.num_envs,)
+    assert ckpt["global_step"] == args.total_timesteps and ckpt["envs"]["resumable"]
+
+
 class ActionProbe(gym.Env):
     """Records every action it receives; bounds [-0.1, 0.3], far narrower than the initial policy's sigma = 1."""
 

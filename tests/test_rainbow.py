@@ -196,6 +196,33 @@ def test_n_step_episode_ends_by_hand():
     assert [(float(t[0][0]), t[2], float(t[3][0]), t[4], t[5]) for t in out] == [(5.0, 8.0, 6.0, 0.0, 0.5)]
 
 
+
+def test_buffer_and_n_step_queues_resume_through_a_weights_only_checkpoint(tmp_path):
+    """--save-buffer: the transitions, the sum tree, the largest priority, the ring's position and each environment's
+    queued steps come back exactly (torch.load(weights_only=True)); the restored buffer samples as the original."""
+    rng = np.random.default_rng(0)
+    rb, q = rainbow.PrioritizedReplayBuffer(10, obs_dim=2, seed=3), rainbow.NStepQueue(3, 0.9, 2)
+    for t in range(9):
+        obs = rng.normal(size=(2, 2)).astype(np.float32)
+        out = q.step(obs, np.array([t % 2, 1]), rng.normal(size=2), obs + 1, np.array([t == 4, False]), np.zeros(2, bool))
+        if out:
+            rb.add(*(np.array(column) for column in zip(*out, strict=True)))
+    rb.update_priorities(np.array([0, 1]), np.array([3.0, 0.5]))
+    torch.save({"buffer": rb.state_dict(), "n_step": q.state_dict()}, tmp_path / "c.pt")
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    rb2, q2 = rainbow.PrioritizedReplayBuffer(10, obs_dim=2, seed=99), rainbow.NStepQueue(3, 0.9, 2)
+    rb2.load_state_dict(state["buffer"])
+    q2.load_state_dict(state["n_step"])
+    rb2.rng.bit_generator.state = rb.rng.bit_generator.state
+    assert (rb2.pos, rb2.size, rb2.max_priority) == (rb.pos, rb.size, 3.0) and np.array_equal(rb2.tree.tree, rb.tree.tree)
+    (a, ia), (b, ib) = rb.sample(8, 0.5), rb2.sample(8, 0.5)
+    assert np.array_equal(ia, ib) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert [len(x) for x in q2.queues] == [len(x) for x in q.queues] and any(q.queues)
+    step = (np.ones((2, 2), np.float32), np.array([0, 0]), np.ones(2), np.zeros((2, 2), np.float32), np.ones(2, bool),
+            np.zeros(2, bool))
+    for x, y in zip(q.step(*step), q2.step(*step), strict=True):  # an episode end flushes both queues alike
+        assert np.array_equal(x[0], y[0]) and x[1:3] == y[1:3] and x[4:] == y[4:]
+
 # --- noisy networks ----------------------------------------------------------------------------------
 
 def test_scale_noise_by_hand():

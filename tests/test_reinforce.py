@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_exit_2, load_algo
+from conftest import assert_one_line_exit_2, load_algo, run_main
 from toy_envs import register_counting
 
 reinforce = load_algo("reinforce")
@@ -182,3 +182,11 @@ def test_learns_cartpole(baseline, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = reinforce.main(reinforce.Args(seed=1, total_timesteps=100_000, baseline=baseline))
     assert out["eval_return_mean"] >= 400, out["eval_returns"]
+
+
+def test_resume_refuses_a_checkpoint_of_the_other_baseline_setting(tmp_path, capsys):
+    """model_args do not say whether a critic was trained: resuming across --baseline is one line, exit 2."""
+    small = ["--total-timesteps", "200", "--episodes-per-update", "2", "--eval-episodes", "1", "--save-model"]
+    path = tmp_path / run_main(reinforce, small, tmp_path)["model_path"]
+    assert_one_line_exit_2(lambda: run_main(reinforce, [*small, "--baseline", "--total-timesteps", "400",
+                                                        "--resume", str(path)], tmp_path), "without --baseline", capsys)

@@ -188,6 +188,19 @@ def test_resume_continues_from_the_saved_step_and_state(tmp_path, monkeypatch, c
     assert not torch.equal(resumed["model"]["net.0.weight"], saved["model"]["net.0.weight"])
 
 
+def test_a_non_finite_temperature_loss_stops_the_run_before_the_actor_steps(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sac, "temperature_loss", lambda log_alpha, log_pi, target_entropy: log_alpha.sum() * float("nan"))
+    with pytest.raises(SystemExit) as exit_info:
+        sac.main(tiny(total_timesteps=400, save_model=False))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3 and "non-finite temperature loss at step 201;" in err, err
+    (last,) = tmp_path.glob("runs/*/sac_last_finite.pt")
+    ckpt = torch.load(last, weights_only=True)
+    assert not ckpt["actor_optimizer"]["state"] and ckpt["critic_optimizer"]["state"][0]["step"].item() == 1
+    assert torch.equal(ckpt["log_alpha"], torch.zeros(1))
+
+
 @pytest.mark.slow
 def test_learns_pendulum(tmp_path, monkeypatch):
     """Defaults (learning_starts 1000), seed 1, 20k steps: deterministic evaluation mean >= -200."""

@@ -240,6 +240,22 @@ def test_zero_advantages_leave_the_policy_unchanged():
     assert torch.equal(trpo.get_flat_params(list(actor.parameters())), before)
 
 
+@pytest.mark.parametrize("nan_check", [True, False])
+def test_non_finite_advantages_are_named_and_never_reach_the_policy(nan_check):
+    """The actor has no optimiser: trpo_step itself checks the surrogate, KL and step before the parameters move
+    (main stops the run on stats["nonfinite"]). Without the check a NaN step is rejected by the line search."""
+    torch.manual_seed(0)
+    actor = make_actor(obs_dim=3, act_dim=2, discrete=True, hidden_size=8)
+    obs = torch.randn(32, 3)
+    adv = torch.randn(32)
+    adv[5] = math.nan
+    before = trpo.get_flat_params(list(actor.parameters()))
+    stats = trpo.trpo_step(actor, obs, actor.sample(obs), adv, 0.01, 10, 0.1, 0.8, 10, nan_check=nan_check)
+    assert stats["nonfinite"] == ("surrogate loss" if nan_check else None)
+    assert not stats["accepted"]
+    assert torch.equal(trpo.get_flat_params(list(actor.parameters())), before)
+
+
 # ---------------------------------------------------------------- distributions
 
 
@@ -554,6 +570,33 @@ def test_gaussian_checkpoint_round_trip_and_clipped_evaluation(tmp_path):
         _, r, term, trunc, _ = env.step(np.array([2.0], dtype=np.float32))
         total, done = total + float(r), term or trunc
     assert returns == [pytest.approx(total, rel=1e-6)]
+
+
+def test_resume_where_the_episodes_cannot_go_on_keeps_the_statistics(tmp_path, monkeypatch, capsys):
+    """ObsProbe is not classic control: its state is not saved, so the resumed run starts new episodes. The
+    normalisation statistics continue from the checkpoint (and absorb the new first observations, as at the start
+    of a run); the discounted returns of the reward scaler restart at 0 with the new episodes."""
+    import dataclasses
+
+    if "TrpoObsProbe-v0" not in gym.registry:
+        gym.register("TrpoObsProbe-v0", entry_point=ObsProbe)
+    monkeypatch.chdir(tmp_path)
+    args = trpo.Args(env_id="TrpoObsProbe-v0", total_timesteps=32, num_envs=2, num_steps=16, batch_size=16,
+                     n_critic_updates=1, eval_episodes=1, norm_obs=True, norm_reward=True, save_model=True)
+    first = trpo.main(args)
+    ckpt = torch.load(first["model_path"], weights_only=True)
+    assert ckpt["envs"] == {"resumable": False} and ckpt["iteration"] == 1
+    assert ckpt["obs_rms"]["count"] == pytest.approx(2 + 32 + 1e-4)  # the two first observations, then 16 steps x 2
+    assert ckpt["reward_rms"]["count"] == pytest.approx(32 + 1e-4)
+    torch.testing.assert_close(ckpt["model"]["obs_mean"], ckpt["obs_rms"]["mean"])  # the policy carries them
+    capsys.readouterr()
+    second = trpo.main(dataclasses.replace(args, total_timesteps=64, resume=first["model_path"]))
+    assert "new episodes start" in capsys.readouterr().out
+    assert second["global_step"] == 64 and second["run_dir"] != first["run_dir"]
+    ckpt = torch.load(second["model_path"], weights_only=True)
+    assert ckpt["iteration"] == 2
+    assert ckpt["obs_rms"]["count"] == pytest.approx(2 * (2 + 32) + 1e-4)
+    assert ckpt["reward_rms"]["count"] == pytest.approx(64 + 1e-4)
 
 
 @pytest.mark.parametrize("overrides,expected", [

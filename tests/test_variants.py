@@ -16,7 +16,8 @@ BUDGETS = {
     ("ppo.py", "ppo_atari.py"): (80, "Atari preprocessing, a Nature CNN with a shared trunk, frames as uint8"),
     ("ppo.py", "ppo_continuous_action.py"): (120, "a Gaussian policy and observation / reward normalisation"),
     ("dqn.py", "c51.py"): (100, "a categorical return distribution and its projection"),
-    ("dqn.py", "dqn_atari.py"): (130, "Atari preprocessing, a Nature CNN, a replay memory that stores each frame once"),
+    ("dqn.py", "dqn_atari.py"): (135, "Atari preprocessing, a Nature CNN, a replay memory that stores each frame once "
+                                   "(with its own checkpoint state: frames, flags, per-column positions)"),
     ("ddpg.py", "td3.py"): (100, "twin critics, target policy smoothing, delayed actor updates"),
 }
 

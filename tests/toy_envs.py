@@ -85,9 +85,15 @@ def make_nan_at(base: str, at: int, quantity: str, **kwargs) -> gym.Env:
     return NanAt(gym.make(base, **kwargs), at, quantity)
 
 
-def register_nan_at(base: str, at: int, quantity: str) -> str:
-    """Register `base` with a NaN `quantity` ("observation" or "reward") at step `at`; returns the new id."""
-    env_id = f"NanAt{at}{quantity.title()}-{base.replace('/', '-').replace('-v', 'v')}-v0"
+def register_nan_at(base: str, at: int, quantity: str, episode_steps: int | None = None) -> str:
+    """Register `base` with a NaN `quantity` ("observation" or "reward") at step `at`; returns the new id.
+    With `episode_steps`, a time limit of that many steps ends each episode: with episode_steps == at the NaN
+    observation is an episode's last one, which a vector environment passes in info["final_obs"]."""
+    limit = f"Limit{episode_steps}" if episode_steps else ""
+    env_id = f"NanAt{at}{quantity.title()}{limit}-{base.replace('/', '-').replace('-v', 'v')}-v0"
     if env_id not in gym.registry:
-        gym.register(env_id, entry_point=make_nan_at, kwargs={"base": base, "at": at, "quantity": quantity})
+        kwargs = {"base": base, "at": at, "quantity": quantity}
+        if episode_steps:
+            kwargs["max_episode_steps"] = episode_steps
+        gym.register(env_id, entry_point=make_nan_at, kwargs=kwargs)
     return env_id
