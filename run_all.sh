@@ -16,6 +16,7 @@
 #   ./run_all.sh value      only the DQN family (dqn, c51, rainbow, SB3 DQN) on CartPole and LunarLander, rainbow's
 #                           ablation, and dqn_atari against SB3's DQN on Breakout
 #   ./run_all.sh offpolicy  only the SB3 comparisons of ddpg.py, td3.py and sac.py on MuJoCo
+#   ./run_all.sh longruns   only what the numerical checks cost ppo.py and sac.py (--no-nan-check), about 6 minutes
 #   ./run_all.sh classic    only the book's figures
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
@@ -165,6 +166,16 @@ if [[ "$what" == all || "$what" == offpolicy ]]; then
     $B --algo td3 --env-id $env --seeds 1 --total-timesteps $OFFPOLICY_STEPS --algo-args="$TD3_MUJOCO" --tag td3_$env
     $B --algo sac --env-id $env --seeds 1 --total-timesteps $OFFPOLICY_STEPS --algo-args="$SAC_MUJOCO" --tag sac_$env
   done
+  summarise
+fi
+
+# What the numerical checks of the long-run form cost (a non-finite observation, reward, loss or gradient norm
+# stops a run): each seed runs with the checks, then with --no-nan-check, alternating.
+if [[ "$what" == all || "$what" == longruns ]]; then
+  python tools/benchmark.py --algo ppo --env-id CartPole-v1 --seeds 1 2 3 4 5 --total-timesteps 100000 \
+     --compare-args=--no-nan-check --tag ppo_CartPole-v1_nan_check
+  python tools/benchmark.py --algo sac --env-id Pendulum-v1 --seeds 1 2 3 --total-timesteps 5000 \
+     --algo-args "--learning-starts 1000" --compare-args=--no-nan-check --tag sac_Pendulum-v1_nan_check
   summarise
 fi
 

@@ -489,7 +489,7 @@ def worker(rank: int, args: Args, run_name: str, agent: Agent, model_args: dict,
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(local.parameters(), args.max_grad_norm, foreach=True)
         # one host sync per update; before the shared parameters change, so they stay finite
-        if args.nan_check and not torch.isfinite(loss.detach() + grad_norm):
+        if args.nan_check and not math.isfinite(loss.detach() + grad_norm):
             return fault("loss" if not torch.isfinite(loss) else "gradient norm", step_now)
         # the local gradients update the SHARED parameters, no lock
         updates = optimizer.step([p.grad for p in local.parameters()], lr_now)
@@ -692,7 +692,7 @@ def check_resume(ckpt: dict, args, model_args: dict) -> None:
 
 def finite(x: np.ndarray) -> bool:
     """True when every entry is finite (integer arrays, such as Atari frames, always are)."""
-    return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
+    return x.dtype.kind != "f" or bool(np.isfinite(x).all())
 
 
 def numerical_fault(quantity: str, step: int, path: str) -> None:

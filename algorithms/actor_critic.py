@@ -481,7 +481,7 @@ def check_resume(ckpt: dict, args, model_args: dict) -> None:
 
 def finite(x: np.ndarray) -> bool:
     """True when every entry is finite (integer arrays, such as Atari frames, always are)."""
-    return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
+    return x.dtype.kind != "f" or bool(np.isfinite(x).all())
 
 
 def nonfinite_step(obs: np.ndarray, rewards: np.ndarray, infos: dict) -> str:
@@ -655,7 +655,7 @@ def main(args: Args) -> dict:
         # nothing is clipped here: the norm is computed for the check alone, one host sync per step with the loss;
         # before optimizer.step(), so the networks stay finite
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
-        if args.nan_check and not torch.isfinite(loss.detach() + grad_norm):
+        if args.nan_check and not math.isfinite(loss.detach() + grad_norm):
             fault("loss" if not torch.isfinite(loss) else "gradient norm")
         optimizer.step()
         loss_sums += torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach().mean(), loss_sums.new_ones(())])

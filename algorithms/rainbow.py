@@ -776,7 +776,7 @@ def check_resume(ckpt: dict, args, model_args: dict) -> None:
 
 def finite(x: np.ndarray) -> bool:
     """True when every entry is finite (integer arrays, such as Atari frames, always are)."""
-    return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
+    return x.dtype.kind != "f" or bool(np.isfinite(x).all())
 
 
 def nonfinite_step(obs: np.ndarray, rewards: np.ndarray, infos: dict) -> str:
@@ -1000,7 +1000,7 @@ def main(args: Args) -> dict:
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm, foreach=True)
                 # one host sync per gradient step; before optimizer.step(), so the network stays finite
-                if args.nan_check and not torch.isfinite(loss.detach() + grad_norm):
+                if args.nan_check and not math.isfinite(loss.detach() + grad_norm):
                     fault("loss" if not torch.isfinite(loss) else "gradient norm")
                 optimizer.step()
                 if args.prioritized:

@@ -505,7 +505,7 @@ def check_resume(ckpt: dict, args, model_args: dict) -> None:
 
 def finite(x: np.ndarray) -> bool:
     """True when every entry is finite (integer arrays, such as Atari frames, always are)."""
-    return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
+    return x.dtype.kind != "f" or bool(np.isfinite(x).all())
 
 
 def nonfinite_step(obs: np.ndarray, rewards: np.ndarray, infos: dict) -> str:
@@ -699,7 +699,7 @@ def main(args: Args) -> dict:
         # nothing is clipped here: the norm is computed for the check alone (one host sync per update, which
         # follows whole episodes); before optimizer.step(), so the networks stay finite
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in policy.parameters() if p.grad is not None], foreach=True)
-        if args.nan_check and not torch.isfinite(loss.detach() + grad_norm):
+        if args.nan_check and not math.isfinite(loss.detach() + grad_norm):
             fault("loss" if not torch.isfinite(loss) else "gradient norm")
         optimizer.step()
 
@@ -711,7 +711,7 @@ def main(args: Args) -> dict:
                 value_loss.backward()
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in critic.parameters() if p.grad is not None],
                                                           foreach=True)
-                if args.nan_check and not torch.isfinite(value_loss.detach() + grad_norm):
+                if args.nan_check and not math.isfinite(value_loss.detach() + grad_norm):
                     fault("value loss" if not torch.isfinite(value_loss) else "value gradient norm")
                 critic_optimizer.step()
             writer.add_scalar("losses/value_loss", value_loss.item(), global_step)

@@ -572,7 +572,7 @@ def check_resume(ckpt: dict, args, model_args: dict) -> None:
 
 def finite(x: np.ndarray) -> bool:
     """True when every entry is finite (integer arrays, such as Atari frames, always are)."""
-    return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
+    return x.dtype.kind != "f" or bool(np.isfinite(x).all())
 
 
 def nonfinite_step(obs: np.ndarray, rewards: np.ndarray, infos: dict) -> str:
@@ -769,7 +769,7 @@ def main(args: Args) -> dict:
                 qf_loss = qf_losses.sum()
                 critic_optimizer.zero_grad()
                 qf_loss.backward()
-                if args.nan_check and not torch.isfinite(qf_loss.detach()):
+                if args.nan_check and not math.isfinite(qf_loss.detach()):
                     fault("critic loss")
                 critic_optimizer.step()
 
@@ -778,7 +778,7 @@ def main(args: Args) -> dict:
                 q_pi = critic(b_obs, pi_actions, detach_params=True)
                 actor_loss = (alpha * log_pi - torch.min(q_pi[0], q_pi[1])).mean()
                 alpha_loss = temperature_loss(log_alpha, log_pi, target_entropy) if args.autotune else None
-                if args.nan_check and not torch.isfinite(actor_loss.detach() + (alpha_loss.detach() if args.autotune else 0)):
+                if args.nan_check and not math.isfinite(actor_loss.detach() + (alpha_loss.detach() if args.autotune else 0)):
                     fault("actor loss" if not torch.isfinite(actor_loss.detach()) else "temperature loss")
                 actor_optimizer.zero_grad()
                 actor_loss.backward()

@@ -507,7 +507,7 @@ def check_resume(ckpt: dict, args, model_args: dict) -> None:
 
 def finite(x: np.ndarray) -> bool:
     """True when every entry is finite (integer arrays, such as Atari frames, always are)."""
-    return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
+    return x.dtype.kind != "f" or bool(np.isfinite(x).all())
 
 
 def nonfinite_step(obs: np.ndarray, rewards: np.ndarray, infos: dict) -> str:
@@ -699,7 +699,7 @@ def main(args: Args) -> dict:
             qf_loss = qf1_loss + qf2_loss
             critic_optimizer.zero_grad()
             qf_loss.backward()
-            if args.nan_check and not torch.isfinite(qf_loss.detach()):
+            if args.nan_check and not math.isfinite(qf_loss.detach()):
                 fault("critic loss")
             critic_optimizer.step()
             n_updates += 1
@@ -710,7 +710,7 @@ def main(args: Args) -> dict:
                 actor_loss = -critic.q1(b_obs, actor(b_obs)).mean()
                 actor_optimizer.zero_grad()
                 actor_loss.backward()  # also fills the critic's gradients; critic_optimizer.zero_grad() clears them
-                if args.nan_check and not torch.isfinite(actor_loss.detach()):
+                if args.nan_check and not math.isfinite(actor_loss.detach()):
                     fault("actor loss")
                 actor_optimizer.step()
                 soft_update(actor_target, actor, args.tau)

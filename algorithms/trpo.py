@@ -761,7 +761,7 @@ def check_resume(ckpt: dict, args, model_args: dict) -> None:
 
 def finite(x: np.ndarray) -> bool:
     """True when every entry is finite (integer arrays, such as Atari frames, always are)."""
-    return not np.issubdtype(x.dtype, np.floating) or bool(np.isfinite(x).all())
+    return x.dtype.kind != "f" or bool(np.isfinite(x).all())
 
 
 def nonfinite_step(obs: np.ndarray, rewards: np.ndarray, infos: dict) -> str:

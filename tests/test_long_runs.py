@@ -18,7 +18,7 @@ import os
 import shlex
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
@@ -49,7 +49,6 @@ class LongRun:
     nan_step_exact: bool = True
     """the NaN wrapper's step is the run's step; False for Atari, whose wrapper counts emulator frames under the
     file's frame skip and no-op/fire resets (the run then stops at or before at * num_envs)"""
-    extra_resume: list[str] = field(default_factory=list)
     interrupt_after_s: float = 0.0
     """if set, SIGINT arrives this many seconds (at most half the uninterrupted run's training time) after the run
     starts, instead of on a step() call: a3c's environments step in worker processes, which the patch does not reach"""
@@ -164,7 +163,7 @@ def test_interrupt_and_resume(name: str, tmp_path: Path, monkeypatch, capsys):
     assert len(module.evaluate(str(ckpt_path), ckpt["env_id"], 1, seed=0)) == 1
 
     # the printed command resumes it, in a new run directory whose scalars continue the old steps
-    resumed = run_main(module, [*command[2:], *cfg.extra_resume], tmp_path / "cut")
+    resumed = run_main(module, command[2:], tmp_path / "cut")
     assert resumed["global_step"] == full["global_step"]
     cut_dirs = run_dirs(tmp_path / "cut")
     assert len(cut_dirs) == 2 and tmp_path / "cut" / resumed["run_dir"] == cut_dirs[1]
