@@ -409,7 +409,8 @@ def main() -> None:
     plot_curves(out / f"{tag}.png", curves, sides, labels, a.seeds, a.total_timesteps,
                 f"{a.env_id}: mean and min-max over seeds {a.seeds}")
 
-    threads = f"torch threads: ours from the file's --torch-threads, SB3 {a.sb3_threads if a.sb3_threads > 0 else 'default'}"
+    threads = "torch threads: ours from the file's --torch-threads" + (
+        f", SB3 {a.sb3_threads if a.sb3_threads > 0 else 'default'}" if a.compare_sb3 else "")
     lines = [f"### {a.algo}.py on {a.env_id}", "", f"Command: `{command}`", "",
              f"Machine: {os.cpu_count()} cores; {threads}. Date: {time.strftime('%Y-%m-%d %H:%M')}.",
              f"Our arguments: `{a.algo_args or '(file defaults)'}`. "
