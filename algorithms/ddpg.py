@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import math
 import os
 import random
@@ -151,6 +152,24 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of an --env-id, else gym.error.Error with a one-line reason. In Gymnasium's
+    "module:Env-v0" form the module registers Env-v0 when imported: it is imported first, as gym.make does
+    (gym.spec alone does not), so that a user's own environment passes the checks."""
+    module, colon, name = env_id.rpartition(":")
+    if colon:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001 - a user's module can fail to import in any way
+            reason = (str(error).splitlines() or [""])[0]
+            raise gym.error.Error(f"module {module!r} cannot be imported: {type(error).__name__}: {reason}") from None
+    try:
+        return gym.spec(name)
+    except gym.error.Error as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise gym.error.Error(f"module {module!r} does not register {name}: {reason}" if colon else reason) from None
+
+
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency", "policy_frequency",
                  "eval_episodes", "log_every", "torch_threads"):
@@ -173,9 +192,9 @@ def check_args(args: Args) -> None:
 def check_env(env_id: str) -> None:
     """The environment exists and has bounded Box actions and flat Box observations."""
     try:
-        gym.spec(env_id)
-    except gym.error.Error:
-        fail(f"--env-id {env_id} is not a registered Gymnasium environment; try Pendulum-v1 or HalfCheetah-v5")
+        env_spec(env_id)
+    except gym.error.Error as error:
+        fail(f"--env-id {env_id} is not a registered Gymnasium environment ({error}); try Pendulum-v1 or HalfCheetah-v5")
     try:
         probe = gym.make(env_id)
     except Exception as error:  # noqa: BLE001 - e.g. a missing optional dependency (mujoco, box2d)

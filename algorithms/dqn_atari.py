@@ -80,6 +80,7 @@ Results: benchmark_results/dqn_atari.md
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import random
@@ -186,6 +187,24 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of an --env-id, else gym.error.Error with a one-line reason. In Gymnasium's
+    "module:Env-v0" form the module registers Env-v0 when imported: it is imported first, as gym.make does
+    (gym.spec alone does not), so that a user's own environment passes the checks."""
+    module, colon, name = env_id.rpartition(":")
+    if colon:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001 - a user's module can fail to import in any way
+            reason = (str(error).splitlines() or [""])[0]
+            raise gym.error.Error(f"module {module!r} cannot be imported: {type(error).__name__}: {reason}") from None
+    try:
+        return gym.spec(name)
+    except gym.error.Error as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise gym.error.Error(f"module {module!r} does not register {name}: {reason}" if colon else reason) from None
+
+
 def check_args(args: Args) -> None:
     """Validate everything before any directory is created. No Atari emulator is started for an ale-py id:
     ale-py prints a banner on stderr when one is, which would make the error message more than one line."""
@@ -209,9 +228,9 @@ def check_args(args: Args) -> None:
     if args.resume is not None and not os.path.isfile(args.resume):
         fail(f"no checkpoint at {args.resume}")
     try:
-        spec = gym.spec(args.env_id)
-    except gym.error.Error:
-        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment; try BreakoutNoFrameskip-v4 or ALE/Pong-v5")
+        spec = env_spec(args.env_id)
+    except gym.error.Error as error:
+        fail(f"--env-id {args.env_id} is not a registered Gymnasium environment ({error}); try BreakoutNoFrameskip-v4 or ALE/Pong-v5")
     # An id registered with a function (a wrapper around an ale-py game, say) is made once to look inside.
     if spec.entry_point != "ale_py.env:AtariEnv" and not (
             callable(spec.entry_point) and isinstance(gym.make(args.env_id).unwrapped, ale_py.AtariEnv)):

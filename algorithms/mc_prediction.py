@@ -38,6 +38,7 @@ Results: benchmark_results/mc_prediction.md
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -289,11 +290,32 @@ def plot_path(args: Args) -> str:
     return f"benchmark_results/classic/{name}"
 
 
+def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of an --env-id, else gym.error.Error with a one-line reason. In Gymnasium's
+    "module:Env-v0" form the module registers Env-v0 when imported: it is imported first, as gym.make does
+    (gym.spec alone does not), so that a user's own environment passes the checks."""
+    module, colon, name = env_id.rpartition(":")
+    if colon:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001 - a user's module can fail to import in any way
+            reason = (str(error).splitlines() or [""])[0]
+            raise gym.error.Error(f"module {module!r} cannot be imported: {type(error).__name__}: {reason}") from None
+    try:
+        return gym.spec(name)
+    except gym.error.Error as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise gym.error.Error(f"module {module!r} does not register {name}: {reason}" if colon else reason) from None
+
+
 def check_args(args: Args) -> None:
     """Reject bad input with one line on stderr and exit status 2, before any work."""
     supported = ("Blackjack-v1", "RandomWalk-v0")
-    if args.env_id not in LOCAL_ENVS and args.env_id not in gym.registry:
-        fail(f"--env-id {args.env_id} is unknown; use one of: {', '.join(supported)}")
+    if args.env_id not in LOCAL_ENVS:
+        try:
+            env_spec(args.env_id)
+        except gym.error.Error as error:
+            fail(f"--env-id {args.env_id} is unknown ({error}); use one of: {', '.join(supported)}")
     if args.env_id not in supported:
         try:
             with warnings.catch_warnings():
