@@ -653,9 +653,10 @@ def env_state(envs, obs: np.ndarray) -> dict:
     """What continues the episodes in progress: each sub-environment's simulator state, random generator and
     time-limit counter, the episode statistics so far and the current observation. Only the classic-control
     environments keep their whole state in plain numbers (`unwrapped.state`); for the others (Box2D, MuJoCo,
-    Atari) `resumable` is False and a resumed run starts new episodes."""
-    subs = envs.unwrapped.envs
-    if not all(type(e.unwrapped).__module__.startswith("gymnasium.envs.classic_control") for e in subs):
+    Atari), and for any in AsyncVectorEnv's worker processes, `resumable` is False and a resumed run starts new
+    episodes."""
+    subs = getattr(envs.unwrapped, "envs", [])  # AsyncVectorEnv's sub-environments live in its worker processes
+    if not subs or not all(type(e.unwrapped).__module__.startswith("gymnasium.envs.classic_control") for e in subs):
         return {"resumable": False}
     states = []
     for e in subs:
@@ -672,10 +673,12 @@ def env_state(envs, obs: np.ndarray) -> dict:
 def set_env_state(envs, state: dict, seed: int) -> np.ndarray:
     """Reset the environments, then put back the saved episodes where `state` holds them; returns the observation."""
     obs, _ = envs.reset(seed=seed)
-    if not state["resumable"] or len(state["subs"]) != len(envs.unwrapped.envs):
-        print("the environments' state was not saved (only classic control's can be): new episodes start", flush=True)
+    subs = getattr(envs.unwrapped, "envs", [])  # none in this process with AsyncVectorEnv
+    if not state["resumable"] or len(state["subs"]) != len(subs):
+        print("the environments' state was not saved or cannot be put back (only classic control's, in this "
+              "process): new episodes start", flush=True)
         return obs
-    for e, s in zip(envs.unwrapped.envs, state["subs"], strict=True):
+    for e, s in zip(subs, state["subs"], strict=True):
         e.unwrapped.state = s["state"].numpy().copy()
         e.unwrapped.np_random.bit_generator.state = s["np_random"]
         limit = e

@@ -50,6 +50,10 @@ range) read the progress through --total-timesteps: resuming with the same value
 one stretches what is left of them. A NaN or infinite observation, reward, loss or gradient norm stops the run
 at once (exit 3) and keeps the last finite state in runs/<run>/<exp_name>_last_finite.pt; --no-nan-check skips
 the checks (benchmark_results/ppo.md measures what they cost).
+
+--async-envs steps the environments in worker processes (gym.vector.AsyncVectorEnv), with the same results for the
+same seed. It pays where an environment step costs more than the network's (a MuJoCo step can cost less than the
+round trip between processes); its checkpoints hold no environment state, so a resumed run starts new episodes.
 """
 
 from __future__ import annotations
@@ -104,6 +108,8 @@ class Args:
     """continue training from this checkpoint (periodic, interrupted or --save-model) up to --total-timesteps"""
     nan_check: bool = True
     """if toggled, a NaN or infinite observation, reward, loss or gradient norm stops the run (exit 3)"""
+    async_envs: bool = False
+    """if toggled, step the environments in parallel worker processes (gym.vector.AsyncVectorEnv); the same results as the default SyncVectorEnv for the same seed"""
 
     env_id: str = "CartPole-v1"
     """the Gymnasium id of the environment (discrete actions, flat observations)"""
@@ -218,6 +224,18 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
         return env
 
     return thunk
+
+
+def in_worker(thunk):
+    """An environment thunk for AsyncVectorEnv's worker processes: they ignore SIGINT and SIGTERM (Ctrl-C reaches the
+    whole process group); the main process stops them."""
+
+    def worker_thunk():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return thunk()
+
+    return worker_thunk
 
 
 def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
@@ -449,9 +467,10 @@ def env_state(envs, obs: np.ndarray) -> dict:
     """What continues the episodes in progress: each sub-environment's simulator state, random generator and
     time-limit counter, the episode statistics so far and the current observation. Only the classic-control
     environments keep their whole state in plain numbers (`unwrapped.state`); for the others (Box2D, MuJoCo,
-    Atari) `resumable` is False and a resumed run starts new episodes."""
-    subs = envs.unwrapped.envs
-    if not all(type(e.unwrapped).__module__.startswith("gymnasium.envs.classic_control") for e in subs):
+    Atari), and for any in AsyncVectorEnv's worker processes, `resumable` is False and a resumed run starts new
+    episodes."""
+    subs = getattr(envs.unwrapped, "envs", [])  # AsyncVectorEnv's sub-environments live in its worker processes
+    if not subs or not all(type(e.unwrapped).__module__.startswith("gymnasium.envs.classic_control") for e in subs):
         return {"resumable": False}
     states = []
     for e in subs:
@@ -468,10 +487,12 @@ def env_state(envs, obs: np.ndarray) -> dict:
 def set_env_state(envs, state: dict, seed: int) -> np.ndarray:
     """Reset the environments, then put back the saved episodes where `state` holds them; returns the observation."""
     obs, _ = envs.reset(seed=seed)
-    if not state["resumable"] or len(state["subs"]) != len(envs.unwrapped.envs):
-        print("the environments' state was not saved (only classic control's can be): new episodes start", flush=True)
+    subs = getattr(envs.unwrapped, "envs", [])  # none in this process with AsyncVectorEnv
+    if not state["resumable"] or len(state["subs"]) != len(subs):
+        print("the environments' state was not saved or cannot be put back (only classic control's, in this "
+              "process): new episodes start", flush=True)
         return obs
-    for e, s in zip(envs.unwrapped.envs, state["subs"], strict=True):
+    for e, s in zip(subs, state["subs"], strict=True):
         e.unwrapped.state = s["state"].numpy().copy()
         e.unwrapped.np_random.bit_generator.state = s["np_random"]
         limit = e
@@ -576,10 +597,11 @@ def main(args: Args) -> dict:
 
     # Same-step autoreset: when an episode ends, step() already returns the next episode's first
     # observation and puts the last one in info["final_obs"] (needed to bootstrap truncations).
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    # --async-envs: each environment steps in a worker process that ignores signals (in_worker); same results.
+    thunks = [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)]
+    vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    envs = vector_env([in_worker(t) for t in thunks] if args.async_envs else thunks,
+                      autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     envs.action_space.seed(args.seed)
     obs_shape = envs.single_observation_space.shape
