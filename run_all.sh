@@ -17,6 +17,8 @@
 #                           ablation, and dqn_atari against SB3's DQN on Breakout
 #   ./run_all.sh offpolicy  only the SB3 comparisons of ddpg.py, td3.py and sac.py on MuJoCo
 #   ./run_all.sh longruns   only what the numerical checks cost ppo.py and sac.py (--no-nan-check), about 6 minutes
+#   ./run_all.sh scale      only synchronous against asynchronous environments (--async-envs) on Breakout and
+#                           HalfCheetah, about 8 minutes
 #   ./run_all.sh classic    only the book's figures
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
@@ -176,6 +178,20 @@ if [[ "$what" == all || "$what" == longruns ]]; then
      --compare-args=--no-nan-check --tag ppo_CartPole-v1_nan_check
   python tools/benchmark.py --algo sac --env-id Pendulum-v1 --seeds 1 2 3 --total-timesteps 5000 \
      --algo-args "--learning-starts 1000" --compare-args=--no-nan-check --tag sac_Pendulum-v1_nan_check
+  summarise
+fi
+
+# Synchronous against asynchronous vector environments (--async-envs: one worker process per environment), as
+# many environments as cores (2), each seed running both ways in turn. Workers pay only where environment steps
+# cost more than the round trip to a worker process and dominate the run; on 2 cores they lose on both tasks
+# (benchmark_results/ppo_atari.md, ppo_continuous_action.md).
+if [[ "$what" == all || "$what" == scale ]]; then
+  python tools/benchmark.py --algo ppo_atari --env-id BreakoutNoFrameskip-v4 --seeds 1 2 --total-timesteps 16384 \
+     --algo-args "--num-envs 2 --num-steps 128" --compare-args=--async-envs --eval-episodes 1 \
+     --tag ppo_atari_BreakoutNoFrameskip-v4_async
+  python tools/benchmark.py --algo ppo_continuous_action --env-id HalfCheetah-v5 --seeds 1 2 3 --total-timesteps 20480 \
+     --algo-args "--num-envs 2 --num-steps 1024" --compare-args=--async-envs --eval-episodes 1 \
+     --tag ppo_continuous_action_HalfCheetah-v5_async
   summarise
 fi
 

@@ -50,7 +50,8 @@ SMOKE: dict[str, Smoke] = {
         variants=[["--clip-vloss", "--target-kl", "0.001", "--no-norm-adv", "--no-anneal-lr", "--no-anneal-clip",
                    "--ent-coef", "0.01", "--env-id", "Acrobot-v1", "--hidden-size", "16", "--learning-rate", "3e-4",
                    "--gamma", "0.95", "--gae-lambda", "0.9", "--vf-coef", "0.4", "--max-grad-norm", "1.0",
-                   "--log-every", "100"]],
+                   "--log-every", "100"],
+                  ["--async-envs", "--capture-video", "--checkpoint-every", "256"]],
     ),
     "dqn.py": Smoke(
         args=["--total-timesteps", "1500", "--learning-starts", "500", "--train-frequency", "100",
