@@ -87,6 +87,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -757,7 +758,9 @@ def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, se
     return returns
 
 
-def main(args: Args) -> dict:
+def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict:
+    # report: called at every progress line with (step, mean of the last 20 training returns);
+    # returning True ends training (the run is then evaluated and returned as usual).
     check_args(args)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     random.seed(args.seed)
@@ -881,6 +884,9 @@ def main(args: Args) -> dict:
                 sps = int((global_step.value - start_step) / (time.time() - start_time))
                 recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
                 print(f"step {global_step.value:>9,}  SPS {sps:>6,}  return(last 20 episodes) {recent}", flush=True)
+                if (report is not None and recent_returns and not stop_workers.is_set()
+                        and report(global_step.value, float(np.mean(recent_returns)))):
+                    stop_workers.set()  # the caller asked to stop (tools/tune.py): the workers end, as on a signal
             # periodic checkpoints: written here, by the main process, while the workers go on
             if args.checkpoint_every and not stop_workers.is_set() and global_step.value >= next_checkpoint:
                 state = checkpoint()

@@ -82,6 +82,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import gymnasium as gym
@@ -850,7 +851,9 @@ def evaluate(agent_or_path: nn.Module | str, env_id: str, eval_episodes: int, se
     return returns
 
 
-def main(args: Args) -> dict:
+def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict:
+    # report: called at every progress line with (step, mean of the last 20 training returns);
+    # returning True ends training (the run is then evaluated and returned as usual).
     check_args(args)
     run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
@@ -1046,6 +1049,8 @@ def main(args: Args) -> dict:
             recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
             print(f"step {global_step:>9,}  SPS {sps:>6,}  beta {beta:.3f}  return(last 20 episodes) {recent}",
                   flush=True)
+            if report is not None and recent_returns and report(global_step, float(np.mean(recent_returns))):
+                break  # the caller asked to stop (tools/tune.py prunes a trial): evaluated as usual
 
         # After the step's update: a periodic checkpoint, or the one a signal asked for (then exit 128 + signal).
         if stop.signum or (args.checkpoint_every and global_step >= next_checkpoint):

@@ -53,6 +53,17 @@ SMOKE: dict[str, Smoke] = {
                    "--log-every", "100"],
                   ["--async-envs", "--capture-video", "--checkpoint-every", "256"]],
     ),
+    "ppo_distributed.py": Smoke(
+        args=["--total-timesteps", "512", "--num-envs", "2", "--num-steps", "64", "--update-epochs", "2",
+              "--num-minibatches", "2", "--eval-episodes", "1"],
+        keys=PPO_KEYS,
+        wrong_space_env="Pendulum-v1",
+        variants=[["--clip-vloss", "--target-kl", "0.001", "--no-norm-adv", "--no-anneal-lr", "--no-anneal-clip",
+                   "--ent-coef", "0.01", "--env-id", "Acrobot-v1", "--hidden-size", "16", "--learning-rate", "3e-4",
+                   "--gamma", "0.95", "--gae-lambda", "0.9", "--vf-coef", "0.4", "--max-grad-norm", "1.0",
+                   "--log-every", "100", "--backend", "gloo"],
+                  ["--async-envs", "--capture-video", "--checkpoint-every", "256", "--no-nan-check"]],
+    ),
     "dqn.py": Smoke(
         args=["--total-timesteps", "1500", "--learning-starts", "500", "--train-frequency", "100",
               "--gradient-steps", "4", "--log-every", "500", "--eval-episodes", "1"],
@@ -285,6 +296,8 @@ SMOKE: dict[str, Smoke] = {
 BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
     "ppo.py": [(["--num-minibatches", "3"], "num-minibatches"), (["--gamma", "1.5"], "gamma"),
                (["--hidden-size", "-1"], "hidden-size")],
+    "ppo_distributed.py": [(["--backend", "mpi"], "backend"), (["--backend", "nccl"], "nccl"),
+                           (["--num-minibatches", "3"], "num-minibatches"), (["--resume", "{tmp}/missing.pt"], "no checkpoint")],
     "dqn.py": [(["--buffer-size", "0"], "buffer-size"), (["--loss", "l3"], "loss"), (["--num-envs", "4", "--buffer-size", "3"], "buffer-size"),
                (["--learning-rate", "-1"], "learning-rate"), (["--hidden-sizes", "-1"], "hidden-sizes")],
     "dqn_atari.py": [(["--buffer-size", "12", "--num-envs", "2"], "buffer-size"),

@@ -19,6 +19,7 @@ from smoke_configs import SMOKE
 # the files with --async-envs, and the options that keep each pair of runs to a second or two
 ASYNC: dict[str, list[str]] = {
     "ppo.py": ["--total-timesteps", "256"],
+    "ppo_distributed.py": ["--total-timesteps", "256"],
     "a2c.py": ["--total-timesteps", "200"],
     "trpo.py": ["--norm-obs", "--norm-reward"],
     "ppo_continuous_action.py": [],  # 2 x 200 steps: Pendulum truncates once per environment

@@ -23,6 +23,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("Actor", "sac.py"): "a squashed Gaussian policy (tanh of a sampled Normal), not ddpg/td3's deterministic actor",
     ("Actor", "trpo.py"): "a stochastic categorical or Gaussian policy with the log-prob, entropy and KL the trust region needs",
     ("Agent", "ppo.py"): "separate categorical actor and critic MLPs (a2c/a3c's Agent serves Discrete and Box in one class)",
+    ("Agent", "ppo_distributed.py"): "ppo.py's Agent (separate categorical actor and critic MLPs), the same text",
     ("Agent", "ppo_atari.py"): "the Nature CNN trunk shared by the actor and critic heads, on uint8 frames",
     ("Agent", "ppo_continuous_action.py"): "a Gaussian policy carrying the action bounds and observation statistics",
     ("QNetwork", "dqn.py"): "an MLP with one Q-value per action and an optional dueling head",

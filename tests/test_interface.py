@@ -20,7 +20,9 @@ KINDS = {
         "fields": ["exp_name", "seed", "torch_deterministic", "cuda", "track", "wandb_project_name", "wandb_entity",
                    "capture_video", "save_model", "env_id", "total_timesteps", "eval_episodes"],
         # name -> the leading parameters, in order
-        "functions": {"check_args": ["args"], "main": ["args"], "load_model": ["path"],
+        # main(args, report=None): report(step, mean of the last 20 training returns) at every progress line;
+        # returning True ends training (tools/tune.py prunes with it)
+        "functions": {"check_args": ["args"], "main": ["args", "report"], "load_model": ["path"],
                       "evaluate": ["agent_or_path", "env_id", "eval_episodes", "seed"]},
         # keys of the dict main(args) returns: declared once, in tools/algo_loader.py, where the tools read them;
         # test_smoke checks them on every smoke run
@@ -80,3 +82,27 @@ def test_interface_check_fails_on_a_broken_file():
     problems = interface_problems(Broken, "classic")
     assert "Args lacks the field plot" in problems and "no function check_args" in problems
     assert "main(config) should take (args, ...)" in problems
+
+
+def test_report_true_stops_training_early(tmp_path):
+    """A report that returns True at its first call ends a ppo.py run there: the run is evaluated and returns as
+    usual, with global_step well below the budget; the values passed are an int step and a finite float."""
+    import math
+
+    from conftest import run_main
+
+    calls = []
+
+    def report(step, value):
+        calls.append((step, value))
+        return True
+
+    module = load_algo("ppo")
+    stopping = type("Stopping", (), {"Args": module.Args, "main": staticmethod(lambda a: module.main(a, report=report))})
+    out = run_main(stopping, ["--total-timesteps", "20000", "--log-every", "1000", "--num-envs", "4",
+                              "--num-steps", "64", "--update-epochs", "1", "--eval-episodes", "1"], tmp_path)
+    assert len(calls) == 1, calls
+    step, value = calls[0]
+    assert isinstance(step, int) and isinstance(value, float) and math.isfinite(value), calls
+    assert out["global_step"] == step < 5000, (out["global_step"], step)
+    assert len(out["eval_returns"]) == 1

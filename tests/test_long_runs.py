@@ -57,6 +57,8 @@ class LongRun:
 LONG: dict[str, LongRun] = {
     "ppo.py": LongRun(args=["--total-timesteps", "1024"], interrupt_at=200, nan_base="CartPole-v1", bitwise=True,
                       default_layer=True),
+    "ppo_distributed.py": LongRun(args=["--total-timesteps", "1024"], interrupt_at=200, nan_base="CartPole-v1",
+                                  bitwise=True),
     "dqn.py": LongRun(args=["--save-buffer"], interrupt_at=1000, nan_base="CartPole-v1", bitwise=True,
                       default_layer=True),
     "c51.py": LongRun(args=["--save-buffer"], interrupt_at=1000, nan_base="CartPole-v1", bitwise=True),

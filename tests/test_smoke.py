@@ -21,12 +21,16 @@ from __future__ import annotations
 import glob
 import importlib.util
 import inspect
+import math
 import os
+import re
 import subprocess
 import sys
 import traceback
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import (
@@ -80,6 +84,19 @@ def test_every_file_has_a_smoke_config():
     assert not [f for f in SMOKE if f not in FILES], "smoke configurations of files that do not exist"
 
 
+PROGRESS = re.compile(r"^step\s+([\d,]+)\s.*return\(last 20 episodes\)\s+(\S+)", re.M)
+
+
+def check_reports(reports: list[tuple], stdout: str) -> None:
+    """main(args, report) calls report(step, mean of the last 20 training returns) at every progress line that
+    has a return (an episode ended before it), with exactly the printed step and value; none otherwise."""
+    printed = [(int(s.replace(",", "")), v) for s, v in PROGRESS.findall(stdout) if v != "n/a"]
+    assert printed, f"no progress line with a return in the smoke run's output:\n{stdout[-1500:]}"
+    assert all(isinstance(s, int) and isinstance(v, float) and math.isfinite(v) for s, v in reports), reports
+    assert [(s, f"{v:.1f}") for s, v in reports] == printed, (reports, printed)
+    assert all(a[0] < b[0] for a, b in zip(reports, reports[1:], strict=False)), f"steps do not increase: {reports}"
+
+
 def check_deep_base(name: str, module, cfg, cwd: Path, capsys) -> None:
     """The base run, with --save-model, --track (W&B offline) and --capture-video: main's returned keys, the
     event file's keys, the checkpoint (it loads and acts through tools/evaluate.py), the offline W&B run with
@@ -95,10 +112,14 @@ def check_deep_base(name: str, module, cfg, cwd: Path, capsys) -> None:
     import wandb
 
     args = tyro.cli(module.Args, args=fill(cfg.args, cwd))
+    reports: list[tuple] = []
+    recording = SimpleNamespace(Args=module.Args, main=partial(module.main, report=lambda *a: reports.append(a)))
+    log_every = ["--log-every", str(max(1, args.total_timesteps // 4))]  # a few progress lines, so a few reports
     wandb.tensorboard.patch(root_logdir=str(cwd / "runs"))
+    capsys.readouterr()
     try:
-        out = run_main(module, [*fill(cfg.args, cwd), "--save-model", "--track", "--capture-video"], cwd,
-                       env={"WANDB_MODE": "offline", "WANDB_DIR": str(cwd), "WANDB_SILENT": "true"})
+        out = run_main(recording, [*fill(cfg.args, cwd), *log_every, "--save-model", "--track", "--capture-video"],
+                       cwd, env={"WANDB_MODE": "offline", "WANDB_DIR": str(cwd), "WANDB_SILENT": "true"})
     finally:
         if wandb.run is not None:  # main failed between wandb.init and wandb.finish
             wandb.finish(exit_code=1)
@@ -106,6 +127,7 @@ def check_deep_base(name: str, module, cfg, cwd: Path, capsys) -> None:
         wandb.teardown()
     missing = [key for key in DEEP_MAIN_KEYS if key not in out]
     assert not missing, f"main's returned dict lacks {missing} (the deep kind's interface, tools/algo_loader.py)"
+    check_reports(reports, capsys.readouterr().out)
     assert len(out["eval_returns"]) == args.eval_episodes and all(r == r for r in out["eval_returns"])
     assert out["eval_return_mean"] == pytest.approx(sum(out["eval_returns"]) / len(out["eval_returns"]))
     assert out["global_step"] >= args.total_timesteps, (out["global_step"], args.total_timesteps)

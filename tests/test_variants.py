@@ -15,6 +15,8 @@ from code_shape import ALGORITHMS, changed_lines
 BUDGETS = {
     ("ppo.py", "ppo_atari.py"): (80, "Atari preprocessing, a Nature CNN with a shared trunk, frames as uint8"),
     ("ppo.py", "ppo_continuous_action.py"): (120, "a Gaussian policy and observation / reward normalisation"),
+    ("ppo.py", "ppo_distributed.py"): (175, "torch.distributed collectives (gradients, advantages, KL, flags, states), "
+                                            "per-rank seeds and envs, rank-0 logging and checkpoints over all ranks"),
     ("dqn.py", "c51.py"): (100, "a categorical return distribution and its projection"),
     ("dqn.py", "dqn_atari.py"): (135, "Atari preprocessing, a Nature CNN, a replay memory that stores each frame once "
                                    "(with its own checkpoint state: frames, flags, per-column positions)"),

@@ -12,8 +12,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = ROOT / "algorithms"
 
-# The deep (Gymnasium training) kind: the module has Args, check_args(args), main(args) -> dict with at least
-# these keys, and evaluate(agent_or_path, env_id, eval_episodes, seed, device="cpu") -> list of returns.
+# The deep (Gymnasium training) kind: the module has Args, check_args(args), main(args, report=None) -> dict with
+# at least these keys (report(step, mean of the last 20 training returns) is called at every progress line; True
+# ends training, which is then evaluated as usual), and
+# evaluate(agent_or_path, env_id, eval_episodes, seed, device="cpu") -> list of returns.
 # The tools read nothing else from a run; tests/test_smoke.py checks every deep file against it.
 DEEP_MAIN_KEYS = ("eval_return_mean", "eval_returns", "sps", "train_time", "global_step", "run_dir", "model_path")
 

@@ -14,10 +14,19 @@ Writes into --out (benchmark_results/ by default), named by --tag:
     {tag}.csv            one row per run: side, seed, steps, train wall time, SPS, final eval mean/std
     {tag}_curves.csv     training episode returns: side, seed, step, seconds since training start, return
     {tag}.png            mean and min-max band over seeds of return vs steps and vs wall-clock time
-    {tag}.md             the summary table (mean +- std over seeds, ratios), with the exact command
+    {tag}.md             the summary table (mean +- std over seeds, ratios), with the exact command; with >= 5
+                         seeds on every side also the IQM [95% CI] of the final evaluation and the probability
+                         that ours improves on each other side (tools/aggregate.py, Agarwal et al., 2021)
 
 --compare-args '...' adds a third side: our file with those arguments added, run right after the plain run of
 each seed (--compare-args=--no-nan-check, with '=' since the value starts with '--', measures what the numerical checks cost).
+
+    python tools/benchmark.py --table-only ppo_CartPole-v1 [--out DIR]
+
+rebuilds {tag}.md and {tag}.png from the {tag}.csv and {tag}_curves.csv in --out without running anything: the
+command and the Machine/Date line are read back from the {tag}.md there (the original command line is parsed
+again), and the page gains a line saying when it was rebuilt. Where no {tag}.md records them, the original
+arguments follow --table-only TAG, and the page says that the runs' machine and date were not recorded.
 """
 
 from __future__ import annotations
@@ -346,10 +355,8 @@ def summarise(rows: list[dict]) -> dict:
             "sps_mean": sps.mean(), "n": len(rows), "steps": rows[0]["steps"]}
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["--child"]:  # a child process started by launch(): one training, its JSON result last
-        print(json.dumps(run_child(json.loads(sys.argv[2]))))
-        return
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used to read back the command recorded in a {tag}.md, see --table-only)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", required=True, help="file stem in algorithms/, e.g. ppo")
     parser.add_argument("--env-id", required=True)
@@ -366,6 +373,146 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--tag", default=None, help="output file prefix (default: {algo}_{env_id})")
     parser.add_argument("--out", default=str(ROOT / "benchmark_results"))
+    parser.add_argument("--table-only", metavar="TAG", default=None, help=TABLE_ONLY_HELP)
+    return parser
+
+
+TABLE_ONLY_HELP = ("rebuild {out}/TAG.md and TAG.png from TAG.csv and TAG_curves.csv there, running "
+                   "nothing; the command and the Machine/Date line are read back from the existing TAG.md "
+                   "(without one, give the original arguments too: the page then says that the runs' machine "
+                   "and date were not recorded)")
+
+
+def table_only_request(argv: list[str], parser: argparse.ArgumentParser, script: str):
+    """For `--table-only TAG [--out DIR] [original arguments]`: (args, rows, curves, command, machine line),
+    with args the original command line parsed again (read back from {out}/TAG.md, or given) and rows and
+    curves read from TAG.csv and TAG_curves.csv. `script` is how the recorded command starts
+    ("python tools/benchmark.py")."""
+    import pandas as pd
+
+    pre = argparse.ArgumentParser(prog=parser.prog, add_help=False)
+    pre.add_argument("--table-only", required=True, metavar="TAG")
+    pre.add_argument("--out", default=str(ROOT / "benchmark_results"))
+    known, rest = pre.parse_known_args(argv)
+    out, tag = Path(known.out), known.table_only
+    paths = [out / f"{tag}.csv", out / f"{tag}_curves.csv"]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        parser.error(f"--table-only {tag}: no {' or '.join(missing)}")
+    recorded = recorded_run(out / f"{tag}.md", script)
+    if recorded is not None and rest:
+        parser.error(f"--table-only {tag}: the command is read back from {out / f'{tag}.md'}; give only "
+                     "--table-only TAG and --out")
+    if recorded is None and not rest:
+        parser.error(f"--table-only {tag}: no '{script}' command recorded in {out / f'{tag}.md'}; give the "
+                     "original arguments after --table-only TAG")
+    if recorded is not None:
+        command, machine = recorded
+        a = parser.parse_args(shlex.split(command)[2:])
+    else:
+        a = parser.parse_args(rest)
+        command = f"{script} " + " ".join(shlex.quote(x) for x in rest)
+        machine = "Machine and date of the runs: not recorded (their page was missing)."
+    a.out, a.tag = str(out), tag
+    rows = pd.read_csv(paths[0], dtype={"side": str, "label": str}).to_dict("records")
+    curves = list(pd.read_csv(paths[1], dtype={"side": str, "label": str}).itertuples(index=False, name=None))
+    machine += (f"\nTable rebuilt from {tag}.csv on {time.strftime('%Y-%m-%d %H:%M')}, nothing rerun "
+                "(--table-only).")
+    return a, rows, curves, command, machine
+
+
+def recorded_run(md_path: Path, script: str) -> tuple[str, str] | None:
+    """(command, Machine/Date line) as a {tag}.md of this tool or tools/compare.py records them, or None."""
+    try:
+        text = md_path.read_text()
+    except OSError:
+        return None
+    lines = text.splitlines()
+    commands = [line[len("Command: `"):-1] for line in lines
+                if line.startswith("Command: `") and line.endswith("`")]
+    machines = [line for line in lines if line.startswith(("Machine: ", "Machine and date of the runs: "))]
+    if len(commands) != 1 or not commands[0].startswith(f"{script} ") or len(machines) != 1:
+        return None
+    return commands[0], machines[0]
+
+
+def machine_line(a: argparse.Namespace) -> str:
+    threads = "torch threads: ours from the file's --torch-threads" + (
+        f", SB3 {a.sb3_threads if a.sb3_threads > 0 else 'default'}" if a.compare_sb3 else "")
+    return f"Machine: {os.cpu_count()} cores; {threads}. Date: {time.strftime('%Y-%m-%d %H:%M')}."
+
+
+def run_sides(a: argparse.Namespace) -> list[str]:
+    return ["ours"] + (["variant"] if a.compare_args is not None else []) + (["sb3"] if a.compare_sb3 else [])
+
+
+def run_labels(a: argparse.Namespace) -> dict[str, str]:
+    return {"ours": f"onefile-rl {a.algo}.py", "variant": f"onefile-rl {a.algo}.py {a.compare_args}",
+            "sb3": f"SB3 {SB3_CLASS.get(a.algo, a.algo.upper())} ({a.sb3_config})"}
+
+
+def table_lines(a: argparse.Namespace, rows: list[dict], command: str, machine: str) -> list[str]:
+    """The markdown page: mean ± std over seeds, and with >= 5 seeds on every side the IQM [95% CI] column and
+    the probability that ours improves on each other side (tools/aggregate.py)."""
+    from aggregate import seed_statistics
+
+    sides, labels = run_sides(a), run_labels(a)
+    extra = seed_statistics({side: np.array([r["eval_mean"] for r in rows if r["side"] == side])
+                             for side in sides})
+    iqm_head, iqm_rule = (" final eval return IQM [95% CI] |", "---|") if extra else ("", "")
+    lines = [f"### {a.algo}.py on {a.env_id}", "", f"Command: `{command}`", "", machine,
+             f"Our arguments: `{a.algo_args or '(file defaults)'}`. "
+             + (f"SB3: {a.sb3_config} hyperparameters" + (" (rl-zoo3 2.9.2)" if a.sb3_config == "zoo" else "")
+                + (f", plus `{a.sb3_args}`" if a.sb3_args else "") + "." if a.compare_sb3 else ""), "",
+             "| implementation | seeds | steps | final eval return (mean ± std over seeds) |" + iqm_head
+             + " train wall time (s) | SPS |",
+             "|---|---|---|---|" + iqm_rule + "---|---|"]
+    summary = {}
+    for side in sides:
+        s = summarise([r for r in rows if r["side"] == side])
+        summary[side] = s
+        lines.append(f"| {labels[side]} | {s['n']} | {s['steps']:,} | {s['eval_mean']:.1f} ± {s['eval_std']:.1f} | "
+                     + (f"{extra['iqm'][side]} | " if extra else "")
+                     + f"{s['time_mean']:.1f} ± {s['time_std']:.1f} | {s['sps_mean']:.0f} |")
+    if a.compare_args is not None:
+        o, v = summary["ours"], summary["variant"]
+        lines += ["", f"Ratios (with `{a.compare_args}` / without): wall time {v['time_mean'] / o['time_mean']:.3f}, "
+                      f"SPS {v['sps_mean'] / o['sps_mean']:.3f}."]
+    if a.compare_sb3:
+        o, b = summary["ours"], summary["sb3"]
+        lines += ["", f"Ratios (ours / SB3): wall time {o['time_mean'] / b['time_mean']:.2f}, "
+                      f"SPS {o['sps_mean'] / b['sps_mean']:.2f}, eval return difference "
+                      f"{o['eval_mean'] - b['eval_mean']:+.1f}."]
+    if extra:
+        short = {"variant": f"`{a.compare_args}`", "sb3": "SB3"}
+        lines += ["", "Probability of improvement of the final eval return [95% CI]: "
+                  + "; ".join(f"P(ours > {short[side]}) = {text}"
+                              for side, text in extra["improvement"].items())
+                  + ". " + extra["note"]]
+    tag = a.tag or f"{a.algo}_{a.env_id}"
+    lines += ["", f"Per-run numbers: [{tag}.csv]({tag}.csv); curves: [{tag}.png]({tag}.png).", ""]
+    return lines
+
+
+def write_report(a: argparse.Namespace, rows: list[dict], curves: list[tuple], command: str,
+                 machine: str) -> None:
+    """{tag}.png and {tag}.md into --out, and the table on stdout."""
+    out, tag = Path(a.out), a.tag or f"{a.algo}_{a.env_id}"
+    plot_curves(out / f"{tag}.png", curves, run_sides(a), run_labels(a), a.seeds, a.total_timesteps,
+                f"{a.env_id}: mean and min-max over seeds {a.seeds}")
+    lines = table_lines(a, rows, command, machine)
+    (out / f"{tag}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--child"]:  # a child process started by launch(): one training, its JSON result last
+        print(json.dumps(run_child(json.loads(sys.argv[2]))))
+        return
+    parser = build_parser()
+    if "--table-only" in sys.argv[1:] or any(x.startswith("--table-only=") for x in sys.argv[1:]):
+        write_report(*table_only_request(sys.argv[1:], parser, "python tools/benchmark.py"))
+        return
     a = parser.parse_args()
     if not (ROOT / "algorithms" / f"{a.algo}.py").is_file():
         parser.error(f"no file algorithms/{a.algo}.py")
@@ -385,7 +532,7 @@ def main() -> None:
 
     rows, curves = [], []
     log = open(out / f"{tag}.log", "w")
-    sides = ["ours"] + (["variant"] if a.compare_args is not None else []) + (["sb3"] if a.compare_sb3 else [])
+    sides = run_sides(a)
     for seed in a.seeds:
         for side in sides:
             algo_args = f"{a.algo_args} {a.compare_args}" if side == "variant" else a.algo_args
@@ -403,39 +550,8 @@ def main() -> None:
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(out / f"{tag}.csv", index=False)
-    labels = {"ours": f"onefile-rl {a.algo}.py", "variant": f"onefile-rl {a.algo}.py {a.compare_args}", "sb3": f"SB3 {SB3_CLASS.get(a.algo, a.algo.upper())} ({a.sb3_config})"}
     pd.DataFrame(curves, columns=["side", "seed", "step", "seconds", "return"]).to_csv(out / f"{tag}_curves.csv", index=False)
-
-    plot_curves(out / f"{tag}.png", curves, sides, labels, a.seeds, a.total_timesteps,
-                f"{a.env_id}: mean and min-max over seeds {a.seeds}")
-
-    threads = "torch threads: ours from the file's --torch-threads" + (
-        f", SB3 {a.sb3_threads if a.sb3_threads > 0 else 'default'}" if a.compare_sb3 else "")
-    lines = [f"### {a.algo}.py on {a.env_id}", "", f"Command: `{command}`", "",
-             f"Machine: {os.cpu_count()} cores; {threads}. Date: {time.strftime('%Y-%m-%d %H:%M')}.",
-             f"Our arguments: `{a.algo_args or '(file defaults)'}`. "
-             + (f"SB3: {a.sb3_config} hyperparameters" + (" (rl-zoo3 2.9.2)" if a.sb3_config == "zoo" else "")
-                + (f", plus `{a.sb3_args}`" if a.sb3_args else "") + "." if a.compare_sb3 else ""), "",
-             "| implementation | seeds | steps | final eval return (mean ± std over seeds) | train wall time (s) | SPS |",
-             "|---|---|---|---|---|---|"]
-    summary = {}
-    for side in sides:
-        s = summarise([r for r in rows if r["side"] == side])
-        summary[side] = s
-        lines.append(f"| {labels[side]} | {s['n']} | {s['steps']:,} | {s['eval_mean']:.1f} ± {s['eval_std']:.1f} | "
-                     f"{s['time_mean']:.1f} ± {s['time_std']:.1f} | {s['sps_mean']:.0f} |")
-    if a.compare_args is not None:
-        o, v = summary["ours"], summary["variant"]
-        lines += ["", f"Ratios (with `{a.compare_args}` / without): wall time {v['time_mean'] / o['time_mean']:.3f}, "
-                      f"SPS {v['sps_mean'] / o['sps_mean']:.3f}."]
-    if a.compare_sb3:
-        o, b = summary["ours"], summary["sb3"]
-        lines += ["", f"Ratios (ours / SB3): wall time {o['time_mean'] / b['time_mean']:.2f}, "
-                      f"SPS {o['sps_mean'] / b['sps_mean']:.2f}, eval return difference "
-                      f"{o['eval_mean'] - b['eval_mean']:+.1f}."]
-    lines += ["", f"Per-run numbers: [{tag}.csv]({tag}.csv); curves: [{tag}.png]({tag}.png).", ""]
-    (out / f"{tag}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(a, rows, curves, command, machine_line(a))
 
 
 if __name__ == "__main__":
