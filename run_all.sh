@@ -18,7 +18,9 @@
 #   ./run_all.sh offpolicy  only the SB3 comparisons of ddpg.py, td3.py and sac.py on MuJoCo
 #   ./run_all.sh longruns   only what the numerical checks cost ppo.py and sac.py (--no-nan-check), about 6 minutes
 #   ./run_all.sh scale      only synchronous against asynchronous environments (--async-envs) on Breakout and
-#                           HalfCheetah, about 8 minutes
+#                           HalfCheetah, and ppo_distributed.py's speed with 1 and 2 ranks; about 14 minutes
+#   ./run_all.sh tune       only the hyperparameter sweeps of ppo.py and ppo_continuous_action.py and one Optuna
+#                           search (tools/tune.py), about 2 hours
 #   ./run_all.sh classic    only the book's figures
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
@@ -48,6 +50,10 @@ PPO_SB3_DEFAULTS="--num-envs 1 --num-steps 2048 --num-minibatches 32 --update-ep
 --no-anneal-lr --no-anneal-clip --gamma 0.99 --gae-lambda 0.95"
 
 B="python tools/benchmark.py --compare-sb3 --sb3-threads 1"
+# tools/aggregate.py's normalisation: 0 = a uniformly random policy (mean of 100 episodes, reset seeds 0-99,
+# action_space.seed(0)), 1 = the reward threshold Gymnasium registers for the task
+AGG_NORMALISE="--normalise ppo_CartPole-v1=23.7:475 --normalise dqn_CartPole-v1=23.7:475 \
+--normalise ppo_Acrobot-v1=-497.1:-100 --normalise dqn_LunarLander-v3=-192.0:200"
 
 # Collect the benchmark tables (not the hand-written pages) into benchmark_results/generated_tables.md.
 # tools/summary.py reads every .md of the folder it is given, so it is given a folder of links to the tables.
@@ -68,11 +74,11 @@ if [[ "$what" == all || "$what" == deep ]]; then
   $B --algo ppo --env-id CartPole-v1 --seeds 1 2 3 4 5 --total-timesteps 100000 --tag ppo_CartPole-v1
   $B --algo ppo --env-id CartPole-v1 --seeds 1 2 3 --total-timesteps 100000 --sb3-config default \
      --algo-args="$PPO_SB3_DEFAULTS" --tag ppo_CartPole-v1_equal-settings
-  $B --algo ppo --env-id Acrobot-v1 --seeds 1 2 3 --total-timesteps 200000 --algo-args="$PPO_ACROBOT" \
+  $B --algo ppo --env-id Acrobot-v1 --seeds 1 2 3 4 5 --total-timesteps 200000 --algo-args="$PPO_ACROBOT" \
      --tag ppo_Acrobot-v1
   $B --algo dqn --env-id CartPole-v1 --seeds 1 2 3 4 5 --total-timesteps 100000 --algo-args="$DQN_CARTPOLE" \
      --tag dqn_CartPole-v1
-  $B --algo dqn --env-id LunarLander-v3 --seeds 1 2 3 --total-timesteps 100000 --algo-args="$DQN_LUNAR" \
+  $B --algo dqn --env-id LunarLander-v3 --seeds 1 2 3 4 5 --total-timesteps 100000 --algo-args="$DQN_LUNAR" \
      --tag dqn_LunarLander-v3
   summarise
 fi
@@ -192,7 +198,39 @@ if [[ "$what" == all || "$what" == scale ]]; then
   python tools/benchmark.py --algo ppo_continuous_action --env-id HalfCheetah-v5 --seeds 1 2 3 --total-timesteps 20480 \
      --algo-args "--num-envs 2 --num-steps 1024" --compare-args=--async-envs --eval-episodes 1 \
      --tag ppo_continuous_action_HalfCheetah-v5_async
+  # ppo_distributed.py: one process (no process group), torchrun with 1 rank, and 2 ranks with the same global
+  # batch (4 environments each) or twice the batch (8 each); the "trained ... steps in ...s" line gives SPS.
+  for env in CartPole-v1 Acrobot-v1; do
+    for seed in 1 2; do
+      D="algorithms/ppo_distributed.py --env-id $env --seed $seed --total-timesteps 100000 --eval-episodes 1"
+      echo "== $env seed $seed: python, 8 envs";            python $D --num-envs 8
+      echo "== $env seed $seed: torchrun 1 rank x 8 envs";  torchrun --standalone --nproc_per_node=1 $D --num-envs 8
+      echo "== $env seed $seed: torchrun 2 ranks x 4 envs"; torchrun --standalone --nproc_per_node=2 $D --num-envs 4
+      echo "== $env seed $seed: torchrun 2 ranks x 8 envs"; torchrun --standalone --nproc_per_node=2 $D --num-envs 8
+    done
+  done 2>&1 | grep -E "^==|^eval" | tee benchmark_results/ppo_distributed_sps.log
   summarise
+fi
+
+# Hyperparameter sensitivity of PPO (tools/tune.py --sweep: one parameter at a time, the file's defaults otherwise)
+# and one pruned Optuna search with two workers on one storage. About 2 hours on 2 cores, most of it HalfCheetah.
+if [[ "$what" == all || "$what" == tune ]]; then
+  python tools/tune.py --sweep --algo ppo --env-id CartPole-v1 --total-timesteps 200000 --seeds 1 2 3 4 5 \
+    --param learning_rate=2.5e-4,5e-4,1e-3,2.5e-3,5e-3 --param ent_coef=0,0.01,0.05 \
+    --param num_minibatches=1,2,4,8 --param num_envs=2,4,8,16 --tag ppo_CartPole-v1
+  python tools/tune.py --sweep --algo ppo_continuous_action --env-id HalfCheetah-v5 --total-timesteps 200000 \
+    --seeds 1 2 3 --param learning_rate=1e-4,3e-4,1e-3 --param ent_coef=0,0.01 --param num_minibatches=8,32 \
+    --param num_envs=1,4 --param norm_reward=true,false --tag ppo_continuous_action_HalfCheetah-v5
+  python tools/tune.py --algo ppo --env-id CartPole-v1 --total-timesteps 50000 --seeds 1 2 3 --trials 16 --workers 2 \
+    --tag ppo_CartPole-v1_search
+fi
+
+# Aggregate statistics over tasks (tools/aggregate.py): scores normalised from a random policy (0) to the task's
+# reward threshold in Gymnasium's registry (1); the tables of 5 seeds above.
+if [[ "$what" == all || "$what" == deep || "$what" == value ]]; then
+  python tools/aggregate.py benchmark_results/ppo_CartPole-v1.csv benchmark_results/ppo_Acrobot-v1.csv \
+    benchmark_results/dqn_CartPole-v1.csv benchmark_results/dqn_LunarLander-v3.csv $AGG_NORMALISE \
+    --out benchmark_results/aggregate.md --profile benchmark_results/aggregate.png
 fi
 
 if [[ "$what" == all || "$what" == classic ]]; then
