@@ -137,7 +137,8 @@ def test_cli(tmp_path, capsys):
     # P(ours > sb3): each of ours beats the sb3 runs below it: 1 + 2 + 3 + 4 + 5 = 15 wins of 25 pairs
     assert "| X = ours, Y = sb3 | 0.60 [" in out
     assert "not meaningful" not in out
-    assert (tmp_path / "page.md").read_text() == "\n".join(lines)
+    page = (tmp_path / "page.md").read_text()  # the table, below the title, the command and the date
+    assert page.startswith(lines[0] + "\n\nCommand: `python tools/aggregate.py ") and page.endswith("\n".join(lines[2:]))
     # a compare.py CSV with 3 runs per label: the table prints, with the warning
     write_csv(tmp_path / "ablation.csv", "label", {"a": [1, 2, 3], "b": [1, 1, 1]})
     aggregate.main([str(tmp_path / "ablation.csv"), "--reps", "200"])

@@ -44,7 +44,9 @@ the first group improves on each other one [95% CI].
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -308,8 +310,10 @@ def main(argv: list[str] | None = None) -> list[str]:
         plot_profile(Path(a.profile), groups, tasks, normalised, a.reps, a.seed)
         lines += [f"Performance profiles: [{Path(a.profile).name}]({Path(a.profile).name}).", ""]
     text = "\n".join(lines)
-    if a.out:
-        Path(a.out).write_text(text)
+    if a.out:  # the page records the command that wrote it
+        command = shlex.join(["python", "tools/aggregate.py", *(sys.argv[1:] if argv is None else argv)])
+        Path(a.out).write_text("\n".join([title, "", f"Command: `{command}`", "",
+                                          f"Date: {time.strftime('%Y-%m-%d %H:%M')}.", "", *lines[2:]]))
     print(text)
     return lines
 
