@@ -2,8 +2,8 @@
 
 Paper: Schulman, Wolski, Dhariwal, Radford, Klimov (2017), "Proximal Policy Optimization Algorithms",
 https://arxiv.org/abs/1707.06347. Advantages by GAE: Schulman et al. (2016), https://arxiv.org/abs/1506.02438.
-This is ppo.py (its docstring has the math, the rollout and the long-run form) plus what data parallelism needs,
-in the manner of CleanRL's multi-GPU PPO, on any torch.distributed backend.
+This is ppo.py plus what data parallelism needs, in the manner of CleanRL's multi-GPU PPO, on any
+torch.distributed backend.
 
 Run:
     torchrun --standalone --nproc_per_node=2 algorithms/ppo_distributed.py --env-id CartPole-v1     # one node
@@ -14,6 +14,26 @@ Run:
 
 Tested: two ranks average to the gradient of their concatenated batch, and resume bit for bit (tests/test_ppo_distributed.py).
 Results: benchmark_results/ppo_distributed.md
+
+The math, as written in the code below (t indexes the rollout, per environment):
+    next value    v'_t = V(s'_t), s'_t the observation that followed step t (the final one if the episode ended)
+    TD error      delta_t = r_t + gamma * v'_t * (1 - terminated_t) - V(s_t)
+    GAE           A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1},   done = terminated or truncated
+    return        R_t = A_t + V(s_t)                                  (the value target)
+    ratio         rho = exp(log pi(a|s) - log pi_old(a|s))
+    policy loss   L_pi = mean( max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps)) )      (paper eq. 7)
+    value loss    L_v  = mean( (V(s) - R)^2 )  [optionally clipped around the old value]  (paper eq. 9)
+    total loss    L = L_pi - ent_coef * entropy + vf_coef * L_v
+
+The rollout (the same as ppo.py's, on each rank). The vector environment runs in
+Gymnasium's same-step autoreset mode: when an episode ends, step() returns the next episode's first
+observation and puts the last one in info["final_obs"], so no step is wasted on a reset. Next to each
+observation s_t the rollout stores the one that followed it, s'_t: that last one where the episode ended.
+Time-limit truncation is not termination: a truncated episode bootstraps from V(s'_t), the value of the
+observation where it was cut (Pardo et al., 2018, "Time Limits in Reinforcement Learning"); a terminated
+one does not. Per step only the actor runs, to sample; log pi_old(a|s), V(s) and V(s') come from one
+batched pass after the rollout, with the same parameters and so the same numbers, at a fraction of the
+per-step cost.
 
 What data parallelism does here. Each rank (a process torchrun starts; RANK, LOCAL_RANK and WORLD_SIZE come from
 the environment it sets) steps its own --num-envs environments (--num-envs is per rank), seeded
