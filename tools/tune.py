@@ -630,6 +630,7 @@ def write_sweep_page(cfg: dict) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     storage = make_storage(cfg["storage"])
@@ -678,8 +679,10 @@ def write_sweep_page(cfg: dict) -> Path:
             ax.set_xlabel(name)
             if not np.isfinite(means).any():
                 ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center")
-            elif log_x:
+            elif log_x:  # ticks at the swept values: the minor ticks' labels would overlap
                 ax.set_xscale("log")
+                ax.set_xticks(xs, [fmt(r[0]) for r in rows])
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             if not numeric:
                 ax.set_xticks(xs, [fmt(r[0]) for r in rows])
             ax.grid(alpha=0.3)
