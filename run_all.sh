@@ -51,7 +51,8 @@ PPO_SB3_DEFAULTS="--num-envs 1 --num-steps 2048 --num-minibatches 32 --update-ep
 
 B="python tools/benchmark.py --compare-sb3 --sb3-threads 1"
 # tools/aggregate.py's normalisation: 0 = a uniformly random policy (mean of 100 episodes, reset seeds 0-99,
-# action_space.seed(0)), 1 = the reward threshold Gymnasium registers for the task
+# action_space.seed(0); the script is in benchmark_results/README.md), 1 = the reward threshold Gymnasium
+# registers for the task
 AGG_NORMALISE="--normalise ppo_CartPole-v1=23.7:475 --normalise dqn_CartPole-v1=23.7:475 \
 --normalise ppo_Acrobot-v1=-497.1:-100"
 

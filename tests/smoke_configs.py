@@ -20,6 +20,7 @@ classic file they follow its `args`. Each case must exit 2 with that one line an
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 
@@ -52,17 +53,6 @@ SMOKE: dict[str, Smoke] = {
                    "--gamma", "0.95", "--gae-lambda", "0.9", "--vf-coef", "0.4", "--max-grad-norm", "1.0",
                    "--log-every", "100"],
                   ["--async-envs", "--capture-video", "--checkpoint-every", "256"]],
-    ),
-    "ppo_distributed.py": Smoke(
-        args=["--total-timesteps", "512", "--num-envs", "2", "--num-steps", "64", "--update-epochs", "2",
-              "--num-minibatches", "2", "--eval-episodes", "1"],
-        keys=PPO_KEYS,
-        wrong_space_env="Pendulum-v1",
-        variants=[["--clip-vloss", "--target-kl", "0.001", "--no-norm-adv", "--no-anneal-lr", "--no-anneal-clip",
-                   "--ent-coef", "0.01", "--env-id", "Acrobot-v1", "--hidden-size", "16", "--learning-rate", "3e-4",
-                   "--gamma", "0.95", "--gae-lambda", "0.9", "--vf-coef", "0.4", "--max-grad-norm", "1.0",
-                   "--log-every", "100", "--backend", "gloo"],
-                  ["--async-envs", "--capture-video", "--checkpoint-every", "256", "--no-nan-check"]],
     ),
     "dqn.py": Smoke(
         args=["--total-timesteps", "1500", "--learning-starts", "500", "--train-frequency", "100",
@@ -292,6 +282,11 @@ SMOKE: dict[str, Smoke] = {
                               variants=[["--num-episodes", "50", "--control-episodes", "500", "--true-value", "-0.28",
                                          "--gamma", "0.9", "--seed", "2"]]),
 }
+# ppo_distributed.py run without torchrun is ppo.py (one process, no process group): ppo.py's smoke runs, and its
+# own --backend in the first variant (tests/test_ppo_distributed.py runs it under torchrun)
+SMOKE["ppo_distributed.py"] = dataclasses.replace(
+    SMOKE["ppo.py"], variants=[[*SMOKE["ppo.py"].variants[0], "--backend", "gloo"],
+                               [*SMOKE["ppo.py"].variants[1], "--no-nan-check"]])
 
 BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
     "ppo.py": [(["--num-minibatches", "3"], "num-minibatches"), (["--gamma", "1.5"], "gamma"),
