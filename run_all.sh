@@ -16,6 +16,8 @@
 #   ./run_all.sh value      only the DQN family (dqn, c51, rainbow, SB3 DQN) on CartPole and LunarLander, rainbow's
 #                           ablation, and dqn_atari against SB3's DQN on Breakout
 #   ./run_all.sh offpolicy  only the SB3 comparisons of ddpg.py, td3.py and sac.py on MuJoCo
+#   ./run_all.sh modelbased only the model-based files (world_model, mbpo, dreamer, muzero) beside sac.py / ppo.py at
+#                           the same environment steps, about 3 hours
 #   ./run_all.sh longruns   only what the numerical checks cost ppo.py and sac.py (--no-nan-check), about 6 minutes
 #   ./run_all.sh scale      only synchronous against asynchronous environments (--async-envs) on Breakout and
 #                           HalfCheetah, and ppo_distributed.py's speed with 1 and 2 ranks; about 14 minutes
@@ -179,6 +181,31 @@ if [[ "$what" == all || "$what" == offpolicy ]]; then
     $B --algo td3 --env-id $env --seeds 1 --total-timesteps $OFFPOLICY_STEPS --algo-args="$TD3_MUJOCO" --tag td3_$env
     $B --algo sac --env-id $env --seeds 1 --total-timesteps $OFFPOLICY_STEPS --algo-args="$SAC_MUJOCO" --tag sac_$env
   done
+  summarise
+fi
+
+# Model-based RL, each file beside the model-free file of the collection at the same number of environment steps,
+# in the same run (3 seeds; one seed on Hopper-v5 and CartPole-v1 for muzero.py). The planners evaluate over 3
+# episodes where their search is slow. About 3 hours on 2 cores, two runs at a time where --cores says so.
+if [[ "$what" == all || "$what" == modelbased ]]; then
+  python tools/compare.py --env-id InvertedPendulum-v5 --seeds 1 2 3 --total-timesteps 5000 --eval-episodes 3 \
+    --cores 0 1 --run "world_model.py|world_model|" --run "sac.py|sac|" --tag world_model_InvertedPendulum-v5 \
+    --title "world_model.py (PETS) and sac.py on InvertedPendulum-v5, 5k steps"
+  python tools/compare.py --env-id InvertedPendulum-v5 --seeds 1 2 3 --total-timesteps 10000 --cores 0 1 \
+    --run "mbpo.py|mbpo|" --run "sac.py|sac|" --tag mbpo_InvertedPendulum-v5 \
+    --title "mbpo.py and sac.py on InvertedPendulum-v5, 10k steps"
+  python tools/compare.py --env-id Hopper-v5 --seeds 1 --total-timesteps 20000 \
+    --run "mbpo.py|mbpo|--learning-starts 5000 --rollout-schedule 20000 100000 1 15" \
+    --run "sac.py|sac|--learning-starts 5000" --tag mbpo_Hopper-v5 --title "mbpo.py and sac.py on Hopper-v5, 20k steps, one seed"
+  python tools/compare.py --env-id CartPole-v1 --seeds 1 2 3 --total-timesteps 20000 --cores 0 1 \
+    --run "dreamer.py|dreamer|" --run "ppo.py|ppo|" --tag dreamer_CartPole-v1 \
+    --title "dreamer.py against ppo.py on CartPole-v1, 20k steps"
+  python tools/compare.py --env-id Pendulum-v1 --seeds 1 2 3 --total-timesteps 10000 --cores 0 1 \
+    --run "dreamer.py|dreamer|" --run "sac.py|sac|" --tag dreamer_Pendulum-v1 \
+    --title "dreamer.py against sac.py on Pendulum-v1, 10k steps"
+  python tools/compare.py --env-id CartPole-v1 --seeds 1 --total-timesteps 30000 --eval-episodes 10 \
+    --run "muzero.py|muzero|" --run "ppo.py|ppo|" --tag muzero_CartPole-v1 \
+    --title "muzero.py and ppo.py on CartPole-v1, 30k steps"
   summarise
 fi
 

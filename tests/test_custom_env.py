@@ -19,9 +19,12 @@ DISCRETE, BOX, TABULAR = (f"custom_env_example:{name}-v0"
 
 # the variants whose spaces fit each file; every other variant must be refused in one line for its spaces
 FITS = {
-    **dict.fromkeys(("ppo.py", "ppo_distributed.py", "dqn.py", "c51.py", "rainbow.py", "sarsa_lambda.py"), {DISCRETE}),
-    **dict.fromkeys(("ddpg.py", "td3.py", "sac.py", "ppo_continuous_action.py"), {BOX}),
-    **dict.fromkeys(("a2c.py", "a3c.py", "trpo.py", "reinforce.py", "actor_critic.py"), {DISCRETE, BOX}),
+    **dict.fromkeys(("ppo.py", "ppo_distributed.py", "dqn.py", "c51.py", "rainbow.py", "sarsa_lambda.py", "muzero.py"),
+                     {DISCRETE}),
+    **dict.fromkeys(("ddpg.py", "td3.py", "sac.py", "ppo_continuous_action.py", "world_model.py", "mbpo.py"),
+                     {BOX}),
+    **dict.fromkeys(("a2c.py", "a3c.py", "trpo.py", "reinforce.py", "actor_critic.py", "dreamer.py"),
+                     {DISCRETE, BOX}),
     **dict.fromkeys(("dyna_q.py", "sarsa.py", "q_learning.py", "expected_sarsa.py"), {TABULAR}),
     # Atari files, dynamic programming (needs env.unwrapped.P) and the Blackjack/random-walk Monte Carlo files
     **dict.fromkeys(("ppo_atari.py", "dqn_atari.py", "policy_evaluation.py", "policy_iteration.py",

@@ -21,7 +21,10 @@ PER_FILE = {
 ALLOWED: dict[tuple[str, str], str] = {
     # networks: each file's own architecture under the usual name
     ("Actor", "sac.py"): "a squashed Gaussian policy (tanh of a sampled Normal), not ddpg/td3's deterministic actor",
+    ("Actor", "dreamer.py"): "a unimix categorical or bounded-Normal policy on the world model's state [h, z]",
+    ("Actor", "mbpo.py"): "sac.py's squashed Gaussian policy, the same text as sac.py's",
     ("Actor", "trpo.py"): "a stochastic categorical or Gaussian policy with the log-prob, entropy and KL the trust region needs",
+    ("Agent", "dreamer.py"): "the world model and the actor; acts with a recurrent state carried from step to step",
     ("Agent", "ppo.py"): "separate categorical actor and critic MLPs (a2c/a3c's Agent serves Discrete and Box in one class)",
     ("Agent", "ppo_distributed.py"): "ppo.py's Agent (separate categorical actor and critic MLPs), the same text",
     ("Agent", "ppo_atari.py"): "the Nature CNN trunk shared by the actor and critic heads, on uint8 frames",
@@ -33,7 +36,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("ReplayBuffer", "c51.py"): "the same buffer as dqn.py (integer actions, one column per environment)",
     # Atari: evaluation and preprocessing that the flat-observation files do not need
     ("evaluate", "dqn_atari.py"): "epsilon-greedy (the paper's 0.05) over whole Atari games through make_env's wrappers",
+    ("evaluate", "dreamer.py"): "carries the recurrent state through each episode (reset at its start); --pixels observations",
+    ("evaluate", "muzero.py"): "the search plays every episode at once (one batched search per move); a two-player game against a uniformly random opponent, the agent first in even episodes",
     ("evaluate", "ppo_atari.py"): "whole Atari games through make_env's wrappers, scored on the raw game score across lives",
+    ("make_env", "dreamer.py"): "sac.py's make_env plus the --pixels wrappers (rgb_array render resized to 64x64)",
     ("make_env", "ppo_atari.py"): "the Atari preprocessing chain (the same text as dqn_atari.py's)",
     ("make_env", "dqn_atari.py"): "the Atari preprocessing chain (the same text as ppo_atari.py's)",
     # tabular files: one environment, often a book world written in the file, no vector env or video

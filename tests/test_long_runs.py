@@ -80,6 +80,14 @@ LONG: dict[str, LongRun] = {
     "actor_critic.py": LongRun(args=["--total-timesteps", "600"], interrupt_at=300, nan_base="CartPole-v1", bitwise=True),
     "a3c.py": LongRun(args=["--total-timesteps", "3000", "--num-workers", "1"], interrupt_at=600, nan_base="CartPole-v1",
                       deterministic=False, interrupt_after_s=1.0),
+    "world_model.py": LongRun(args=["--save-buffer", "--total-timesteps", "400"], interrupt_at=300, nan_base="Pendulum-v1",
+                              bitwise=True),
+    "mbpo.py": LongRun(args=["--save-buffer", "--total-timesteps", "400", "--rollout-schedule", "100", "300", "1", "3"],
+                       interrupt_at=300, nan_base="Pendulum-v1", bitwise=True),
+    "dreamer.py": LongRun(args=["--save-buffer", "--total-timesteps", "400"], interrupt_at=300, nan_base="CartPole-v1",
+                          bitwise=True),
+    "muzero.py": LongRun(args=["--save-buffer", "--total-timesteps", "400"], interrupt_at=60, nan_base="CartPole-v1",
+                         bitwise=True),
 }
 
 
