@@ -34,6 +34,8 @@ normalised by the running mean and standard deviation of every (s, a) seen. The 
     value         V(s) = v(s) / (1 - gamma), v an MLP, trained by TD(0) on the replay's transitions:
                   y = r + gamma * (1 - terminated) * V'(s'),  loss = mean ((1 - gamma) * (V(s) - y))^2,
                   V' its Polyak-averaged copy: V' <- tau * V + (1 - tau) * V' after every gradient step
+                  or, with --value-returns, y = G_t = r_t + gamma * G_{t+1} (Monte Carlo: the discounted return of
+                  the replay's finished episodes; G_T = 0 when terminated, V'(s_T) when cut by a time limit)
     CEM           sequences a ~ N(m, diag(sd^2)) clipped to the bounds; the top `elites` by G give m*, sd*;
                   m <- momentum * m + (1 - momentum) * m*,  sd <- momentum * sd + (1 - momentum) * sd*;
                   after `iterations` rounds the first action of m is played (model-predictive control), and m,
@@ -183,6 +185,9 @@ class Args:
     """if toggled, each planned return ends with gamma^H times a learned value of the state reached (off: the paper's PETS)"""
     gamma: float = 0.95
     """the discount of the planned return and of the value's TD target (an effective horizon of 20 steps past the plan's)"""
+    value_returns: bool = False
+    """if toggled, the value regresses on the discounted returns of the replay's finished episodes (Monte Carlo)
+    instead of TD(0); an episode cut by a time limit ends with the value of its last state"""
     tau: float = 0.005
     """the value's target smoothing coefficient: theta' <- tau * theta + (1 - tau) * theta'"""
     eval_episodes: int = 3
@@ -514,6 +519,15 @@ def td_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.T
     return rewards + gamma * (1.0 - terminations) * next_q
 
 
+def discounted_returns(rewards: np.ndarray, gamma: float, bootstrap: float = 0.0) -> np.ndarray:
+    """G_t = r_t + gamma * G_{t+1} with G_T = bootstrap: every step's discounted return-to-go in one episode."""
+    out, g = np.empty(len(rewards), dtype=np.float32), bootstrap
+    for t in range(len(rewards) - 1, -1, -1):
+        g = float(rewards[t]) + gamma * g
+        out[t] = g
+    return out
+
+
 def value_loss(values: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
     """mean ((1 - gamma) (V(s) - y))^2: the squared TD error in the value network's own units (one step's reward),
     so that its size does not grow with the effective horizon 1 / (1 - gamma)."""
@@ -816,6 +830,9 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, args.seed)
     # the plans and the model's noise are drawn from torch's generator, which rng_state saves with these
     generators = {"buffer": rb.rng, "action_space": envs.action_space.np_random}
+    # --value-returns: each row's discounted return (NaN until its episode ends) and each environment's open episode
+    returns = np.full(args.buffer_size if args.value_returns else 0, np.nan, dtype=np.float32)
+    episode_rows: list[list[int]] = [[] for _ in range(args.num_envs)]
 
     # The training state a checkpoint holds; resuming puts it back. next_train: the step of the next training phase
     # (gradient_steps updates), one per train_frequency environment steps after learning_starts. warm: the plan in
@@ -840,6 +857,10 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
             warm = ckpt["warm"].to(device)
         if "buffer" in ckpt:
             rb.load_state_dict(ckpt["buffer"])
+        if args.value_returns and "returns" in ckpt:
+            returns[: rb.size] = ckpt["returns"]["returns"].numpy()
+            if ckpt["envs"]["resumable"]:
+                episode_rows = ckpt["returns"]["open"]
         print(f"resumed from {args.resume} at step {global_step:,} (replay buffer: {rb.size:,} transitions)", flush=True)
 
     def checkpoint(with_envs: bool = True) -> dict:
@@ -848,7 +869,9 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
                 "global_step": global_step,
                 "next_train": next_train, "warm": warm.cpu().clone(), "rng": rng_state(generators),
                 "envs": env_state(envs, obs) if with_envs else {"resumable": False},
-                **({"buffer": rb.state_dict()} if args.save_buffer else {})}
+                **({"buffer": rb.state_dict()} if args.save_buffer else {}),
+                **({"returns": {"returns": torch.from_numpy(returns[: rb.size].copy()), "open": episode_rows}}
+                   if args.save_buffer and args.value_returns else {})}
 
     def fault(quantity: str) -> None:  # the networks are still finite: the check runs before they change
         path = f"{run_dir}/{args.exp_name}_last_finite.pt"
@@ -896,7 +919,18 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
         if "final_obs" in infos:
             for i in np.flatnonzero(infos["_final_obs"]):
                 real_next_obs[i] = infos["final_obs"][i]
+        rows = (rb.pos + np.arange(args.num_envs)) % args.buffer_size
         rb.add(obs, real_next_obs, actions, rewards, terminations)
+        if args.value_returns:
+            returns[rows] = np.nan
+            for i, j in enumerate(rows):
+                episode_rows[i].append(int(j))
+                if terminations[i] or truncations[i]:
+                    with torch.no_grad():  # a time limit's cut: the rest of the episode is the value's guess
+                        tail = 0.0 if terminations[i] else planner.state_value(
+                            torch.as_tensor(real_next_obs[i], dtype=torch.float32, device=device)).item()
+                    returns[episode_rows[i]] = discounted_returns(rb.rewards[episode_rows[i]], args.gamma, tail)
+                    episode_rows[i] = []
         model.update_normalizer(torch.as_tensor(np.concatenate([obs, actions], axis=1), device=device))
         obs = next_obs
         done = np.logical_or(terminations, truncations)
@@ -922,10 +956,17 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
                 b_obs, b_actions, b_rewards, b_next_obs, b_terminations = batch
                 out = model_losses(model, b_obs, b_actions, b_rewards, b_next_obs, b_terminations)
                 loss = out["loss"]
-                if args.terminal_value:  # TD(0) on the same rows: the value of the data's behaviour
+                known = np.flatnonzero(~np.isnan(returns[: rb.size])) if args.value_returns else None
+                if args.terminal_value and known is not None and len(known):  # Monte Carlo: finished episodes' rows
+                    idx = rb.rng.choice(known, size=args.ensemble_size * args.batch_size)
+                    y = torch.from_numpy(returns[idx]).to(device)
+                    out["value_loss"] = value_loss(planner.state_value(torch.from_numpy(rb.obs[idx]).to(device)), y,
+                                                   args.gamma)
+                elif args.terminal_value and known is None:  # TD(0) on the same rows: the value of the data's behaviour
                     with torch.no_grad():
                         y = td_target(b_rewards, b_terminations, planner.state_value(b_next_obs, value_target), args.gamma)
                     out["value_loss"] = value_loss(planner.state_value(b_obs), y, args.gamma)
+                if "value_loss" in out:
                     loss = loss + out["value_loss"]
                 optimizer.zero_grad()
                 loss.backward()

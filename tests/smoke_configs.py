@@ -291,7 +291,8 @@ SMOKE: dict[str, Smoke] = {
         variants=[["--env-id", "InvertedPendulum-v5", "--num-envs", "2", "--train-frequency", "2", "--gradient-steps", "2",
                    "--save-model", "--save-buffer", "--learning-rate", "3e-3", "--weight-decay", "0", "--momentum", "0.2",
                    "--buffer-size", "500", "--num-particles", "4", "--checkpoint-every", "100", "--keep-checkpoints", "1",
-                   "--no-nan-check", "--no-terminal-value", "--gamma", "0.9", "--tau", "0.05"]],
+                   "--no-nan-check", "--no-terminal-value", "--gamma", "0.9", "--tau", "0.05"],
+                  ["--value-returns", "--num-envs", "2", "--save-buffer", "--checkpoint-every", "150"]],
     ),
     "mbpo.py": Smoke(
         args=["--env-id", "Pendulum-v1", "--total-timesteps", "300", "--learning-starts", "100", "--batch-size", "32",

@@ -1,7 +1,8 @@
 """world_model.py: the Gaussian NLL against torch.distributions' closed form, the soft log-variance bounds against
 their formula and their limits, the model's losses, CEM's update and its convergence on a known quadratic, the
 planner's batching (one ensemble forward pass per planning step), the discounted planned return with and without
-the terminal value, the value's TD target and loss by hand and its fixed point, and a learning regression."""
+the terminal value, the value's TD target and loss by hand and its fixed point, the Monte Carlo returns by hand
+and their resume (--value-returns), and a learning regression."""
 
 from __future__ import annotations
 
@@ -152,6 +153,32 @@ def test_value_target_and_loss_by_hand():
     assert y.tolist() == pytest.approx([1.0 + 0.99 * 50.0, 1.0, 0.0])
     loss = wm.value_loss(torch.tensor([40.0, 1.0, 10.0]), y, 0.99)
     assert loss.item() == pytest.approx(((0.01 * (40.0 - 50.5)) ** 2 + 0.0 + (0.01 * 10.0) ** 2) / 3, rel=1e-5)
+
+
+def test_discounted_returns_by_hand():
+    """G_t = r_t + gamma G_{t+1}: a terminated episode ends with G_T = 0, a cut one with the value of its last state."""
+    rewards = [1.0, 0.0, 2.0]
+    assert wm.discounted_returns(rewards, 0.5).tolist() == pytest.approx([1.5, 1.0, 2.0])
+    assert wm.discounted_returns(rewards, 0.5, bootstrap=8.0).tolist() == pytest.approx([2.5, 3.0, 6.0])
+
+
+def test_value_returns_learn_and_resume_exactly(tmp_path, monkeypatch):
+    """--value-returns on Pendulum-v1 (200-step episodes, cut by the time limit: the bootstrapped tail): a run
+    interrupted by a checkpoint and resumed ends with the same value network as one never interrupted."""
+    monkeypatch.chdir(tmp_path)
+    small = dict(env_id="Pendulum-v1", learning_starts=195, gradient_steps=1, population=8, elites=2, iterations=1, horizon=2,
+                 hidden_sizes=(8,), batch_size=16, eval_episodes=1, value_returns=True, save_buffer=True,
+                 save_model=True)
+    whole = wm.main(wm.Args(exp_name="whole", total_timesteps=230, **small))
+    first = wm.main(wm.Args(exp_name="part", total_timesteps=215, checkpoint_every=215, **small))
+    resumed = wm.main(wm.Args(exp_name="part", total_timesteps=230, resume=first["model_path"], **small))
+    a, b = (torch.load(out["model_path"], weights_only=True) for out in (whole, resumed))
+    assert a["returns"]["returns"].shape[0] == 230 and a["returns"]["open"] == [list(range(200, 230))]
+    assert not a["returns"]["returns"][:200].isnan().any() and a["returns"]["returns"][200:].isnan().all()
+    assert b["returns"]["open"] == a["returns"]["open"]
+    torch.testing.assert_close(b["returns"]["returns"], a["returns"]["returns"], rtol=0, atol=0, equal_nan=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
 
 
 def test_value_learning_reaches_the_discounted_survival():
