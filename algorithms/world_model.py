@@ -519,7 +519,7 @@ def td_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.T
     return rewards + gamma * (1.0 - terminations) * next_q
 
 
-def discounted_returns(rewards: np.ndarray, gamma: float, bootstrap: float = 0.0) -> np.ndarray:
+def bootstrapped_returns(rewards: np.ndarray, gamma: float, bootstrap: float = 0.0) -> np.ndarray:
     """G_t = r_t + gamma * G_{t+1} with G_T = bootstrap: every step's discounted return-to-go in one episode."""
     out, g = np.empty(len(rewards), dtype=np.float32), bootstrap
     for t in range(len(rewards) - 1, -1, -1):
@@ -929,7 +929,7 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
                     with torch.no_grad():  # a time limit's cut: the rest of the episode is the value's guess
                         tail = 0.0 if terminations[i] else planner.state_value(
                             torch.as_tensor(real_next_obs[i], dtype=torch.float32, device=device)).item()
-                    returns[episode_rows[i]] = discounted_returns(rb.rewards[episode_rows[i]], args.gamma, tail)
+                    returns[episode_rows[i]] = bootstrapped_returns(rb.rewards[episode_rows[i]], args.gamma, tail)
                     episode_rows[i] = []
         model.update_normalizer(torch.as_tensor(np.concatenate([obs, actions], axis=1), device=device))
         obs = next_obs

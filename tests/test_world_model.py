@@ -155,11 +155,11 @@ def test_value_target_and_loss_by_hand():
     assert loss.item() == pytest.approx(((0.01 * (40.0 - 50.5)) ** 2 + 0.0 + (0.01 * 10.0) ** 2) / 3, rel=1e-5)
 
 
-def test_discounted_returns_by_hand():
+def test_bootstrapped_returns_by_hand():
     """G_t = r_t + gamma G_{t+1}: a terminated episode ends with G_T = 0, a cut one with the value of its last state."""
     rewards = [1.0, 0.0, 2.0]
-    assert wm.discounted_returns(rewards, 0.5).tolist() == pytest.approx([1.5, 1.0, 2.0])
-    assert wm.discounted_returns(rewards, 0.5, bootstrap=8.0).tolist() == pytest.approx([2.5, 3.0, 6.0])
+    assert wm.bootstrapped_returns(rewards, 0.5).tolist() == pytest.approx([1.5, 1.0, 2.0])
+    assert wm.bootstrapped_returns(rewards, 0.5, bootstrap=8.0).tolist() == pytest.approx([2.5, 3.0, 6.0])
 
 
 def test_value_returns_learn_and_resume_exactly(tmp_path, monkeypatch):
