@@ -185,7 +185,7 @@ if [[ "$what" == all || "$what" == offpolicy ]]; then
 fi
 
 # Model-based RL, each file beside the model-free file of the collection at the same number of environment steps,
-# in the same run (3 seeds; one seed on Hopper-v5 and CartPole-v1 for muzero.py). The planners evaluate over 3
+# in the same run (3 seeds; one seed on Hopper-v5). The planners evaluate over 3
 # episodes where their search is slow. About 3 hours on 2 cores, two runs at a time where --cores says so.
 if [[ "$what" == all || "$what" == modelbased ]]; then
   python tools/compare.py --env-id InvertedPendulum-v5 --seeds 1 2 3 --total-timesteps 5000 --eval-episodes 3 \
@@ -206,6 +206,9 @@ if [[ "$what" == all || "$what" == modelbased ]]; then
   python tools/compare.py --env-id CartPole-v1 --seeds 1 --total-timesteps 30000 --eval-episodes 10 \
     --run "muzero.py|muzero|" --run "ppo.py|ppo|" --tag muzero_CartPole-v1 \
     --title "muzero.py and ppo.py on CartPole-v1, 30k steps"
+  python tools/compare.py --env-id CartPole-v1 --seeds 2 3 --total-timesteps 30000 --eval-episodes 10 --cores 0 1 \
+    --run "muzero.py|muzero|" --run "ppo.py|ppo|" --tag muzero_CartPole-v1_seeds2-3 \
+    --title "muzero.py and ppo.py on CartPole-v1, 30k steps, seeds 2 and 3"
   summarise
 fi
 
