@@ -21,7 +21,7 @@ The loop, after --learning-starts steps of uniformly random actions, at every en
     3. --updates-per-step SAC updates on batches of which a fraction --real-ratio comes from D_env, the rest
        from D_model.
 The math, as written in the code below (E members f_e, the inputs normalised by the running statistics of every
-(s, a) seen; SAC's losses are sac.py's, written out in its docstring):
+(s, a) seen):
     dynamics      s' - s ~ N(mu_e(s, a), diag(exp(logvar_e(s, a)))),  r ~ r_e(s, a),  P(end | s') = sigmoid(c_e(s'))
     model loss    NLL = mean over members and batch of sum_i 1/2 [ log 2 pi + logvar_i + (d_i - mu_i)^2 / exp(logvar_i) ]
                   with d = s' - s;  + mean (r_e - r)^2 + BCE(c_e(s'), terminated) + 0.01 * (sum max_lv - sum min_lv)
@@ -39,6 +39,13 @@ The math, as written in the code below (E members f_e, the inputs normalised by 
                   (resized, the newest kept, when k changes)
     SAC batch     round(batch_size * real_ratio) rows from D_env, the rest from D_model (all from D_env while D_model
                   is empty)
+    SAC           (Haarnoja et al. 2018; Q_1, Q_2 twin critics, Q' their Polyak targets, alpha = exp(log_alpha))
+                  a = scale * tanh(u) + bias,  u = mu(s) + sigma(s) * eps,  eps ~ N(0, I)
+                  log pi(a|s) = sum_i [ log N(u_i; mu_i, sigma_i) - log(1 - tanh(u_i)^2) - log(scale_i) ]
+                  y = r + gamma * (1 - terminated) * ( min(Q'_1, Q'_2)(s', a') - alpha * log pi(a'|s') ),  a' ~ pi(.|s')
+                  J_Q = 1/2 * sum_j mean( (Q_j(s, a) - y)^2 );  J_pi = mean( alpha * log pi(a~|s) - min(Q_1, Q_2)(s, a~) )
+                  J_alpha = -mean( alpha * (log pi(a~|s) + target_entropy) ),  target_entropy = -|A|;
+                  theta' <- tau * theta + (1 - tau) * theta' after every update
 
 Defaults are the paper's code's InvertedPendulum settings and mbrl-lib's (ensemble of 7 with 5 elites,
 validation ratio 0.2, patience 5, model lr 1e-3 and weight decay 5e-5, model batch 256, a model trained every
