@@ -24,6 +24,7 @@
 #   ./run_all.sh tune       only the hyperparameter sweeps of ppo.py and ppo_continuous_action.py and one Optuna
 #                           search (tools/tune.py), about 2 hours
 #   ./run_all.sh classic    only the book's figures
+#   ./run_all.sh irl        only inverse RL and reward learning (maxent_irl), a minute
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -293,6 +294,15 @@ if [[ "$what" == all || "$what" == classic ]]; then
   python algorithms/dyna_q.py --env-id ShortcutMaze --algorithm both --planning-steps 10 --num-runs 20 --alpha 1.0 \
     --plot benchmark_results/classic/dyna_q_figure_8_5_shortcut.png
   python algorithms/dyna_q.py --env-id FrozenLake-v1 --num-episodes 500 --plot benchmark_results/classic/dyna_q_frozenlake.png
+fi
+
+if [[ "$what" == all || "$what" == irl ]]; then
+  export OMP_NUM_THREADS=1
+  python algorithms/maxent_irl.py
+  python algorithms/maxent_irl.py --demos sampled --plot benchmark_results/classic/maxent_irl_gridworld_sampled.png
+  python algorithms/maxent_irl.py --env-id FrozenLake-v1 --horizon 40 --plot benchmark_results/classic/maxent_irl_frozenlake.png
+  python algorithms/maxent_irl.py --env-id FrozenLake-v1 --horizon 40 --demos sampled --features cell-type \
+    --plot benchmark_results/classic/maxent_irl_frozenlake_sampled_cell_type.png
 fi
 
 if [[ "$what" == all || "$what" == slow ]]; then

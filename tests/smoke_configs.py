@@ -348,6 +348,13 @@ SMOKE: dict[str, Smoke] = {
                    "--keep-checkpoints", "1", "--no-nan-check", "--capture-video", "--eval-episodes", "2"],
                   ["--env-id", "custom_env_example:CustomCorridor-v0", "--num-envs", "2", "--total-timesteps", "120"]],
     ),
+    "maxent_irl.py": Smoke(args=["--max-iterations", "30", "--log-every", "10", "--plot", "{tmp}/fig.png"], kind="classic",
+                           files=["{tmp}/fig.png"],
+                           variants=[["--env-id", "FrozenLake-v1", "--demos", "sampled", "--num-demos", "20",
+                                      "--features", "cell-type", "--reward-model", "mlp", "--hidden-sizes", "8",
+                                      "--horizon", "10", "--gamma", "0.9", "--learning-rate", "0.1", "--tolerance", "1e-4",
+                                      "--max-iterations", "20", "--log-every", "5", "--seed", "2"]]),
+    # (reward_shaping.py entry here)
 }
 # ppo_distributed.py run without torchrun is ppo.py (one process, no process group): ppo.py's smoke runs, and its
 # own --backend in the first variant (tests/test_ppo_distributed.py runs it under torchrun)
@@ -464,4 +471,12 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
                   (["--lr-decay", "0"], "lr-decay"), (["--max-grad-norm", "0"], "max-grad-norm"),
                   (["--env-id", "Blackjack-v1"], "flat Box observation"), (["--num-unroll-steps", "0"], "num-unroll-steps"),
                   (["--temperature-moves", "-1"], "temperature-moves")],
+    "maxent_irl.py": [(["--env-id", "Foo-v0"], "unknown"), (["--env-id", "CartPole-v1"], "transition model"),
+                      (["--env-id", "CliffWalking-v1"], "not a state reward"), (["--num-demos", "0"], "num-demos"),
+                      (["--horizon", "0"], "horizon"), (["--gamma", "nan"], "gamma"), (["--gamma", "0"], "gamma"),
+                      (["--learning-rate", "nan"], "learning-rate"), (["--tolerance", "-1"], "tolerance"),
+                      (["--demos", "noisy"], "demos"), (["--features", "pixels"], "features"),
+                      (["--reward-model", "cnn"], "reward-model"), (["--hidden-sizes", "0"], "hidden-sizes"),
+                      (["--max-iterations", "0"], "max-iterations"), (["--env-id", "Taxi-v3"], "Taxi-v4")],
+    # (reward_shaping.py bad input here)
 }
