@@ -24,7 +24,7 @@
 #   ./run_all.sh tune       only the hyperparameter sweeps of ppo.py and ppo_continuous_action.py and one Optuna
 #                           search (tools/tune.py), about 2 hours
 #   ./run_all.sh classic    only the book's figures
-#   ./run_all.sh irl        only inverse RL and reward learning (maxent_irl), a minute
+#   ./run_all.sh irl        only inverse RL and reward learning (maxent_irl, reward_shaping), about 5 minutes
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -303,6 +303,10 @@ if [[ "$what" == all || "$what" == irl ]]; then
   python algorithms/maxent_irl.py --env-id FrozenLake-v1 --horizon 40 --plot benchmark_results/classic/maxent_irl_frozenlake.png
   python algorithms/maxent_irl.py --env-id FrozenLake-v1 --horizon 40 --demos sampled --features cell-type \
     --plot benchmark_results/classic/maxent_irl_frozenlake_sampled_cell_type.png
+  python algorithms/reward_shaping.py
+  python algorithms/reward_shaping.py --methods none potential --potential distance --potential-scale 0.1 \
+    --plot benchmark_results/classic/reward_shaping_gridworld_distance.png
+  python algorithms/reward_shaping.py --env-id MountainCar-v0 --num-runs 10
 fi
 
 if [[ "$what" == all || "$what" == slow ]]; then

@@ -354,7 +354,15 @@ SMOKE: dict[str, Smoke] = {
                                       "--features", "cell-type", "--reward-model", "mlp", "--hidden-sizes", "8",
                                       "--horizon", "10", "--gamma", "0.9", "--learning-rate", "0.1", "--tolerance", "1e-4",
                                       "--max-iterations", "20", "--log-every", "5", "--seed", "2"]]),
-    # (reward_shaping.py entry here)
+    "reward_shaping.py": Smoke(args=["--num-runs", "2", "--num-episodes", "4", "--plot", "{tmp}/fig.png"],
+                               kind="classic", files=["{tmp}/fig.png"],
+                               variants=[["--env-id", "MountainCar-v0", "--num-runs", "1", "--num-episodes", "2",
+                                          "--potential", "energy", "--potential-scale", "50", "--bonus", "0.2",
+                                          "--gamma", "0.99", "--alpha", "0.3", "--epsilon", "0.05", "--target", "-180",
+                                          "--num-tilings", "4", "--tiles-per-dim", "6", "--smoothing", "2", "--seed", "2"],
+                                         ["--methods", "potential", "bonus", "--potential", "distance",
+                                          "--potential-scale", "0.1", "--gamma", "0.9", "--alpha", "0.2", "--epsilon", "0.2",
+                                          "--bonus", "0.3", "--target", "0.9", "--smoothing", "3"]]),
 }
 # ppo_distributed.py run without torchrun is ppo.py (one process, no process group): ppo.py's smoke runs, and its
 # own --backend in the first variant (tests/test_ppo_distributed.py runs it under torchrun)
@@ -478,5 +486,11 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
                       (["--demos", "noisy"], "demos"), (["--features", "pixels"], "features"),
                       (["--reward-model", "cnn"], "reward-model"), (["--hidden-sizes", "0"], "hidden-sizes"),
                       (["--max-iterations", "0"], "max-iterations"), (["--env-id", "Taxi-v3"], "Taxi-v4")],
-    # (reward_shaping.py bad input here)
+    "reward_shaping.py": [(["--env-id", "Foo-v0"], "Foo-v0 is unknown"), (["--env-id", "CartPole-v1"], "progress"),
+                          (["--methods", "none", "shaped"], "--methods"), (["--potential", "height"], "--potential"),
+                          (["--env-id", "MountainCar-v0", "--potential", "value"], "--potential"),
+                          (["--num-runs", "0"], "--num-runs"), (["--num-episodes", "-1"], "--num-episodes"),
+                          (["--alpha", "nan"], "--alpha"), (["--bonus", "nan"], "--bonus"),
+                          (["--potential-scale", "inf"], "--potential-scale"), (["--gamma", "1"], "--gamma"),
+                          (["--epsilon", "1.5"], "--epsilon"), (["--target", "nan"], "--target")],
 }

@@ -29,7 +29,7 @@ FITS = {
     # Atari files, dynamic programming (needs env.unwrapped.P) and the Blackjack/random-walk Monte Carlo files
     **dict.fromkeys(("ppo_atari.py", "dqn_atari.py", "policy_evaluation.py", "policy_iteration.py",
                      "value_iteration.py", "mc_prediction.py", "mc_control.py", "off_policy_mc.py",
-                     "maxent_irl.py"), set()),
+                     "maxent_irl.py", "reward_shaping.py"), set()),
 }
 # words of the "not registered" messages, which a custom environment that imports and registers must not get
 NOT_FOUND = ("not a registered", "is unknown", "cannot be imported", "does not register")

@@ -45,7 +45,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     # tabular files: one environment, often a book world written in the file, no vector env or video
     **{("make_env", f): "a tabular file makes one environment (a book world of its own or gym.make), not a vector-env thunk"
        for f in ("dyna_q.py", "expected_sarsa.py", "mc_prediction.py", "policy_evaluation.py", "policy_iteration.py",
-                 "q_learning.py", "sarsa.py", "value_iteration.py", "maxent_irl.py")},
+                 "q_learning.py", "sarsa.py", "value_iteration.py", "maxent_irl.py", "reward_shaping.py")},
 }
 
 
