@@ -25,6 +25,7 @@
 #                           search (tools/tune.py), about 2 hours
 #   ./run_all.sh classic    only the book's figures
 #   ./run_all.sh irl        only inverse RL and reward learning (maxent_irl, reward_shaping), about 5 minutes
+#   ./run_all.sh offline    only the offline datasets (tools/make_dataset.py) and bc.py on them, about 1.5 hours
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -307,6 +308,44 @@ if [[ "$what" == all || "$what" == irl ]]; then
   python algorithms/reward_shaping.py --methods none potential --potential distance --potential-scale 0.1 \
     --plot benchmark_results/classic/reward_shaping_gridworld_distance.png
   python algorithms/reward_shaping.py --env-id MountainCar-v0 --num-runs 10
+fi
+
+if [[ "$what" == all || "$what" == offline ]]; then
+  # Datasets under $MINARI_DATASETS_PATH (default ~/.minari/datasets), rebuilt (--overwrite); never in git.
+  # The experts: ppo_continuous_action.py on Hopper-v5 (checkpoints every 50k steps: medium, medium-replay) and
+  # ppo.py on CartPole-v1. The medium checkpoint is the first whose deterministic return is about a third of the
+  # final policy's: 200,704 steps on the machine of benchmark_results/datasets.md (check it there after a rerun).
+  export OMP_NUM_THREADS=1
+  python algorithms/ppo_continuous_action.py --env-id Hopper-v5 --total-timesteps 1000000 --save-model \
+    --checkpoint-every 50000 --keep-checkpoints 100 --seed 1 --exp-name hopper_expert
+  python algorithms/ppo.py --total-timesteps 100000 --seed 1 --save-model --exp-name cartpole_expert
+  H=$(ls -d runs/Hopper-v5__hopper_expert__1__* | tail -1); C=$(ls -d runs/CartPole-v1__cartpole_expert__1__* | tail -1)
+  P=ppo_continuous_action
+  MD="python tools/make_dataset.py --overwrite"
+  $MD --env-id CartPole-v1 --dataset-id onefile/cartpole/expert-v0 --steps 100000 --policy ppo:$C/cartpole_expert.pt --noise 0.1
+  $MD --env-id CartPole-v1 --dataset-id onefile/cartpole/random-v0 --steps 100000 --ref-max-score 500
+  $MD --env-id Hopper-v5 --dataset-id onefile/hopper/random-v0 --steps 200000
+  $MD --env-id Hopper-v5 --dataset-id onefile/hopper/medium-v0 --steps 200000 --policy $P:$H/checkpoint_200704.pt --noise 0.1
+  $MD --env-id Hopper-v5 --dataset-id onefile/hopper/expert-v0 --steps 200000 --policy $P:$H/hopper_expert.pt --noise 0.1
+  $MD --env-id Hopper-v5 --dataset-id onefile/hopper/medium-replay-v0 --steps 200000 --noise 0.1 --policy random \
+    $P:$H/checkpoint_51200.pt $P:$H/checkpoint_100352.pt $P:$H/checkpoint_151552.pt $P:$H/checkpoint_200704.pt
+  $MD --dataset-id onefile/hopper/medium-expert-v0 --merge onefile/hopper/medium-v0 onefile/hopper/expert-v0
+  python algorithms/bc.py --dataset-id onefile/cartpole/expert-v0 --total-updates 10000 --eval-every 1000 --seed 1
+  L=runs/offline_logs; mkdir -p $L; rm -f $L/bc*_*.log
+  for seed in 1 2 3; do
+    for level in medium medium-replay expert; do
+      python algorithms/bc.py --dataset-id onefile/hopper/$level-v0 --total-updates 50000 --seed $seed \
+        --exp-name bc_$level > $L/bc_${level}_$seed.log
+    done
+  done
+  python algorithms/bc.py --dataset-id onefile/hopper/medium-replay-v0 --top-fraction 0.1 --total-updates 50000 \
+    --seed 1 --exp-name bc10_medium-replay > $L/bc10_medium-replay_1.log
+  python algorithms/bc.py --dataset-id onefile/hopper/medium-expert-v0 --total-updates 50000 --seed 1 \
+    --exp-name bc_medium-expert > $L/bc_medium-expert_1.log
+  python tools/offline_table.py --out benchmark_results/bc_hopper --logs $L/bc_medium_*.log $L/bc_medium-replay_*.log \
+    $L/bc10_medium-replay_*.log $L/bc_expert_*.log $L/bc_medium-expert_*.log \
+    --title "bc.py on Hopper-v5 datasets of tools/make_dataset.py"
+  for f in $L/bc*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/bc_hopper.log
 fi
 
 if [[ "$what" == all || "$what" == slow ]]; then

@@ -153,3 +153,49 @@ def pytest_terminal_summary(terminalreporter):
         f"test time per algorithm file: {(total / len(per_file)):.1f} s on average over {len(per_file)} files "
         f"(shared tests included), budget about 20 s (10 s of wall time with -n 2); the most: "
         + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in top))
+
+
+# Tiny Minari datasets for the offline files' tests (smoke, bad input, long runs), built by tools/make_dataset.py
+# from random policies: what the files read, not what they learn from. A Box-action, a Discrete-action and a
+# wrong-kind (Discrete observations) one.
+OFFLINE_DATASETS = {
+    "tiny/pendulum-random-v0": ["--env-id", "Pendulum-v1", "--steps", "400", "--ref-min-score", "-1200",
+                                "--ref-max-score", "0"],
+    "tiny/cartpole-random-v0": ["--env-id", "CartPole-v1", "--steps", "400", "--ref-min-score", "20",
+                                "--ref-max-score", "500"],
+    "tiny/frozenlake-random-v0": ["--env-id", "FrozenLake-v1", "--steps", "100", "--ref-min-score", "0",
+                                  "--ref-max-score", "1"],
+}
+
+
+def needs_offline_datasets(nodeids) -> bool:
+    """Does any of these tests run an offline-kind file, or tools/make_dataset.py?"""
+    from smoke_configs import SMOKE
+
+    return any("test_make_dataset" in nodeid or (SMOKE.get(algorithm_of(nodeid)) and
+                                                 SMOKE[algorithm_of(nodeid)].kind == "offline") for nodeid in nodeids)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def offline_datasets(request, tmp_path_factory):
+    """MINARI_DATASETS_PATH points, for the whole test process, at a temporary directory holding OFFLINE_DATASETS
+    (built once per process, and only when a collected test needs them), so that in-process runs of the offline
+    files find them by id. Yields the directory (None when nothing needs it)."""
+    if not needs_offline_datasets(item.nodeid for item in request.session.items):
+        yield None
+        return
+    import importlib.util
+
+    root = tmp_path_factory.mktemp("minari_datasets")
+    saved = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    spec = importlib.util.spec_from_file_location("tools_make_dataset", ROOT / "tools" / "make_dataset.py")
+    make_dataset = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_dataset)
+    for dataset_id, args in OFFLINE_DATASETS.items():
+        make_dataset.main(["--dataset-id", dataset_id, "--seed", "1", *args])
+    yield root
+    if saved is None:
+        os.environ.pop("MINARI_DATASETS_PATH", None)
+    else:
+        os.environ["MINARI_DATASETS_PATH"] = saved

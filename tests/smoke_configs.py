@@ -43,6 +43,16 @@ DQN_KEYS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "c
             "losses/td_loss", "losses/q_values", "eval/episodic_return"]
 
 SMOKE: dict[str, Smoke] = {
+    # offline: a Minari dataset (conftest.OFFLINE_DATASETS, built in a temporary MINARI_DATASETS_PATH), gradient steps
+    "bc.py": Smoke(
+        args=["--dataset-id", "tiny/pendulum-random-v0", "--total-updates", "40", "--batch-size", "32",
+              "--hidden-sizes", "32", "32", "--eval-every", "20", "--log-every", "10", "--eval-episodes", "1"],
+        kind="offline",
+        keys=["charts/SPS", "losses/bc_loss", "eval/episodic_return", "eval/normalized_score"],
+        variants=[["--dataset-id", "tiny/cartpole-random-v0", "--top-fraction", "0.3", "--no-normalize-obs",
+                   "--learning-rate", "1e-3", "--checkpoint-every", "20", "--keep-checkpoints", "1", "--save-model",
+                   "--seed", "2", "--exp-name", "bc_discrete", "--no-nan-check", "--no-torch-deterministic"]],
+    ),
     "ppo.py": Smoke(
         args=["--total-timesteps", "512", "--num-envs", "2", "--num-steps", "64", "--update-epochs", "2",
               "--num-minibatches", "2", "--eval-episodes", "1"],
@@ -371,6 +381,11 @@ SMOKE["ppo_distributed.py"] = dataclasses.replace(
                                [*SMOKE["ppo.py"].variants[1], "--no-nan-check"]])
 
 BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
+    "bc.py": [(["--dataset-id", "tiny/missing-v0"], "no such Minari dataset"),
+              (["--dataset-id", "tiny/frozenlake-random-v0"], "Box observations"),
+              (["--top-fraction", "0"], "top-fraction"), (["--top-fraction", "1.5"], "top-fraction"),
+              (["--eval-every", "0"], "eval-every"), (["--hidden-sizes", "0"], "hidden-sizes"),
+              (["--checkpoint-every", "-1"], "checkpoint-every"), (["--resume", "{tmp}/missing.pt"], "no checkpoint")],
     "ppo.py": [(["--num-minibatches", "3"], "num-minibatches"), (["--gamma", "1.5"], "gamma"),
                (["--hidden-size", "-1"], "hidden-size")],
     "ppo_distributed.py": [(["--backend", "mpi"], "backend"), (["--backend", "nccl"], "nccl"),

@@ -1,7 +1,8 @@
 """The interface each kind of file declares, and the only parts of a file that tests/ and tools/ may rely on.
 
-Kinds today: "deep" (a Gymnasium training run) and "classic" (a tabular method reproducing a book figure).
-The multi-agent, offline and language-model families add their kinds here as they land. A file's kind is
+Kinds today: "deep" (a Gymnasium training run), "offline" (learns from a Minari dataset, counting gradient steps)
+and "classic" (a tabular method reproducing a book figure). The multi-agent and language-model families add their
+kinds here as they land. A file's kind is
 its entry's `kind` in tests/smoke_configs.py.
 """
 
@@ -27,6 +28,18 @@ KINDS = {
         # keys of the dict main(args) returns: declared once, in tools/algo_loader.py, where the tools read them;
         # test_smoke checks them on every smoke run
         "main_keys": list(DEEP_MAIN_KEYS),
+    },
+    "offline": {
+        # learns from a Minari dataset, no environment step in training: every count is in gradient steps
+        "fields": ["exp_name", "seed", "torch_deterministic", "cuda", "track", "wandb_project_name", "wandb_entity",
+                   "save_model", "checkpoint_every", "resume", "dataset_id", "total_updates", "eval_every",
+                   "eval_episodes"],
+        # main(args, report=None): report(gradient step, the evaluation's mean return) after each evaluation;
+        # evaluate and load_model as the deep kind's (tools/evaluate.py replays a checkpoint)
+        "functions": {"check_args": ["args"], "main": ["args", "report"], "load_model": ["path"],
+                      "evaluate": ["agent_or_path", "env_id", "eval_episodes", "seed"]},
+        # the deep kind's keys (global_step: gradient steps) and the normalised score x100, last and best (CORL's)
+        "main_keys": [*DEEP_MAIN_KEYS, "normalized_score_last", "normalized_score_best"],
     },
     "classic": {
         "fields": ["seed", "plot"],

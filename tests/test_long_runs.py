@@ -4,7 +4,8 @@
 *_last_finite.pt; the same seed gives the same TensorBoard scalars (charts/SPS aside).
 
 The default test command runs these for ppo.py, dqn.py and sac.py; `pytest -m slow` (and `run_all.sh slow`) runs
-them for every deep file. A new deep file adds an entry to LONG (a test fails until it does).
+them for every deep file. A new deep file adds an entry to LONG (a test fails until it does). Offline files (trained
+on a dataset, no environment step) have the same cases counted in gradient steps, configured in OFFLINE.
 
 Signals are sent from inside the run, on a chosen call of the vector environment's step(), so that where the
 run stops does not depend on the machine's speed.
@@ -247,6 +248,141 @@ def test_same_seed_same_curves(name: str, tmp_path: Path):
         assert sa[tag] == sb[tag], f"{tag} differs between two runs with one seed"
 
 
+# ---- offline files: no environment step in training; the same cases counted in gradient steps ----
+
+
+@dataclass
+class OfflineRun:
+    args: list[str]
+    """the run's options (added to the file's smoke options): a few gradient steps, at most a few seconds"""
+    interrupt_at: int
+    """SIGINT arrives during this gradient step (the at-th call of torch.optim.Adam.step, the file's optimisers')"""
+    nan_loss: str
+    """the file's module-level loss function that the NaN test makes return NaN (its at-th call)"""
+    default_layer: bool = False
+    """also in the default test command; the others run in the slow layer"""
+
+
+OFFLINE: dict[str, OfflineRun] = {
+    "bc.py": OfflineRun(args=["--total-updates", "60", "--eval-every", "20"], interrupt_at=30, nan_loss="bc_loss",
+                        default_layer=True),
+}
+
+
+def offline_files() -> list[str]:
+    return sorted(name for name, cfg in SMOKE.items() if cfg.kind == "offline")
+
+
+def offline_layer(names: list[str]) -> list:
+    return [pytest.param(n) if n in OFFLINE and OFFLINE[n].default_layer else pytest.param(n, marks=pytest.mark.slow)
+            for n in names]
+
+
+def offline_argv(name: str, *extra: str) -> list[str]:
+    return [*SMOKE[name].args, *OFFLINE[name].args, "--eval-episodes", "1", *extra]
+
+
+def test_every_offline_file_has_a_long_run_config():
+    missing = [n for n in offline_files() if n not in OFFLINE]
+    assert not missing, f"add these to OFFLINE in tests/test_long_runs.py: {missing}"
+
+
+def interrupt_on_update(monkeypatch, at: int) -> None:
+    """Send this process SIGINT during the at-th call of torch.optim.Adam.step (any optimiser of the run)."""
+    calls = {"n": 0}
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+
+
+@pytest.mark.parametrize("name", offline_layer(offline_files()))
+def test_offline_interrupt_and_resume(name: str, tmp_path: Path, monkeypatch, capsys):
+    """SIGINT mid-training: exit 130 after a checkpoint that loads and acts; the printed command resumes it in a new
+    run directory, and the resumed run ends with the very tensors and scalars of the uninterrupted one."""
+    module, cfg = load_algo(name), OFFLINE[name]
+    full = run_main(module, offline_argv(name, "--save-model"), tmp_path / "full")
+    interrupt_on_update(monkeypatch, cfg.interrupt_at)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(module, offline_argv(name, "--save-model"), tmp_path / "cut")
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 130, err[-2000:]
+    line = next(line for line in err.splitlines() if "resume with: " in line)
+    command = shlex.split(line.split("resume with: ")[1])
+    ckpt_path = tmp_path / "cut" / command[command.index("--resume") + 1]
+    assert ckpt_path.is_file() and ckpt_path.name.startswith("checkpoint_"), line
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == cfg.interrupt_at < full["global_step"], (ckpt["global_step"], full["global_step"])
+    assert len(module.evaluate(str(ckpt_path), ckpt["env_id"], 1, seed=0)) == 1
+
+    resumed = run_main(module, command[2:], tmp_path / "cut")
+    assert resumed["global_step"] == full["global_step"]
+    cut_dirs = run_dirs(tmp_path / "cut")
+    assert len(cut_dirs) == 2 and tmp_path / "cut" / resumed["run_dir"] == cut_dirs[1]
+    before, after = scalars(cut_dirs[0]), scalars(cut_dirs[1])
+    assert max(s for values in before.values() for s, _ in values) <= ckpt["global_step"]
+    assert min(s for values in after.values() for s, _ in values) > ckpt["global_step"]
+
+    a = torch.load(tmp_path / "full" / full["model_path"], map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "cut" / resumed["model_path"], map_location="cpu", weights_only=True)
+    differ = tensors_equal({k: v for k, v in a.items() if k != "args"}, {k: v for k, v in b.items() if k != "args"})
+    assert not differ, f"the resumed run ends elsewhere than the uninterrupted one: {differ[:10]}"
+    whole, parts = scalars(tmp_path / "full" / full["run_dir"]), {}
+    for part in (before, after):
+        for tag, values in part.items():
+            parts.setdefault(tag, []).extend(values)
+    assert "eval/episodic_return" in whole
+    for tag in set(whole) - {"charts/SPS"}:  # SPS is a wall-clock figure
+        assert parts.get(tag) == whole[tag], f"{tag} differs after resuming"
+
+
+@pytest.mark.parametrize("name", offline_layer(offline_files()))
+def test_offline_nan_stops_the_run(name: str, tmp_path: Path, monkeypatch, capsys):
+    """The loss of gradient step `at` is NaN: one line, exit 3, after at - 1 finite steps, whose state
+    *_last_finite.pt holds (finite, loadable)."""
+    module, cfg = load_algo(name), OFFLINE[name]
+    at, calls, real_loss = cfg.interrupt_at, {"n": 0}, getattr(module, cfg.nan_loss)
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * math.nan if calls["n"] == at else loss
+
+    monkeypatch.setattr(module, cfg.nan_loss, poisoned)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(module, offline_argv(name), tmp_path)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: non-finite ") and f"at step {at - 1:,};" in lines[0], err
+    (last,) = list((tmp_path / "runs").glob("*/*_last_finite.pt"))
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == at - 1
+    assert all(torch.isfinite(value.float()).all() for value in ckpt["model"].values())
+    assert module.load_model(str(last))[0] is not None
+
+
+@pytest.mark.parametrize("name", offline_layer(offline_files()))
+def test_offline_same_seed_same_curves(name: str, tmp_path: Path):
+    module = load_algo(name)
+    a = run_main(module, offline_argv(name), tmp_path / "a")
+    b = run_main(module, offline_argv(name), tmp_path / "b")
+    sa, sb = scalars(tmp_path / "a" / a["run_dir"]), scalars(tmp_path / "b" / b["run_dir"])
+    sa.pop("charts/SPS", None)
+    sb.pop("charts/SPS", None)
+    assert sa.keys() == sb.keys() and len(sa) >= 2
+    for tag in sa:
+        assert sa[tag] == sb[tag], f"{tag} differs between two runs with one seed"
+
+
 # ---- bad values and paths, before any work: every deep file, in the default layer (they fail in milliseconds) ----
 
 INF_MEANINGFUL: dict[str, str] = {
@@ -259,7 +395,7 @@ def float_options(module) -> list[str]:
     return [f.name for f in dataclasses.fields(module.Args) if "float" in str(f.type)]
 
 
-@pytest.mark.parametrize("name", deep_files())
+@pytest.mark.parametrize("name", deep_files() + offline_files())
 def test_float_options_reject_nan_and_infinity(name: str, capsys):
     """`x <= 0` lets NaN through (every comparison with NaN is false); the checks are written `not x > 0`."""
     module = load_algo(name)
@@ -277,11 +413,12 @@ def test_float_options_reject_nan_and_infinity(name: str, capsys):
                 raise AssertionError(f"--{flag} {bad}: {error}") from None
 
 
-@pytest.mark.parametrize("name", deep_files())
+@pytest.mark.parametrize("name", deep_files() + offline_files())
 def test_unwritable_run_directory_is_bad_input(name: str, tmp_path: Path, capsys):
     (tmp_path / "runs").write_text("a file where the runs directory should be")
     module = load_algo(name)
-    assert_one_line_exit_2(lambda: run_main(module, argv(name), tmp_path), "cannot write the run directory", capsys)
+    args = offline_argv(name) if SMOKE[name].kind == "offline" else argv(name)
+    assert_one_line_exit_2(lambda: run_main(module, args, tmp_path), "cannot write the run directory", capsys)
     assert (tmp_path / "runs").is_file()
 
 

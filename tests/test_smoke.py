@@ -8,8 +8,9 @@ argument list its command line would take (conftest.run_main parses it with tyro
 - test_smoke: all of a file's smoke runs, one after another. For "deep" files: the base run with
   --save-model, --track (W&B offline) and --capture-video (main's returned keys, the event file's keys, the
   checkpoint, which loads and acts through the file's evaluate as tools/evaluate.py calls it, the offline
-  W&B run, the video), then each variant. For "classic" files: the base run (its files written), then each
-  variant.
+  W&B run, the video), then each variant. For "offline" files: the same on a tiny dataset (conftest's
+  OFFLINE_DATASETS), without video, with the offline kind's returned keys. For "classic" files: the base run (its
+  files written), then each variant.
 - test_bad_input: all of a file's bad-input cases (the standard ones of its kind, then smoke_configs.BAD_INPUT):
   exit status 2 with one line on stderr, and nothing written.
 - test_command_line_bad_input: the same rule through a real command line, once per kind (a subprocess),
@@ -48,6 +49,8 @@ from smoke_configs import BAD_INPUT, SMOKE
 FILES = sorted(p.name for p in ALGORITHMS.glob("*.py"))
 DEEP = [f for f in FILES if f in SMOKE and SMOKE[f].kind == "deep"]
 CLASSIC = [f for f in FILES if f in SMOKE and SMOKE[f].kind == "classic"]
+OFFLINE = [f for f in FILES if f in SMOKE and SMOKE[f].kind == "offline"]
+OFFLINE_MAIN_KEYS = (*DEEP_MAIN_KEYS, "normalized_score_last", "normalized_score_best")
 UNWRITABLE_PLOT = "/proc/onefile-rl-missing/fig.png"  # a figure path that cannot be written
 
 
@@ -155,6 +158,45 @@ def check_deep_base(name: str, module, cfg, cwd: Path, capsys) -> None:
     assert videos and os.path.getsize(videos[0]) > 0, "no video written"
 
 
+def check_offline_base(name: str, module, cfg, cwd: Path, capsys) -> None:
+    """An offline file's base run, on a tiny dataset of conftest.OFFLINE_DATASETS, with --save-model and --track
+    (W&B offline): main's returned keys, report(gradient step, mean evaluation return) after each evaluation, the
+    event file's keys, the checkpoint (it loads and acts through tools/evaluate.py), the offline W&B run."""
+    import tyro
+    import wandb
+
+    args = tyro.cli(module.Args, args=fill(cfg.args, cwd))
+    reports: list[tuple] = []
+    recording = SimpleNamespace(Args=module.Args, main=partial(module.main, report=lambda *a: reports.append(a)))
+    wandb.tensorboard.patch(root_logdir=str(cwd / "runs"))
+    try:
+        out = run_main(recording, [*fill(cfg.args, cwd), "--save-model", "--track"], cwd,
+                       env={"WANDB_MODE": "offline", "WANDB_DIR": str(cwd), "WANDB_SILENT": "true"})
+    finally:
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)
+        wandb.tensorboard.unpatch()
+        wandb.teardown()
+    missing = [key for key in OFFLINE_MAIN_KEYS if key not in out]
+    assert not missing, f"main's returned dict lacks {missing} (the offline kind's interface)"
+    evals = list(range(args.eval_every, args.total_updates + 1, args.eval_every))
+    evals += [args.total_updates] if args.total_updates % args.eval_every else []
+    assert [s for s, _ in reports] == evals and all(isinstance(v, float) and math.isfinite(v) for _, v in reports), reports
+    assert out["global_step"] == args.total_updates and out["sps"] > 0 and out["train_time"] > 0
+    assert len(out["eval_returns"]) == args.eval_episodes and out["eval_return_mean"] == pytest.approx(reports[-1][1])
+    run_dirs = list((cwd / "runs").iterdir())
+    assert len(run_dirs) == 1 and (cwd / out["run_dir"]).resolve() == run_dirs[0].resolve(), run_dirs
+    missing = set(cfg.keys) - scalar_tags(run_dirs[0])
+    assert not missing, f"event file lacks {sorted(missing)}"
+    models = glob.glob(str(run_dirs[0] / "*.pt"))
+    assert len(models) == 1 and (cwd / out["model_path"]).resolve() == Path(models[0]).resolve(), models
+    capsys.readouterr()
+    returns = load_tool("evaluate").main([name, models[0], "--episodes", "1"])
+    assert len(returns) == 1 and returns[0] == returns[0] and "over 1 episodes" in capsys.readouterr().out
+    wandb_runs = glob.glob(str(cwd / "wandb" / "offline-run-*"))
+    assert len(wandb_runs) == 1, f"expected one offline W&B run under {cwd / 'wandb'}, got {wandb_runs}"
+
+
 @pytest.mark.parametrize("name", FILES)
 def test_smoke(name: str, tmp_path: Path, capsys):
     if name not in SMOKE:
@@ -168,6 +210,9 @@ def test_smoke(name: str, tmp_path: Path, capsys):
             run_main(module, fill(cfg.args, cwd), cwd)
             for f in fill(cfg.files, cwd):
                 assert Path(f).is_file() and Path(f).stat().st_size > 0, f"{name} did not write {f}"
+    elif cfg.kind == "offline":
+        with collect(problems, "base run with --save-model --track", capsys):
+            check_offline_base(name, module, cfg, tmp_path / "base", capsys)
     else:
         with collect(problems, "base run with --save-model --track --capture-video", capsys):
             check_deep_base(name, module, cfg, tmp_path / "base", capsys)
@@ -175,8 +220,8 @@ def test_smoke(name: str, tmp_path: Path, capsys):
         with collect(problems, f"variant {i}: {' '.join(variant)}", capsys):
             cwd = tmp_path / f"variant{i}"
             out = run_main(module, fill(cfg.args + variant, cwd), cwd)
-            if cfg.kind == "deep":
-                missing = [key for key in DEEP_MAIN_KEYS if key not in out]
+            if cfg.kind in ("deep", "offline"):
+                missing = [key for key in (DEEP_MAIN_KEYS if cfg.kind == "deep" else OFFLINE_MAIN_KEYS) if key not in out]
                 assert not missing, f"main's returned dict lacks {missing}"
     assert not problems, f"{name}:\n" + "\n".join(problems)
 
@@ -190,6 +235,10 @@ def bad_cases(name: str) -> list[tuple[list[str], str]]:
                   (["--total-timesteps", "-100"], "total-timesteps"), (["--torch-threads", "0"], "torch-threads")]
         if cfg.wrong_space_env:
             cases.append((["--env-id", cfg.wrong_space_env], cfg.wrong_space_env))
+    elif cfg.kind == "offline":  # a dataset that is not there (nothing is downloaded), a non-positive budget
+        cases += [(["--dataset-id", "tiny/no-such-dataset-v0"], "no-such-dataset-v0"),
+                  (["--total-updates", "0"], "total-updates"), (["--total-updates", "-100"], "total-updates"),
+                  (["--torch-threads", "0"], "torch-threads")]
     else:  # a figure path that cannot be written, found before any work
         cases.append((["--plot", UNWRITABLE_PLOT], "cannot write"))
     return cases + BAD_INPUT.get(name, [])
@@ -220,7 +269,7 @@ def test_bad_input(name: str, tmp_path: Path, capsys):
     assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("name", [files[0] for files in (DEEP, CLASSIC) if files])
+@pytest.mark.parametrize("name", [files[0] for files in (DEEP, CLASSIC, OFFLINE) if files])
 def test_command_line_bad_input(name: str, tmp_path: Path):
     """Bad input through a real command line (`python algorithms/X.py ...`), once per kind: its first case."""
     args, expected = bad_cases(name)[0]
