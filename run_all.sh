@@ -24,7 +24,8 @@
 #   ./run_all.sh tune       only the hyperparameter sweeps of ppo.py and ppo_continuous_action.py and one Optuna
 #                           search (tools/tune.py), about 2 hours
 #   ./run_all.sh classic    only the book's figures
-#   ./run_all.sh irl        only inverse RL and reward learning (maxent_irl, reward_shaping), about 5 minutes
+#   ./run_all.sh irl        only inverse RL and reward learning (maxent_irl, reward_shaping, preference_reward),
+#                           about 45 minutes
 #   ./run_all.sh offline    only the offline datasets (tools/make_dataset.py) and bc.py on them, about 1.5 hours
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
@@ -67,7 +68,7 @@ summarise() {
   tables="$(mktemp -d)"
   for md in benchmark_results/*.md; do
     stem="$(basename "$md" .md)"
-    [[ $stem == README || $stem == generated_tables || -f algorithms/$stem.py ]] && continue
+    [[ $stem == README || $stem == generated_tables || $stem == datasets || -f algorithms/$stem.py ]] && continue
     ln -s "$PWD/$md" "$tables/"
     [[ -f benchmark_results/$stem.png ]] && ln -s "$PWD/benchmark_results/$stem.png" "$tables/"
   done
@@ -308,6 +309,11 @@ if [[ "$what" == all || "$what" == irl ]]; then
   python algorithms/reward_shaping.py --methods none potential --potential distance --potential-scale 0.1 \
     --plot benchmark_results/classic/reward_shaping_gridworld_distance.png
   python algorithms/reward_shaping.py --env-id MountainCar-v0 --num-runs 10
+  python tools/compare.py --env-id HalfCheetah-v5 --seeds 1 2 3 --total-timesteps 300000 \
+    --run "learned reward (1,000 labels)|preference_reward|" --run "true reward|preference_reward|--true-reward" \
+    --eval-episodes 10 --tag preference_reward_HalfCheetah-v5 \
+    --title "preference_reward.py on HalfCheetah-v5: learned reward (1,000 synthetic labels) against true reward"
+  summarise
 fi
 
 if [[ "$what" == all || "$what" == offline ]]; then
@@ -346,6 +352,7 @@ if [[ "$what" == all || "$what" == offline ]]; then
     $L/bc10_medium-replay_*.log $L/bc_expert_*.log $L/bc_medium-expert_*.log \
     --title "bc.py on Hopper-v5 datasets of tools/make_dataset.py"
   for f in $L/bc*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/bc_hopper.log
+  summarise
 fi
 
 if [[ "$what" == all || "$what" == slow ]]; then

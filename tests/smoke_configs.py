@@ -373,6 +373,26 @@ SMOKE: dict[str, Smoke] = {
                                          ["--methods", "potential", "bonus", "--potential", "distance",
                                           "--potential-scale", "0.1", "--gamma", "0.9", "--alpha", "0.2", "--epsilon", "0.2",
                                           "--bonus", "0.3", "--target", "0.9", "--smoothing", "3"]]),
+    # learned reward from synthetic preferences; the variants: the true-reward baseline, every labeller, query and
+    # reward-model option, PPO's options, and HalfCheetah-v5 (the benchmark's environment)
+    "preference_reward.py": Smoke(
+        args=["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--num-envs", "2", "--num-steps", "100",
+              "--num-minibatches", "2", "--update-epochs", "2", "--segment-length", "20", "--total-labels", "20",
+              "--reward-updates", "5", "--reward-hidden-size", "16", "--hidden-size", "16", "--eval-episodes", "1"],
+        keys=PPO_KEYS + ["losses/explained_variance", "charts/action_std", "charts/labels", "charts/reward_agreement",
+                         "losses/reward_loss", "losses/reward_accuracy"],
+        wrong_space_env="CartPole-v1",
+        variants=[["--query", "uniform", "--label-noise", "0.2", "--labeller-temperature", "5", "--ensemble-size", "2",
+                   "--reward-learning-rate", "1e-3", "--reward-weight-decay", "0", "--reward-batch-size", "4",
+                   "--heldout-pairs", "7", "--pool-size", "6", "--candidate-factor", "2", "--initial-label-fraction",
+                   "0.5", "--label-until", "1.0", "--clip-vloss", "--target-kl", "0.001", "--anneal-clip", "--ent-coef",
+                   "0.01", "--clip-obs", "5", "--clip-reward", "5", "--log-every", "100", "--no-nan-check"],
+                  ["--true-reward", "--no-norm-obs", "--no-norm-reward", "--no-norm-adv", "--no-anneal-lr",
+                   "--learning-rate", "1e-3", "--gamma", "0.95", "--gae-lambda", "0.9", "--vf-coef", "0.4",
+                   "--max-grad-norm", "1.0", "--save-model"],
+                  ["--env-id", "HalfCheetah-v5", "--num-envs", "1", "--num-steps", "200", "--total-timesteps", "400",
+                   "--segment-length", "25", "--checkpoint-every", "200", "--keep-checkpoints", "1"]],
+    ),
 }
 # ppo_distributed.py run without torchrun is ppo.py (one process, no process group): ppo.py's smoke runs, and its
 # own --backend in the first variant (tests/test_ppo_distributed.py runs it under torchrun)
@@ -508,4 +528,14 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
                           (["--alpha", "nan"], "--alpha"), (["--bonus", "nan"], "--bonus"),
                           (["--potential-scale", "inf"], "--potential-scale"), (["--gamma", "1"], "--gamma"),
                           (["--epsilon", "1.5"], "--epsilon"), (["--target", "nan"], "--target")],
+    "preference_reward.py": [(["--query", "random"], "--query"), (["--label-noise", "0.6"], "--label-noise"),
+                             (["--label-noise", "nan"], "--label-noise"), (["--total-labels", "0"], "--total-labels"),
+                             (["--num-steps", "100", "--num-minibatches", "4", "--segment-length", "101"],
+                              "--segment-length"), (["--label-until", "0"], "--label-until"),
+                             (["--initial-label-fraction", "1.5"], "--initial-label-fraction"),
+                             (["--labeller-temperature", "inf"], "--labeller-temperature"),
+                             (["--reward-learning-rate", "nan"], "--reward-learning-rate"),
+                             (["--ensemble-size", "0"], "--ensemble-size"), (["--env-id", "Hopper-v9"], "Hopper-v9"),
+                             (["--resume", "{tmp}/missing.pt"], "no checkpoint"),
+                             (["--checkpoint-every", "-1"], "checkpoint-every")],
 }

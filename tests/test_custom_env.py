@@ -21,8 +21,8 @@ DISCRETE, BOX, TABULAR = (f"custom_env_example:{name}-v0"
 FITS = {
     **dict.fromkeys(("ppo.py", "ppo_distributed.py", "dqn.py", "c51.py", "rainbow.py", "sarsa_lambda.py", "muzero.py"),
                      {DISCRETE}),
-    **dict.fromkeys(("ddpg.py", "td3.py", "sac.py", "ppo_continuous_action.py", "world_model.py", "mbpo.py"),
-                     {BOX}),
+    **dict.fromkeys(("ddpg.py", "td3.py", "sac.py", "ppo_continuous_action.py", "world_model.py", "mbpo.py",
+                     "preference_reward.py"), {BOX}),
     **dict.fromkeys(("a2c.py", "a3c.py", "trpo.py", "reinforce.py", "actor_critic.py", "dreamer.py"),
                      {DISCRETE, BOX}),
     **dict.fromkeys(("dyna_q.py", "sarsa.py", "q_learning.py", "expected_sarsa.py"), {TABULAR}),

@@ -24,6 +24,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("Actor", "dreamer.py"): "a unimix categorical or bounded-Normal policy on the world model's state [h, z]",
     ("Actor", "mbpo.py"): "sac.py's squashed Gaussian policy, the same text as sac.py's",
     ("Actor", "trpo.py"): "a stochastic categorical or Gaussian policy with the log-prob, entropy and KL the trust region needs",
+    ("Agent", "preference_reward.py"): "ppo_continuous_action.py's Agent (Gaussian policy, action bounds, observation "
+                                       "statistics), the same text",
     ("Agent", "dreamer.py"): "the world model and the actor; acts with a recurrent state carried from step to step",
     ("Agent", "ppo.py"): "separate categorical actor and critic MLPs (a2c/a3c's Agent serves Discrete and Box in one class)",
     ("Agent", "ppo_distributed.py"): "ppo.py's Agent (separate categorical actor and critic MLPs), the same text",

@@ -89,6 +89,8 @@ LONG: dict[str, LongRun] = {
                           bitwise=True),
     "muzero.py": LongRun(args=["--save-buffer", "--total-timesteps", "400"], interrupt_at=60, nan_base="CartPole-v1",
                          bitwise=True),
+    "preference_reward.py": LongRun(args=["--total-timesteps", "800"], interrupt_at=150, nan_base="Pendulum-v1",
+                                    bitwise=True),
 }
 
 
