@@ -94,19 +94,67 @@ LONG: dict[str, LongRun] = {
 }
 
 
+def files_of(kind: str) -> list[str]:
+    return sorted(name for name, cfg in SMOKE.items() if cfg.kind == kind)
+
+
 def deep_files() -> list[str]:
-    return sorted(name for name, cfg in SMOKE.items() if cfg.kind == "deep")
+    return files_of("deep")
 
 
-def layer(names: list[str]) -> list:
-    """Each file once: in the default layer if LONG says so, else marked slow."""
-    return [pytest.param(n) if n in LONG and LONG[n].default_layer else pytest.param(n, marks=pytest.mark.slow)
+def layer(names, configs: dict | None = None) -> list:
+    """Each file once: in the default layer if its config (LONG, or OFFLINE for offline files) says so, else marked
+    slow."""
+    configs = LONG if configs is None else configs
+    return [pytest.param(n) if n in configs and configs[n].default_layer else pytest.param(n, marks=pytest.mark.slow)
             for n in names]
 
 
 def test_every_deep_file_has_a_long_run_config():
     missing = [n for n in deep_files() if n not in LONG]
     assert not missing, f"add these to LONG in tests/test_long_runs.py: {missing}"
+
+
+def resume_as_printed(module, err: str, tmp_path: Path, full: dict, skip: tuple[str, ...] = ()) -> tuple[dict, ...]:
+    """After a run in tmp_path/cut was interrupted (its stderr `err`): the checkpoint its last line names loads
+    without unpickling code and its policy acts; the printed command resumes it to the uninterrupted run's
+    (`full`) last step, in a new run directory whose scalars continue the old steps. Returns the checkpoint, the
+    resumed run's result, and the scalars of the old and the new run directory (without the tags in `skip`, which are
+    not indexed by step)."""
+    line = next(line for line in err.splitlines() if "resume with: " in line)
+    command = shlex.split(line.split("resume with: ")[1])
+    ckpt_path = Path(command[command.index("--resume") + 1])
+    ckpt_path = ckpt_path if ckpt_path.is_absolute() else tmp_path / "cut" / ckpt_path
+    assert ckpt_path.is_file() and ckpt_path.name.startswith("checkpoint_"), line
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert len(module.evaluate(str(ckpt_path), ckpt["env_id"], 1, seed=0)) == 1
+    resumed = run_main(module, command[2:], tmp_path / "cut")
+    assert resumed["global_step"] == full["global_step"]
+    cut_dirs = run_dirs(tmp_path / "cut")
+    assert len(cut_dirs) == 2 and tmp_path / "cut" / resumed["run_dir"] == cut_dirs[1]
+    before, after = scalars(cut_dirs[0]), scalars(cut_dirs[1])
+    for tag in skip:
+        before.pop(tag, None)
+        after.pop(tag, None)
+    assert max(s for values in before.values() for s, _ in values) <= ckpt["global_step"]
+    assert min(s for values in after.values() for s, _ in values) > ckpt["global_step"]
+    return ckpt, resumed, before, after
+
+
+def assert_resumed_as_uninterrupted(tmp_path, full: dict, resumed: dict, before: dict, after: dict, skip: set) -> None:
+    """The resumed run (tmp_path/cut) ends with the very tensors of the uninterrupted one (tmp_path/full), and its
+    training curve, the old run directory's scalars (`before`) then the new one's (`after`), is the uninterrupted
+    one's, tag by tag (charts/SPS, a wall-clock figure, and the tags in `skip` aside)."""
+    a = torch.load(tmp_path / "full" / full["model_path"], map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "cut" / resumed["model_path"], map_location="cpu", weights_only=True)
+    differ = tensors_equal({k: v for k, v in a.items() if k != "args"}, {k: v for k, v in b.items() if k != "args"})
+    assert not differ, f"the resumed run ends elsewhere than the uninterrupted one: {differ[:10]}"
+    whole, parts = scalars(tmp_path / "full" / full["run_dir"]), {}
+    for part in (before, after):
+        for tag, values in part.items():
+            parts.setdefault(tag, []).extend(values)
+    for tag in set(whole) - {"charts/SPS"} - skip:
+        assert parts.get(tag) == whole[tag], f"{tag} differs after resuming"
 
 
 def argv(name: str, *extra: str) -> list[str]:
@@ -164,40 +212,11 @@ def test_interrupt_and_resume(name: str, tmp_path: Path, monkeypatch, capsys):
     monkeypatch.undo()
     err = capsys.readouterr().err
     assert exit_info.value.code == 130, err[-2000:]
-    line = next(line for line in err.splitlines() if "resume with: " in line)
-    command = shlex.split(line.split("resume with: ")[1])
-    ckpt_path = Path(command[command.index("--resume") + 1])
-    ckpt_path = ckpt_path if ckpt_path.is_absolute() else tmp_path / "cut" / ckpt_path
-    assert ckpt_path.is_file() and ckpt_path.name.startswith("checkpoint_"), line
-
-    # the checkpoint loads without unpickling code, and its policy acts
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    # eval/episodic_return is indexed by episode here, not step
+    ckpt, resumed, before, after = resume_as_printed(module, err, tmp_path, full, skip=("eval/episodic_return",))
     assert 0 < ckpt["global_step"] < full["global_step"], (ckpt["global_step"], full["global_step"])
-    assert len(module.evaluate(str(ckpt_path), ckpt["env_id"], 1, seed=0)) == 1
-
-    # the printed command resumes it, in a new run directory whose scalars continue the old steps
-    resumed = run_main(module, command[2:], tmp_path / "cut")
-    assert resumed["global_step"] == full["global_step"]
-    cut_dirs = run_dirs(tmp_path / "cut")
-    assert len(cut_dirs) == 2 and tmp_path / "cut" / resumed["run_dir"] == cut_dirs[1]
-    before, after = scalars(cut_dirs[0]), scalars(cut_dirs[1])
-    before.pop("eval/episodic_return", None)  # indexed by episode, not step
-    after.pop("eval/episodic_return", None)
-    assert max(s for values in before.values() for s, _ in values) <= ckpt["global_step"]
-    assert min(s for values in after.values() for s, _ in values) > ckpt["global_step"]
-
     if cfg.bitwise:
-        a = torch.load(tmp_path / "full" / full["model_path"], map_location="cpu", weights_only=True)
-        b = torch.load(tmp_path / "cut" / resumed["model_path"], map_location="cpu", weights_only=True)
-        differ = tensors_equal({k: v for k, v in a.items() if k != "args"}, {k: v for k, v in b.items() if k != "args"})
-        assert not differ, f"the resumed run ends elsewhere than the uninterrupted one: {differ[:10]}"
-        # and its training curve is the uninterrupted one's, the old run directory's steps then the new one's
-        whole, parts = scalars(tmp_path / "full" / full["run_dir"]), {}
-        for part in (before, after):
-            for tag, values in part.items():
-                parts.setdefault(tag, []).extend(values)
-        for tag in set(whole) - {"charts/SPS", "eval/episodic_return"}:  # SPS is a wall-clock figure
-            assert parts.get(tag) == whole[tag], f"{tag} differs after resuming"
+        assert_resumed_as_uninterrupted(tmp_path, full, resumed, before, after, skip={"eval/episodic_return"})
 
 
 @pytest.mark.parametrize("name", layer(deep_files()))
@@ -237,19 +256,6 @@ def test_nan_stops_the_run(name: str, quantity: str, tmp_path: Path, capsys):
     assert net is not None
 
 
-@pytest.mark.parametrize("name", layer(n for n in deep_files() if n not in LONG or LONG[n].deterministic))
-def test_same_seed_same_curves(name: str, tmp_path: Path):
-    module = load_algo(name)
-    a = run_main(module, argv(name), tmp_path / "a")
-    b = run_main(module, argv(name), tmp_path / "b")
-    sa, sb = scalars(tmp_path / "a" / a["run_dir"]), scalars(tmp_path / "b" / b["run_dir"])
-    sa.pop("charts/SPS", None)
-    sb.pop("charts/SPS", None)
-    assert sa.keys() == sb.keys() and len(sa) > 3
-    for tag in sa:
-        assert sa[tag] == sb[tag], f"{tag} differs between two runs with one seed"
-
-
 # ---- offline files: no environment step in training; the same cases counted in gradient steps ----
 
 
@@ -272,12 +278,11 @@ OFFLINE: dict[str, OfflineRun] = {
 
 
 def offline_files() -> list[str]:
-    return sorted(name for name, cfg in SMOKE.items() if cfg.kind == "offline")
+    return files_of("offline")
 
 
 def offline_layer(names: list[str]) -> list:
-    return [pytest.param(n) if n in OFFLINE and OFFLINE[n].default_layer else pytest.param(n, marks=pytest.mark.slow)
-            for n in names]
+    return layer(names, OFFLINE)
 
 
 def offline_argv(name: str, *extra: str) -> list[str]:
@@ -315,34 +320,11 @@ def test_offline_interrupt_and_resume(name: str, tmp_path: Path, monkeypatch, ca
     monkeypatch.undo()
     err = capsys.readouterr().err
     assert exit_info.value.code == 130, err[-2000:]
-    line = next(line for line in err.splitlines() if "resume with: " in line)
-    command = shlex.split(line.split("resume with: ")[1])
-    ckpt_path = tmp_path / "cut" / command[command.index("--resume") + 1]
-    assert ckpt_path.is_file() and ckpt_path.name.startswith("checkpoint_"), line
-
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt, resumed, before, after = resume_as_printed(module, err, tmp_path, full)
     assert ckpt["global_step"] == cfg.interrupt_at < full["global_step"], (ckpt["global_step"], full["global_step"])
-    assert len(module.evaluate(str(ckpt_path), ckpt["env_id"], 1, seed=0)) == 1
 
-    resumed = run_main(module, command[2:], tmp_path / "cut")
-    assert resumed["global_step"] == full["global_step"]
-    cut_dirs = run_dirs(tmp_path / "cut")
-    assert len(cut_dirs) == 2 and tmp_path / "cut" / resumed["run_dir"] == cut_dirs[1]
-    before, after = scalars(cut_dirs[0]), scalars(cut_dirs[1])
-    assert max(s for values in before.values() for s, _ in values) <= ckpt["global_step"]
-    assert min(s for values in after.values() for s, _ in values) > ckpt["global_step"]
-
-    a = torch.load(tmp_path / "full" / full["model_path"], map_location="cpu", weights_only=True)
-    b = torch.load(tmp_path / "cut" / resumed["model_path"], map_location="cpu", weights_only=True)
-    differ = tensors_equal({k: v for k, v in a.items() if k != "args"}, {k: v for k, v in b.items() if k != "args"})
-    assert not differ, f"the resumed run ends elsewhere than the uninterrupted one: {differ[:10]}"
-    whole, parts = scalars(tmp_path / "full" / full["run_dir"]), {}
-    for part in (before, after):
-        for tag, values in part.items():
-            parts.setdefault(tag, []).extend(values)
-    assert "eval/episodic_return" in whole
-    for tag in set(whole) - {"charts/SPS"}:  # SPS is a wall-clock figure
-        assert parts.get(tag) == whole[tag], f"{tag} differs after resuming"
+    assert "eval/episodic_return" in scalars(tmp_path / "full" / full["run_dir"])  # indexed by gradient step here
+    assert_resumed_as_uninterrupted(tmp_path, full, resumed, before, after, skip=set())
 
 
 @pytest.mark.parametrize("name", offline_layer(offline_files()))
@@ -370,19 +352,6 @@ def test_offline_nan_stops_the_run(name: str, tmp_path: Path, monkeypatch, capsy
     assert ckpt["global_step"] == at - 1
     assert all(torch.isfinite(value.float()).all() for value in ckpt["model"].values())
     assert module.load_model(str(last))[0] is not None
-
-
-@pytest.mark.parametrize("name", offline_layer(offline_files()))
-def test_offline_same_seed_same_curves(name: str, tmp_path: Path):
-    module = load_algo(name)
-    a = run_main(module, offline_argv(name), tmp_path / "a")
-    b = run_main(module, offline_argv(name), tmp_path / "b")
-    sa, sb = scalars(tmp_path / "a" / a["run_dir"]), scalars(tmp_path / "b" / b["run_dir"])
-    sa.pop("charts/SPS", None)
-    sb.pop("charts/SPS", None)
-    assert sa.keys() == sb.keys() and len(sa) >= 2
-    for tag in sa:
-        assert sa[tag] == sb[tag], f"{tag} differs between two runs with one seed"
 
 
 # ---- bad values and paths, before any work: every deep file, in the default layer (they fail in milliseconds) ----
@@ -483,3 +452,17 @@ def test_sigterm_on_the_command_line(tmp_path: Path):
     assert "--total-timesteps 100000000" in line and "--checkpoint-every 4096" in line, line
     assert len(list(tmp_path.glob("runs/*/checkpoint_*.pt"))) == 1  # --keep-checkpoints 1
     assert not list(tmp_path.glob("runs/*/*.tmp"))
+
+
+@pytest.mark.parametrize("name", layer(n for n in deep_files() if n not in LONG or LONG[n].deterministic)
+                         + offline_layer(offline_files()))
+def test_same_seed_same_curves(name: str, tmp_path: Path):
+    module, offline = load_algo(name), SMOKE[name].kind == "offline"
+    a = run_main(module, offline_argv(name) if offline else argv(name), tmp_path / "a")
+    b = run_main(module, offline_argv(name) if offline else argv(name), tmp_path / "b")
+    sa, sb = scalars(tmp_path / "a" / a["run_dir"]), scalars(tmp_path / "b" / b["run_dir"])
+    sa.pop("charts/SPS", None)
+    sb.pop("charts/SPS", None)
+    assert sa.keys() == sb.keys() and len(sa) >= (2 if offline else 4)
+    for tag in sa:
+        assert sa[tag] == sb[tag], f"{tag} differs between two runs with one seed"
