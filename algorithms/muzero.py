@@ -10,6 +10,8 @@ The settings for small vector observations follow muzero-general's CartPole conf
 Run:
     python algorithms/muzero.py                                      # CartPole-v1
     python algorithms/muzero.py --env-id TicTacToe-v0                # tic-tac-toe in self-play (the game is below)
+    python algorithms/muzero.py --env-id TicTacToe-v0 --total-timesteps 150000 --num-unroll-steps 9 --buffer-size 3000 \
+        --value-loss-coef 0.25 --dirichlet-alpha 0.1 --support-size 10 --temperature-moves 9   # muzero-general's
     python algorithms/muzero.py --num-simulations 50 --total-timesteps 100000
     python algorithms/muzero.py --save-model --save-buffer           # the final state, which can resume
     python algorithms/muzero.py --help
@@ -64,7 +66,8 @@ training episode's return is 1 for a decided game and 0 for a draw. evaluate() p
 random opponent, the agent moving first in even episodes and second in odd ones, and returns +1 / 0 / -1 for the
 agent's win / draw / loss. Legal moves are read off the observation (empty cells).
 Tested (slow): seed 1 reaches >= 400 on CartPole-v1 in 30k steps; the tic-tac-toe test (>= 95% non-losses against
-a random player as either side, >= 80% draws against perfect play) is not reached yet (tests/test_muzero.py, page).
+a random player as either side, >= 80% draws against perfect play; 150k moves with the settings of the second
+tic-tac-toe command above) is not reached yet (tests/test_muzero.py, page).
 Results: benchmark_results/muzero.md
 
 Defaults are sized for one CPU core (the paper's runs take about 1e6 training steps on TPUs; muzero-general's
