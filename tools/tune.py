@@ -496,24 +496,51 @@ def work_on(cfg: dict, worker: int | None, storage, pool: Pool) -> None:
         study = load(name, storage, sampler=sampler_for(cfg, params, worker), pruner=pruner_for(cfg))
         check_setup(study, cfg, params)
         counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)  # not queued ones
-        if cfg["sweep"]:
-            left = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        else:
-            left = total - len(study.get_trials(deepcopy=False, states=counted))
-        if left <= 0:
-            continue
 
         def objective(trial, params=params):
             return run_trial(trial, cfg, {p.name: p.suggest(trial) for p in params}, pool)
 
-        def progress(study, trial, name=name):
+        def progress(trial, name=name):
             value = trial.user_attrs.get("eval_return_mean")
             where = f" at step {trial.user_attrs['pruned_at']:,}" if trial.state == TrialState.PRUNED else ""
             print(f"{name} trial {trial.number}: {trial.state.name}{where}  eval "
                   f"{'n/a' if value is None else f'{value:.1f}'}  {trial.user_attrs.get('algo_args', '')}", flush=True)
 
-        study.optimize(objective, n_trials=left, catch=(RuntimeError,), gc_after_trial=False,
-                       callbacks=[optuna.study.MaxTrialsCallback(total, states=counted), progress])
+        while True:
+            with trial_claim(cfg, name):  # count and create in one step (see trial_claim)
+                if cfg["sweep"]:
+                    done = not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                else:
+                    done = len(study.get_trials(deepcopy=False, states=counted)) >= total
+                if done:
+                    break
+                trial = study.ask()  # a sweep's next queued point, or the sampler's proposal
+            try:
+                study.tell(trial, objective(trial))
+            except optuna.TrialPruned:
+                study.tell(trial, state=TrialState.PRUNED)
+            except RuntimeError as error:  # a seed failed: the trial is recorded as failed and the search goes on
+                print(f"{name} trial {trial.number}: FAIL  {error}", file=sys.stderr, flush=True)
+                study.tell(trial, state=TrialState.FAIL)
+            progress(next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number))
+
+
+@contextlib.contextmanager
+def trial_claim(cfg: dict, name: str):
+    """The workers of one study on this machine count its trials and create the next one under one file lock, so
+    that two workers finishing at the same moment cannot both start a trial past --trials (a count taken after a
+    trial and a creation taken later are a race). Workers on other machines sharing a database are not covered:
+    there the study may end with a trial or two more than asked."""
+    import fcntl
+    import hashlib
+
+    key = hashlib.sha1(f"{cfg['storage']}|{name}".encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"onefile-rl-tune-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def run_workers(cfg: dict, argv: list[str]) -> None:
