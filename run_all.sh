@@ -26,7 +26,8 @@
 #   ./run_all.sh classic    only the book's figures
 #   ./run_all.sh irl        only inverse RL and reward learning (maxent_irl, reward_shaping, preference_reward),
 #                           about 45 minutes
-#   ./run_all.sh offline    only the offline datasets (tools/make_dataset.py) and bc.py on them, about 1.5 hours
+#   ./run_all.sh offline    only the offline datasets (tools/make_dataset.py) and the offline files on them, about
+#                           4 hours
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -352,6 +353,28 @@ if [[ "$what" == all || "$what" == offline ]]; then
     $L/bc10_medium-replay_*.log $L/bc_expert_*.log $L/bc_medium-expert_*.log \
     --title "bc.py on Hopper-v5 datasets of tools/make_dataset.py"
   for f in $L/bc*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/bc_hopper.log
+  rm -f $L/td3_*_*.log
+  for level in medium medium-replay; do
+    for seed in 1 2 3; do
+      python algorithms/td3_bc.py --dataset-id onefile/hopper/$level-v0 --total-updates 50000 --seed $seed \
+        > $L/td3_bc_${level}_$seed.log
+    done
+  done
+  python algorithms/td3_bc.py --dataset-id onefile/hopper/medium-v0 --no-bc --total-updates 20000 --seed 1 \
+    --exp-name td3_nobc > $L/td3_nobc_medium_1.log
+  python tools/offline_table.py --out benchmark_results/td3_bc_hopper --logs $L/td3_bc_medium_*.log \
+    $L/td3_bc_medium-replay_*.log $L/td3_nobc_medium_*.log --title "td3_bc.py on Hopper-v5 datasets of tools/make_dataset.py"
+  for f in $L/td3_*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/td3_bc_hopper.log
+  rm -f $L/iql_*_*.log
+  for seed in 1 2 3; do
+    for level in medium medium-replay; do
+      python algorithms/iql.py --dataset-id onefile/hopper/$level-v0 --total-updates 50000 --seed $seed \
+        --exp-name iql_$level > $L/iql_${level}_$seed.log
+    done
+  done
+  python tools/offline_table.py --out benchmark_results/iql_hopper --logs $L/iql_medium_*.log $L/iql_medium-replay_*.log \
+    --title "iql.py on Hopper-v5 datasets of tools/make_dataset.py"
+  for f in $L/iql_*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/iql_hopper.log
   summarise
 fi
 

@@ -274,6 +274,13 @@ class OfflineRun:
 OFFLINE: dict[str, OfflineRun] = {
     "bc.py": OfflineRun(args=["--total-updates", "60", "--eval-every", "20"], interrupt_at=30, nan_loss="bc_loss",
                         default_layer=True),
+    # interrupt_at counts Adam steps, the critic's and the actor's: with the policy delay at 25 the first 24 updates
+    # step the critic alone, so the SIGINT of the 20th lands in gradient step 20 (tests/test_td3_bc.py resumes
+    # across actor updates at the default delay)
+    "td3_bc.py": OfflineRun(args=["--total-updates", "60", "--eval-every", "20", "--policy-frequency", "25"],
+                            interrupt_at=20, nan_loss="twin_critic_loss", default_layer=True),
+    "iql.py": OfflineRun(args=["--total-updates", "60", "--eval-every", "20"], interrupt_at=30,
+                         nan_loss="expectile_loss"),
 }
 
 
