@@ -199,3 +199,21 @@ def offline_datasets(request, tmp_path_factory):
         os.environ.pop("MINARI_DATASETS_PATH", None)
     else:
         os.environ["MINARI_DATASETS_PATH"] = saved
+
+
+def run_offline_with_statistics(module, dataset_id: str, tmp_path) -> tuple[dict, dict]:
+    """An offline file's tiny run with --save-model on `dataset_id`: the saved policy carries the dataset's observation
+    statistics (those of every transition, as the file's own obs_statistics computes them). Returns the run's result
+    and the checkpoint, for the file's own further checks."""
+    import minari
+    import torch
+
+    data = module.load_transitions(minari.load_dataset(dataset_id))
+    out = run_main(module, ["--dataset-id", dataset_id, "--total-updates", "2", "--eval-episodes", "1", "--save-model",
+                            "--hidden-sizes", "8"], tmp_path)
+    policy, ckpt = module.load_model(str(tmp_path / out["model_path"]))
+    mean, std = module.obs_statistics(data["observations"])
+    torch.testing.assert_close(policy.obs_mean, torch.as_tensor(mean))
+    torch.testing.assert_close(policy.obs_std, torch.as_tensor(std))
+    assert ckpt["dataset_id"] == dataset_id
+    return out, ckpt
