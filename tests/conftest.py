@@ -217,3 +217,18 @@ def run_offline_with_statistics(module, dataset_id: str, tmp_path) -> tuple[dict
     torch.testing.assert_close(policy.obs_std, torch.as_tensor(std))
     assert ckpt["dataset_id"] == dataset_id
     return out, ckpt
+
+
+# Where this collection's real datasets are (tools/make_dataset.py; `./run_all.sh offline` builds them): read when
+# conftest is imported, before the session fixture points MINARI_DATASETS_PATH at the tiny test datasets.
+# ONEFILE_MINARI_DATASETS overrides it (e.g. a folder other than the user's MINARI_DATASETS_PATH).
+BUILT_DATASETS = (os.environ.get("ONEFILE_MINARI_DATASETS") or os.environ.get("MINARI_DATASETS_PATH")
+                  or os.path.expanduser("~/.minari/datasets"))
+
+
+def needs_built_dataset(dataset_id: str):
+    """Skip a slow learning test unless `dataset_id` was built under BUILT_DATASETS (run it with
+    run_main(..., env={"MINARI_DATASETS_PATH": BUILT_DATASETS}))."""
+    return pytest.mark.skipif(not os.path.isdir(os.path.join(BUILT_DATASETS, dataset_id)),
+                              reason=f"needs {dataset_id} under $ONEFILE_MINARI_DATASETS or $MINARI_DATASETS_PATH "
+                                     "(tools/make_dataset.py; ./run_all.sh offline builds it)")

@@ -9,18 +9,13 @@ The tiny datasets (conftest.OFFLINE_DATASETS) live in a temporary MINARI_DATASET
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import load_algo, run_main, run_offline_with_statistics
+from conftest import BUILT_DATASETS, load_algo, needs_built_dataset, run_main, run_offline_with_statistics
 
 iql = load_algo("iql")
-# Read at import, before conftest points MINARI_DATASETS_PATH at the tiny datasets: where this collection's Hopper-v5
-# datasets are (tools/make_dataset.py, run_all.sh offline)
-HOPPER_DATASETS = os.environ.get("IQL_HOPPER_DATASETS") or os.environ.get("MINARI_DATASETS_PATH") or \
-    os.path.expanduser("~/.minari/datasets")
 
 
 def sample_expectile(x: np.ndarray, tau: float) -> float:
@@ -144,13 +139,11 @@ def test_saved_model_carries_the_dataset_statistics(offline_datasets, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(os.path.join(HOPPER_DATASETS, "onefile/hopper/medium-v0")),
-                    reason="needs onefile/hopper/medium-v0 under $IQL_HOPPER_DATASETS or $MINARI_DATASETS_PATH "
-                           "(tools/make_dataset.py; run_all.sh offline builds it)")
+@needs_built_dataset("onefile/hopper/medium-v0")
 def test_hopper_medium_beats_behaviour_cloning(tmp_path):
     """The benchmark's run (seed 1, 50k gradient steps, the defaults) on onefile/hopper/medium-v0 ends at a
     normalised score >= 33: above bc.py's best on the same data (30.7 +- 0.3 over 3 seeds) and the data's own 30.1.
     Measured: 37.3 last, 39.0 best, every evaluation >= 33.4 (benchmark_results/iql.md); about 7-13 minutes here."""
     out = run_main(iql, ["--dataset-id", "onefile/hopper/medium-v0", "--seed", "1"], tmp_path,
-                   env={"MINARI_DATASETS_PATH": HOPPER_DATASETS})
+                   env={"MINARI_DATASETS_PATH": BUILT_DATASETS})
     assert out["normalized_score_last"] >= 33, out

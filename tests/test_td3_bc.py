@@ -8,13 +8,10 @@ The tiny datasets (conftest.OFFLINE_DATASETS) live in a temporary MINARI_DATASET
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from conftest import load_algo, run_main, run_offline_with_statistics
+from conftest import BUILT_DATASETS, load_algo, needs_built_dataset, run_main, run_offline_with_statistics
 
 td3_bc = load_algo("td3_bc")
 
@@ -125,20 +122,16 @@ def test_resume_across_actor_updates(offline_datasets, tmp_path):
     assert a["global_step"] == b["global_step"] == 40
 
 
-HOPPER = os.environ.get("ONEFILE_MINARI_DATASETS", "")
 # seed 1 measured 43.0 at 5k gradient steps (in its 50k run, whose evaluation at 5k is this run's: same seed, same
 # sampler); 35 is above bc.py's best on the same data at 50k (30.7, 3 seeds) and the data's own 30.1
 THRESHOLD = 35.0
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (Path(HOPPER) / "onefile" / "hopper" / "medium-v0").is_dir(),
-                    reason="set ONEFILE_MINARI_DATASETS to a MINARI_DATASETS_PATH holding onefile/hopper/medium-v0 "
-                           "(run_all.sh builds it; see benchmark_results/datasets.md)")
-def test_hopper_medium_beats_behaviour_cloning(tmp_path, monkeypatch):
+@needs_built_dataset("onefile/hopper/medium-v0")
+def test_hopper_medium_beats_behaviour_cloning(tmp_path):
     """This collection's Hopper-v5 medium data (958 mean return, 30.1 normalised; bc.py's last 29.8, best 30.7 at
     50k gradient steps): td3_bc.py seed 1, 5k gradient steps, 10 evaluation episodes, scores >= THRESHOLD."""
-    monkeypatch.setenv("MINARI_DATASETS_PATH", HOPPER)
     out = run_main(td3_bc, ["--dataset-id", "onefile/hopper/medium-v0", "--total-updates", "5000",
-                            "--eval-every", "5000"], tmp_path)
+                            "--eval-every", "5000"], tmp_path, env={"MINARI_DATASETS_PATH": BUILT_DATASETS})
     assert out["normalized_score_last"] >= THRESHOLD, out
