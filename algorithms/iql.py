@@ -236,6 +236,20 @@ def reward_scale(episode_returns: np.ndarray) -> float:
     return 1000.0 / spread if spread > 0 else 1.0
 
 
+def discounted_returns_to_go(rewards: np.ndarray, episode: np.ndarray, gamma: float) -> np.ndarray:
+    """G_t = r_t + gamma * G_(t+1) within each episode, 0 after its last step: the discounted return that followed
+    each transition in the data (what the behaviour policy's Q(s, a) estimates; an episode cut by a time limit loses
+    its tail). Rows are in dataset order, episodes contiguous."""
+    returns = np.zeros(len(rewards), dtype=np.float64)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        if t == len(rewards) - 1 or episode[t + 1] != episode[t]:
+            running = 0.0
+        running = float(rewards[t]) + gamma * running
+        returns[t] = running
+    return returns
+
+
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     """mean( |tau - 1(u < 0)| * u^2 ) over u = diff = target - V: an asymmetric squared error whose minimiser over a
     constant V is the tau-expectile of the targets (tau = 0.5: the mean; tau > 0.5 weighs targets above V more)."""
@@ -614,9 +628,11 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
 
     writer = SummaryWriter(run_dir)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+    returns_to_go = discounted_returns_to_go(data["rewards"] * scale, data["episode"], args.gamma)  # Q's scale
     print(f"{args.dataset_id}: {n:,} transitions in {len(data['episode_returns'])} episodes (returns "
           f"{data['episode_returns'].min():.1f} to {data['episode_returns'].max():.1f}; rewards scaled by {scale:.4g}); "
-          f"evaluated on {env_spec.id}", flush=True)
+          f"evaluated on {env_spec.id}; the data's discounted return G_t (gamma {args.gamma}, scaled rewards): "
+          f"mean {returns_to_go.mean():.1f}, max {returns_to_go.max():.1f}", flush=True)
 
     def run_evaluation() -> list[float]:
         """Evaluate, log, keep the best; returns the returns (its time is left out of the updates per second)."""

@@ -169,10 +169,10 @@ OFFLINE_DATASETS = {
 
 
 def needs_offline_datasets(nodeids) -> bool:
-    """Does any of these tests run an offline-kind file, or tools/make_dataset.py?"""
+    """Does any of these tests run an offline-kind file, tools/make_dataset.py or tools/offline_table.py?"""
     from smoke_configs import SMOKE
 
-    return any("test_make_dataset" in nodeid or (SMOKE.get(algorithm_of(nodeid)) and
+    return any("test_make_dataset" in nodeid or "test_offline_table" in nodeid or (SMOKE.get(algorithm_of(nodeid)) and
                                                  SMOKE[algorithm_of(nodeid)].kind == "offline") for nodeid in nodeids)
 
 

@@ -129,13 +129,19 @@ def test_one_adam_with_groups_is_three_optimisers():
         torch.testing.assert_close(c.bias, m.bias)
 
 
-def test_saved_model_carries_the_dataset_statistics(offline_datasets, tmp_path):
+def test_saved_model_carries_the_dataset_statistics(offline_datasets, tmp_path, capsys):
+    import re
+
     import minari
 
     _, ckpt = run_offline_with_statistics(iql, "tiny/pendulum-random-v0", tmp_path)
     data = iql.load_transitions(minari.load_dataset("tiny/pendulum-random-v0"))
     assert ckpt["reward_scale"] == pytest.approx(iql.reward_scale(data["episode_returns"]))
     assert ckpt["env_id"] == "Pendulum-v1"
+    # the data's G_t is printed on the scale of Q, the scaled rewards' (tools/offline_table.py compares them)
+    g = iql.discounted_returns_to_go(data["rewards"] * ckpt["reward_scale"], data["episode"], 0.99).mean()
+    printed = re.search(r"G_t \(gamma 0.99, scaled rewards\): mean (\S+),", capsys.readouterr().out).group(1)
+    assert printed == f"{g:.1f}"
 
 
 @pytest.mark.slow

@@ -9,6 +9,13 @@ and, at the end, `last normalised score ..., best ...; N gradient steps in Ts`. 
 
 writes <out>.md (the table and the command), <out>.csv (every evaluation of every run) and <out>.png (the mean
 normalised score against gradient steps, min-max over seeds shaded).
+
+Value-based files (td3_bc.py, cql.py, iql.py) also print, once, `the data's discounted return G_t (gamma g...): mean
+m` (on the scale of their Q: iql.py's rewards are scaled) and, at every progress line, `Q q`, the mean Q(s, a) of
+their critic on the batch of the data's (s, a). For those runs the table gets a second part, Q against G_t, and
+<out>_q.png draws Q / mean G_t against gradient steps: the behaviour's own Q would sit near 1; a critic that
+extrapolates to actions the data never took climbs far above it (td3_bc.py --no-bc), a conservative one may sit
+below it.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import numpy as np
 EVAL = re.compile(r"eval at update\s+([\d,]+): return\s+(\S+) \+-\s+(\S+)\s+normalised score\s+(\S+)")
 END = re.compile(r"last normalised score .*?([\d,]+) gradient steps in ([\d.]+)s")
 SPEED = re.compile(r"updates/s\s+([\d,]+)")
+RETURN_TO_GO = re.compile(r"discounted return G_t \(gamma [\d.]+[^)]*\): mean ([-\d.]+)")
+Q_VALUE = re.compile(r"^update\s+([\d,]+)\s+updates/s.*?\bQ (\S+)", re.MULTILINE)
 
 
 def read_run(path: Path) -> dict | None:
@@ -36,8 +45,11 @@ def read_run(path: Path) -> dict | None:
         return None
     speeds = SPEED.findall(text)
     label, _, seed = path.stem.rpartition("_")
+    g = RETURN_TO_GO.search(text)
+    q = [(int(u.replace(",", "")), float(v)) for u, v in Q_VALUE.findall(text)]
     return {"label": label or path.stem, "seed": seed, "evals": evals, "train_s": float(end.group(2)),
-            "ups": int(speeds[-1].replace(",", "")) if speeds else float("nan")}
+            "ups": int(speeds[-1].replace(",", "")) if speeds else float("nan"),
+            "g": float(g.group(1)) if g and q else None, "q": q}
 
 
 def table(runs: list[dict]) -> list[str]:
@@ -50,6 +62,20 @@ def table(runs: list[dict]) -> list[str]:
         lines.append(f"| {label} | {len(rs)} | {last.mean():.1f} ± {last.std():.1f} | {best.mean():.1f} ± {best.std():.1f} "
                      f"| {', '.join(f'{x:.1f}' for x in last)} | {np.mean([r['ups'] for r in rs]):.0f} "
                      f"| {np.mean([r['train_s'] for r in rs]):.0f} s |")
+    return lines
+
+
+def q_table(runs: list[dict]) -> list[str]:
+    """Q on the data's (s, a) against the data's mean discounted return G_t, for the runs that print both."""
+    lines = ["| run | seeds | data's mean G_t | mean Q, last logged | mean Q, highest logged | last Q / G_t |",
+             "|---|---|---|---|---|---|"]
+    for label in dict.fromkeys(r["label"] for r in runs if r["g"] is not None):
+        rs = [r for r in runs if r["label"] == label and r["g"] is not None]
+        g = np.mean([r["g"] for r in rs])
+        last = np.array([r["q"][-1][1] for r in rs])
+        high = np.array([max(v for _, v in r["q"]) for r in rs])
+        lines.append(f"| {label} | {len(rs)} | {g:.1f} | {last.mean():,.1f} | {high.mean():,.1f} "
+                     f"| {np.mean([r['q'][-1][1] / r['g'] for r in rs]):.2f} |")
     return lines
 
 
@@ -70,10 +96,15 @@ def main(argv: list[str] | None = None) -> None:
             f.writelines(f"{r['label']},{r['seed']},{u},{ret},{s}\n" for u, ret, s in r["evals"])
     command = "python tools/offline_table.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     md = table(runs) + ["", "Scores: the dataset's normalised score x100 (Minari's get_normalized_score), evaluated "
-                            "every --eval-every gradient steps; last = the final evaluation, best = the highest.",
-                        f"Command: `{command}`"]
+                            "every --eval-every gradient steps; last = the final evaluation, best = the highest."]
+    valued = [r for r in runs if r["g"] is not None]
+    if valued:
+        md += ["", *q_table(valued), "", "Q: the critic's mean Q(s, a) on its batch of the data's (s, a), at its progress "
+               "lines; G_t: the data's discounted return to the end of each episode, on the same reward scale "
+               f"(figure: {out.name}_q.png)."]
+    md += ["", f"Command: `{command}`"]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md[: len(md) - 3]))
+    print("\n".join(md[:-2]))
 
     import matplotlib
 
@@ -96,6 +127,31 @@ def main(argv: list[str] | None = None) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=100)
+    if valued:
+        plot_q(valued, out.with_name(out.name + "_q.png"), args.title, plt)
+
+
+def plot_q(runs: list[dict], path: Path, title: str, plt) -> None:
+    """Q / mean G_t against gradient steps, one line per label (the mean over its seeds), on a symlog scale."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lowest = 0.0
+    for label in dict.fromkeys(r["label"] for r in runs):
+        curves = [r for r in runs if r["label"] == label]
+        n = min(len(r["q"]) for r in curves)
+        x = np.array([u for u, _ in curves[0]["q"][:n]])
+        y = np.array([[v / r["g"] for _, v in r["q"][:n]] for r in curves])
+        ax.plot(x, y.mean(0), label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+        lowest = min(lowest, float(y.mean(0).min()))
+    ax.axhline(1.0, color="k", ls=":", lw=1)
+    ax.set_yscale("symlog", linthresh=2)  # linear around 1 (Q near the data's return), logarithmic far from it
+    ax.set_ylim(bottom=lowest * 1.1)
+    ax.set_xlabel("gradient steps")
+    ax.set_ylabel("mean Q(s, a) on the data / the data's mean G_t")
+    ax.set_title(f"{title}: Q estimates against the data's returns", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
