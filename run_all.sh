@@ -326,7 +326,11 @@ if [[ "$what" == all || "$what" == offline ]]; then
   python algorithms/ppo_continuous_action.py --env-id Hopper-v5 --total-timesteps 1000000 --save-model \
     --checkpoint-every 50000 --keep-checkpoints 100 --seed 1 --exp-name hopper_expert
   python algorithms/ppo.py --total-timesteps 100000 --seed 1 --save-model --exp-name cartpole_expert
+  # HalfCheetah-v5's return jumps from -51 to 822 between 60k and 80k steps: checkpoints every 10k; medium = 81,920
+  python algorithms/ppo_continuous_action.py --env-id HalfCheetah-v5 --total-timesteps 1000000 --save-model \
+    --checkpoint-every 10000 --keep-checkpoints 100 --seed 1 --exp-name halfcheetah_expert
   H=$(ls -d runs/Hopper-v5__hopper_expert__1__* | tail -1); C=$(ls -d runs/CartPole-v1__cartpole_expert__1__* | tail -1)
+  HC=$(ls -d runs/HalfCheetah-v5__halfcheetah_expert__1__* | tail -1)
   P=ppo_continuous_action
   MD="python tools/make_dataset.py --overwrite"
   $MD --env-id CartPole-v1 --dataset-id onefile/cartpole/expert-v0 --steps 100000 --policy ppo:$C/cartpole_expert.pt --noise 0.1
@@ -337,6 +341,14 @@ if [[ "$what" == all || "$what" == offline ]]; then
   $MD --env-id Hopper-v5 --dataset-id onefile/hopper/medium-replay-v0 --steps 200000 --noise 0.1 --policy random \
     $P:$H/checkpoint_51200.pt $P:$H/checkpoint_100352.pt $P:$H/checkpoint_151552.pt $P:$H/checkpoint_200704.pt
   $MD --dataset-id onefile/hopper/medium-expert-v0 --merge onefile/hopper/medium-v0 onefile/hopper/expert-v0
+  $MD --env-id HalfCheetah-v5 --dataset-id onefile/halfcheetah/random-v0 --steps 200000
+  $MD --env-id HalfCheetah-v5 --dataset-id onefile/halfcheetah/medium-v0 --steps 200000 \
+    --policy $P:$HC/checkpoint_81920.pt --noise 0.1
+  $MD --env-id HalfCheetah-v5 --dataset-id onefile/halfcheetah/expert-v0 --steps 200000 \
+    --policy $P:$HC/halfcheetah_expert.pt --noise 0.1
+  $MD --env-id HalfCheetah-v5 --dataset-id onefile/halfcheetah/medium-replay-v0 --steps 200000 --noise 0.1 --policy random \
+    $P:$HC/checkpoint_20480.pt $P:$HC/checkpoint_40960.pt $P:$HC/checkpoint_61440.pt $P:$HC/checkpoint_81920.pt
+  $MD --dataset-id onefile/halfcheetah/medium-expert-v0 --merge onefile/halfcheetah/medium-v0 onefile/halfcheetah/expert-v0
   python algorithms/bc.py --dataset-id onefile/cartpole/expert-v0 --total-updates 10000 --eval-every 1000 --seed 1
   L=runs/offline_logs; mkdir -p $L; rm -f $L/bc*_*.log
   for seed in 1 2 3; do
