@@ -24,10 +24,12 @@
 #   ./run_all.sh tune       only the hyperparameter sweeps of ppo.py and ppo_continuous_action.py and one Optuna
 #                           search (tools/tune.py), about 2 hours
 #   ./run_all.sh classic    only the book's figures
-#   ./run_all.sh irl        only inverse RL and reward learning (maxent_irl, reward_shaping, preference_reward),
-#                           about 45 minutes
+#   ./run_all.sh irl        only inverse RL and reward learning (maxent_irl, reward_shaping, preference_reward,
+#                           gail; gail.py learns from the experts that the offline group trains), about 2 hours
 #   ./run_all.sh offline    only the offline datasets (tools/make_dataset.py) and the offline files on them, about
-#                           4 hours
+#                           5.5 hours
+#   ./run_all.sh multiagent only the multi-agent files (mappo.py) on mpe2's simple_spread_v3, about 1 hour
+#   ./run_all.sh lm         only the language-model files (sft.py), about 20 minutes
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -299,24 +301,6 @@ if [[ "$what" == all || "$what" == classic ]]; then
   python algorithms/dyna_q.py --env-id FrozenLake-v1 --num-episodes 500 --plot benchmark_results/classic/dyna_q_frozenlake.png
 fi
 
-if [[ "$what" == all || "$what" == irl ]]; then
-  export OMP_NUM_THREADS=1
-  python algorithms/maxent_irl.py
-  python algorithms/maxent_irl.py --demos sampled --plot benchmark_results/classic/maxent_irl_gridworld_sampled.png
-  python algorithms/maxent_irl.py --env-id FrozenLake-v1 --horizon 40 --plot benchmark_results/classic/maxent_irl_frozenlake.png
-  python algorithms/maxent_irl.py --env-id FrozenLake-v1 --horizon 40 --demos sampled --features cell-type \
-    --plot benchmark_results/classic/maxent_irl_frozenlake_sampled_cell_type.png
-  python algorithms/reward_shaping.py
-  python algorithms/reward_shaping.py --methods none potential --potential distance --potential-scale 0.1 \
-    --plot benchmark_results/classic/reward_shaping_gridworld_distance.png
-  python algorithms/reward_shaping.py --env-id MountainCar-v0 --num-runs 10
-  python tools/compare.py --env-id HalfCheetah-v5 --seeds 1 2 3 --total-timesteps 300000 \
-    --run "learned reward (1,000 labels)|preference_reward|" --run "true reward|preference_reward|--true-reward" \
-    --eval-episodes 10 --tag preference_reward_HalfCheetah-v5 \
-    --title "preference_reward.py on HalfCheetah-v5: learned reward (1,000 synthetic labels) against true reward"
-  summarise
-fi
-
 if [[ "$what" == all || "$what" == offline ]]; then
   # Datasets under $MINARI_DATASETS_PATH (default ~/.minari/datasets), rebuilt (--overwrite); never in git.
   # The experts: ppo_continuous_action.py on Hopper-v5 (checkpoints every 50k steps: medium, medium-replay) and
@@ -376,6 +360,8 @@ if [[ "$what" == all || "$what" == offline ]]; then
     --exp-name td3_nobc > $L/td3_nobc_medium_1.log
   python tools/offline_table.py --out benchmark_results/td3_bc_hopper --logs $L/td3_bc_medium_*.log \
     $L/td3_bc_medium-replay_*.log $L/td3_nobc_medium_*.log --title "td3_bc.py on Hopper-v5 datasets of tools/make_dataset.py"
+  python tools/offline_table.py --out benchmark_results/td3_bc_q --title "td3_bc.py on Hopper-v5 medium" \
+    --logs $L/td3_bc_medium_1.log $L/td3_nobc_medium_1.log
   for f in $L/td3_*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/td3_bc_hopper.log
   rm -f $L/iql_*_*.log
   for seed in 1 2 3; do
@@ -387,7 +373,113 @@ if [[ "$what" == all || "$what" == offline ]]; then
   python tools/offline_table.py --out benchmark_results/iql_hopper --logs $L/iql_medium_*.log $L/iql_medium-replay_*.log \
     --title "iql.py on Hopper-v5 datasets of tools/make_dataset.py"
   for f in $L/iql_*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/iql_hopper.log
+  # cql.py: a step evaluates both critics on 31 actions per state (about 30 times a TD3+BC step here): 5k steps
+  rm -f $L/cql_*_*.log
+  for seed in 1 2; do
+    python algorithms/cql.py --dataset-id onefile/hopper/medium-v0 --total-updates 5000 --eval-every 1000 --seed $seed \
+      > $L/cql_medium_$seed.log
+  done
+  python algorithms/cql.py --dataset-id onefile/hopper/medium-replay-v0 --total-updates 5000 --eval-every 1000 \
+    --seed 1 > $L/cql_medium-replay_1.log
+  python tools/offline_table.py --out benchmark_results/cql_hopper --logs $L/cql_medium_*.log $L/cql_medium-replay_*.log \
+    --title "cql.py on Hopper-v5 datasets of tools/make_dataset.py, 5k gradient steps"
+  for f in $L/cql_medium*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/cql_hopper.log
+  python algorithms/cql.py --dataset-id onefile/cartpole/random-v0 --total-updates 3000 --eval-every 1000 \
+    --log-every 500 --cql-alpha 1 --exp-name cql_discrete > $L/cql_cartpole-random_1.log
+  (echo "==> $L/cql_cartpole-random_1.log"; cat $L/cql_cartpole-random_1.log) > benchmark_results/cql_cartpole.log
+  # decision_transformer.py: one gradient step of CORL's model (embedding 128, 3 layers, batch 64, K 20) costs about
+  # 0.3 s on one core, so 1k steps here, not 50k
+  rm -f $L/dt_*_*.log
+  for seed in 1 2; do
+    for level in medium medium-replay; do
+      python algorithms/decision_transformer.py --dataset-id onefile/hopper/$level-v0 --total-updates 1000 \
+        --warmup-steps 100 --eval-every 250 --eval-episodes 5 --log-every 50 --seed $seed > $L/dt_${level}_$seed.log
+    done
+  done
+  python tools/offline_table.py --out benchmark_results/decision_transformer_hopper --logs $L/dt_medium_*.log \
+    $L/dt_medium-replay_*.log --title "decision_transformer.py, Hopper-v5, 1k gradient steps"
+  for f in $L/dt_*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/decision_transformer_hopper.log
   summarise
+fi
+
+if [[ "$what" == all || "$what" == irl ]]; then
+  export OMP_NUM_THREADS=1
+  python algorithms/maxent_irl.py
+  python algorithms/maxent_irl.py --demos sampled --plot benchmark_results/classic/maxent_irl_gridworld_sampled.png
+  python algorithms/maxent_irl.py --env-id FrozenLake-v1 --horizon 40 --plot benchmark_results/classic/maxent_irl_frozenlake.png
+  python algorithms/maxent_irl.py --env-id FrozenLake-v1 --horizon 40 --demos sampled --features cell-type \
+    --plot benchmark_results/classic/maxent_irl_frozenlake_sampled_cell_type.png
+  python algorithms/reward_shaping.py
+  python algorithms/reward_shaping.py --methods none potential --potential distance --potential-scale 0.1 \
+    --plot benchmark_results/classic/reward_shaping_gridworld_distance.png
+  python algorithms/reward_shaping.py --env-id MountainCar-v0 --num-runs 10
+  python tools/compare.py --env-id HalfCheetah-v5 --seeds 1 2 3 --total-timesteps 300000 \
+    --run "learned reward (1,000 labels)|preference_reward|" --run "true reward|preference_reward|--true-reward" \
+    --eval-episodes 10 --tag preference_reward_HalfCheetah-v5 \
+    --title "preference_reward.py on HalfCheetah-v5: learned reward (1,000 synthetic labels) against true reward"
+  # gail.py: demonstrations from this collection's experts (the offline group trains the Hopper-v5 and CartPole-v1
+  # ones: run it first); the Acrobot-v1 expert is trained here. 800 steps = the first 10 Acrobot episodes of that
+  # expert (check after a rerun); the *-10ep-v0 sets are the 10 episodes that gail.py uses, for bc.py beside it
+  H=$(ls -d runs/Hopper-v5__hopper_expert__1__* 2>/dev/null | tail -1)
+  C=$(ls -d runs/CartPole-v1__cartpole_expert__1__* 2>/dev/null | tail -1)
+  if [[ -z "$H" || -z "$C" ]]; then echo "run_all.sh irl: gail.py needs the experts of ./run_all.sh offline" >&2; exit 2; fi
+  python algorithms/ppo.py --env-id Acrobot-v1 --total-timesteps 300000 $PPO_ACROBOT --seed 1 --save-model \
+    --exp-name acrobot_expert
+  A=$(ls -d runs/Acrobot-v1__acrobot_expert__1__* | tail -1)
+  MD="python tools/make_dataset.py --overwrite"
+  $MD --env-id Acrobot-v1 --dataset-id onefile/acrobot/expert-v0 --steps 50000 --noise 0 --policy ppo:$A/acrobot_expert.pt
+  $MD --env-id Acrobot-v1 --dataset-id onefile/acrobot/expert-10ep-v0 --steps 800 --noise 0 \
+    --policy ppo:$A/acrobot_expert.pt --ref-min-score -499.5 --ref-max-score -80.4
+  $MD --env-id CartPole-v1 --dataset-id onefile/cartpole/expert-10ep-v0 --steps 5000 --noise 0.1 \
+    --policy ppo:$C/cartpole_expert.pt --ref-min-score 22.82 --ref-max-score 500
+  $MD --env-id Hopper-v5 --dataset-id onefile/hopper/expert-clean-v0 --steps 20000 --noise 0 \
+    --policy ppo_continuous_action:$H/hopper_expert.pt
+  $MD --env-id Hopper-v5 --dataset-id onefile/hopper/expert-clean-10ep-v0 --steps 10000 --noise 0 \
+    --policy ppo_continuous_action:$H/hopper_expert.pt
+  L=runs/irl_logs; mkdir -p $L; rm -f $L/*.log
+  ACRO="--env-id Acrobot-v1 --expert-dataset-id onefile/acrobot/expert-v0 --gamma 0.99 --gae-lambda 0.94"
+  HOP="--env-id Hopper-v5 --expert-dataset-id onefile/hopper/expert-clean-v0 --num-envs 1 --num-steps 2048 \
+--num-minibatches 32 --learning-rate 3e-4 --gamma 0.99 --gae-lambda 0.95 --no-anneal-clip --log-every 20480"
+  for s in 1 2 3; do
+    python algorithms/gail.py --seed $s > $L/gail_cartpole_s$s.log
+    python algorithms/gail.py --airl --seed $s > $L/airl_cartpole_s$s.log
+    python algorithms/gail.py $ACRO --seed $s > $L/gail_acrobot_s$s.log
+    python algorithms/gail.py $ACRO --airl --seed $s > $L/airl_acrobot_s$s.log
+    python algorithms/bc.py --dataset-id onefile/cartpole/expert-10ep-v0 --total-updates 10000 --seed $s > $L/bc_cartpole_s$s.log
+    python algorithms/bc.py --dataset-id onefile/acrobot/expert-10ep-v0 --total-updates 10000 --seed $s > $L/bc_acrobot_s$s.log
+  done
+  python algorithms/gail.py --no-absorbing --seed 1 > $L/gail_cartpole_noabs_s1.log
+  python algorithms/gail.py $ACRO --no-absorbing --seed 1 > $L/gail_acrobot_noabs_s1.log
+  python algorithms/gail.py $ACRO --airl --no-absorbing --seed 1 > $L/airl_acrobot_noabs_s1.log
+  python algorithms/gail.py $HOP --total-timesteps 500000 --seed 1 > $L/gail_hopper_s1.log
+  python algorithms/bc.py --dataset-id onefile/hopper/expert-clean-10ep-v0 --total-updates 10000 --seed 1 > $L/bc_hopper_s1.log
+  python algorithms/gail.py $HOP --total-timesteps 300000 --seed 1 --disc-epochs 1 --grad-penalty 10 --exp-name gail_gp \
+    > $L/gail-gp_hopper_s1.log
+  for f in $L/*.log; do echo "==> $(basename $f)"; cat "$f"; done > benchmark_results/gail_runs.log
+  summarise
+fi
+
+if [[ "$what" == all || "$what" == multiagent ]]; then
+  # simple_spread_v3 (N=3, 25 steps): team returns, 100 deterministic evaluation episodes per run
+  python tools/compare.py --env-id simple_spread_v3 --seeds 1 2 3 --total-timesteps 300000 --eval-episodes 100 \
+    --run "random policy|mappo|--random-policy" --run "MAPPO|mappo|--log-every 20000" \
+    --run "IPPO|mappo|--independent-critic --log-every 20000" --tag mappo_simple_spread_v3 \
+    --title "simple_spread_v3 (N=3): team return (summed over agents)"
+  summarise
+fi
+
+if [[ "$what" == all || "$what" == lm ]]; then
+  # the in-code GPT-2 on the in-code tasks; the runs' output is the page's record (benchmark_results/sft.md)
+  export OMP_NUM_THREADS=1
+  L=runs/lm_logs; mkdir -p $L
+  for seed in 1 2; do
+    python algorithms/sft.py --seed $seed --eval-every 1000 --log-every 500 > $L/sft_addition_seed$seed.log
+  done
+  python algorithms/sft.py --task sort --num-digits 5 --total-updates 1500 --eval-every 500 --log-every 500 --seed 1 \
+    > $L/sft_sort_seed1.log
+  python algorithms/sft.py --task avoid-digit --eval-prompts 100 --total-updates 1000 --eval-every 250 --log-every 250 \
+    --seed 1 --save-model --exp-name sft_avoid > $L/sft_avoid_seed1.log
+  for f in $L/sft_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/sft_runs.log
 fi
 
 if [[ "$what" == all || "$what" == slow ]]; then

@@ -169,11 +169,16 @@ OFFLINE_DATASETS = {
 
 
 def needs_offline_datasets(nodeids) -> bool:
-    """Does any of these tests run an offline-kind file, tools/make_dataset.py or tools/offline_table.py?"""
+    """Does any of these tests run a file that reads a dataset (an offline-kind file, or one learning from
+    demonstrations: --expert-dataset-id), tools/make_dataset.py or tools/offline_table.py?"""
     from smoke_configs import SMOKE
 
-    return any("test_make_dataset" in nodeid or "test_offline_table" in nodeid or (SMOKE.get(algorithm_of(nodeid)) and
-                                                 SMOKE[algorithm_of(nodeid)].kind == "offline") for nodeid in nodeids)
+    def reads_datasets(name: str) -> bool:
+        cfg = SMOKE.get(name)
+        return cfg is not None and (cfg.kind == "offline" or "--expert-dataset-id" in cfg.args)
+
+    return any("test_make_dataset" in nodeid or "test_offline_table" in nodeid or reads_datasets(algorithm_of(nodeid))
+               for nodeid in nodeids)
 
 
 @pytest.fixture(autouse=True, scope="session")

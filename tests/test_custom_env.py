@@ -25,6 +25,9 @@ FITS = {
                      "preference_reward.py"), {BOX}),
     **dict.fromkeys(("a2c.py", "a3c.py", "trpo.py", "reinforce.py", "actor_critic.py", "dreamer.py"),
                      {DISCRETE, BOX}),
+    # demonstrations are recorded on the environment itself: with the default CartPole-v1 dataset every custom
+    # variant is refused in one line naming it
+    "gail.py": set(),
     **dict.fromkeys(("dyna_q.py", "sarsa.py", "q_learning.py", "expected_sarsa.py"), {TABULAR}),
     # Atari files, dynamic programming (needs env.unwrapped.P) and the Blackjack/random-walk Monte Carlo files
     **dict.fromkeys(("ppo_atari.py", "dqn_atari.py", "policy_evaluation.py", "policy_iteration.py",
@@ -40,7 +43,8 @@ def takes_env_id(name: str) -> bool:
     return re.search(r"^    env_id: ", (ALGORITHMS / name).read_text(), re.MULTILINE) is not None
 
 
-ENV_FILES = [name for name in SMOKE if takes_env_id(name)]
+# multi-agent files take a PettingZoo module as --env-id (their bad ids are in smoke_configs.BAD_INPUT)
+ENV_FILES = [name for name in SMOKE if takes_env_id(name) and SMOKE[name].kind != "multiagent"]
 
 
 def test_every_file_is_listed():

@@ -21,6 +21,10 @@ PER_FILE = {
 ALLOWED: dict[tuple[str, str], str] = {
     # networks: each file's own architecture under the usual name
     ("Actor", "sac.py"): "a squashed Gaussian policy (tanh of a sampled Normal), not ddpg/td3's deterministic actor",
+    ("Agent", "gail.py"): "one class for Discrete and Box: ppo.py's categorical actor or ppo_continuous_action.py's "
+                          "Gaussian, with the observation statistics as buffers",
+    ("Agent", "mappo.py"): "one actor and one critic shared by all agents with one-hot ids; a global-state (or "
+                           "own-observation) critic with value normalisation",
     ("Actor", "dreamer.py"): "a unimix categorical or bounded-Normal policy on the world model's state [h, z]",
     ("Actor", "mbpo.py"): "sac.py's squashed Gaussian policy, the same text as sac.py's",
     ("Actor", "trpo.py"): "a stochastic categorical or Gaussian policy with the log-prob, entropy and KL the trust region needs",
@@ -38,6 +42,11 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("ReplayBuffer", "c51.py"): "the same buffer as dqn.py (integer actions, one column per environment)",
     # Atari: evaluation and preprocessing that the flat-observation files do not need
     ("evaluate", "dqn_atari.py"): "epsilon-greedy (the paper's 0.05) over whole Atari games through make_env's wrappers",
+    ("evaluate", "decision_transformer.py"): "return-conditioned: the episodes of every target step together, each "
+                                             "fed its return-to-go (target minus the rewards so far) and the last K "
+                                             "steps",
+    ("evaluate", "mappo.py"): "plays a PettingZoo parallel environment through BatchedParallelEnv and returns team "
+                              "returns; reads env_kwargs from a checkpoint",
     ("evaluate", "dreamer.py"): "carries the recurrent state through each episode (reset at its start); --pixels observations",
     ("evaluate", "muzero.py"): "the search plays every episode at once (one batched search per move); a two-player game against a uniformly random opponent, the agent first in even episodes",
     ("evaluate", "ppo_atari.py"): "whole Atari games through make_env's wrappers, scored on the raw game score across lives",

@@ -1,8 +1,9 @@
 """The interface each kind of file declares, and the only parts of a file that tests/ and tools/ may rely on.
 
-Kinds today: "deep" (a Gymnasium training run), "offline" (learns from a Minari dataset, counting gradient steps)
-and "classic" (a tabular method reproducing a book figure). The multi-agent and language-model families add their
-kinds here as they land. A file's kind is
+Kinds today: "deep" (a Gymnasium training run), "offline" (learns from a Minari dataset, counting gradient steps),
+"classic" (a tabular method reproducing a book figure) and "lm" (a causal language model on tasks generated in code,
+counting optimiser steps) and "multiagent" (several agents in a PettingZoo parallel environment, team returns). A
+file's kind is
 its entry's `kind` in tests/smoke_configs.py.
 """
 
@@ -45,6 +46,37 @@ KINDS = {
         "fields": ["seed", "plot"],
         "functions": {"check_args": ["args"], "main": ["args"]},
         "main_keys": [],
+    },
+    "lm": {
+        # a causal language model (built in code, or any local Hugging Face folder) on prompt/completion tasks
+        # generated in code: every count is in optimiser steps, evaluation decodes held-out prompts greedily
+        "fields": ["exp_name", "seed", "torch_deterministic", "cuda", "track", "wandb_project_name", "wandb_entity",
+                   "save_model", "checkpoint_every", "resume", "model_name_or_path", "task", "total_updates",
+                   "eval_every", "eval_prompts"],
+        # main(args, report=None): report(optimiser step, held-out exact match) after each evaluation; load_model(path)
+        # -> (model, tokenizer) from a Hugging Face folder (what --save-model writes) or a checkpoint; heldout_pairs:
+        # the evaluation's (prompt, completion) pairs, the same for every file of the family
+        "functions": {"check_args": ["args"], "main": ["args", "report"], "load_model": ["path"],
+                      "evaluate_lm": ["model", "tokenizer", "task", "prompts"],
+                      "heldout_pairs": ["task", "num_digits", "count"]},
+        # the held-out exact match (last and best) and rule compliance; global_step: optimiser steps; model_path:
+        # the Hugging Face folder (None without --save-model)
+        "main_keys": ["eval_exact_match", "eval_exact_match_best", "eval_rule_compliance", "sps", "train_time",
+                      "global_step", "run_dir", "model_path"],
+    },
+    "multiagent": {
+        # several agents in a PettingZoo parallel environment: --env-id names its module, --env-kwargs its arguments;
+        # --num-envs copies stepped by the file's own batched loop; a step of the parallel environment (every agent
+        # moves once) is one environment step; returns are team returns (each agent's summed rewards, summed over
+        # the agents), per-agent returns are logged beside them
+        "fields": ["exp_name", "seed", "torch_deterministic", "cuda", "track", "wandb_project_name", "wandb_entity",
+                   "capture_video", "save_model", "checkpoint_every", "resume", "env_id", "env_kwargs",
+                   "total_timesteps", "num_envs", "eval_episodes"],
+        # as the deep kind's; evaluate returns one team return per episode, and reads the environment's arguments
+        # from a checkpoint (tools/evaluate.py replays one as it replays a deep file's)
+        "functions": {"check_args": ["args"], "main": ["args", "report"], "load_model": ["path"],
+                      "evaluate": ["agent_or_path", "env_id", "eval_episodes", "seed"]},
+        "main_keys": list(DEEP_MAIN_KEYS),
     },
 }
 

@@ -89,6 +89,8 @@ LONG: dict[str, LongRun] = {
                           bitwise=True),
     "muzero.py": LongRun(args=["--save-buffer", "--total-timesteps", "400"], interrupt_at=60, nan_base="CartPole-v1",
                          bitwise=True),
+    "gail.py": LongRun(args=["--total-timesteps", "512", "--airl"], interrupt_at=100, nan_base="CartPole-v1",
+                       bitwise=True),
     "preference_reward.py": LongRun(args=["--total-timesteps", "800"], interrupt_at=150, nan_base="Pendulum-v1",
                                     bitwise=True),
 }
@@ -281,6 +283,10 @@ OFFLINE: dict[str, OfflineRun] = {
                             interrupt_at=20, nan_loss="twin_critic_loss", default_layer=True),
     "iql.py": OfflineRun(args=["--total-updates", "60", "--eval-every", "20"], interrupt_at=30,
                          nan_loss="expectile_loss"),
+    "cql.py": OfflineRun(args=["--total-updates", "60", "--eval-every", "20"], interrupt_at=30,
+                         nan_loss="importance_sampled_logsumexp"),
+    "decision_transformer.py": OfflineRun(args=["--total-updates", "60", "--eval-every", "20"], interrupt_at=30,
+                                          nan_loss="dt_loss"),
 }
 
 
@@ -473,3 +479,282 @@ def test_same_seed_same_curves(name: str, tmp_path: Path):
     assert sa.keys() == sb.keys() and len(sa) >= (2 if offline else 4)
     for tag in sa:
         assert sa[tag] == sb[tag], f"{tag} differs between two runs with one seed"
+
+
+# ---- language-model files: optimiser steps, a model built in code (or loaded from a folder), no environment ----
+
+
+@dataclass
+class LMRun:
+    args: list[str]
+    """the run's options (added to the file's smoke options): a few optimiser steps, at most a few seconds"""
+    interrupt_at: int
+    """SIGINT arrives during this optimiser step (the at-th call of torch.optim.Adam.step or AdamW.step)"""
+    nan_loss: str
+    """the file's module-level loss function that the NaN test makes return NaN (its at-th call)"""
+    default_layer: bool = False
+    """also in the default test command; the others run in the slow layer"""
+
+
+LM: dict[str, LMRun] = {
+    "sft.py": LMRun(args=["--total-updates", "8", "--eval-every", "4", "--checkpoint-every", "3"], interrupt_at=5,
+                    nan_loss="sft_loss", default_layer=True),
+}
+
+
+def lm_files() -> list[str]:
+    return files_of("lm")
+
+
+def lm_argv(name: str, *extra: str) -> list[str]:
+    return [*SMOKE[name].args, *LM[name].args, *extra]
+
+
+def test_every_lm_file_has_a_long_run_config():
+    missing = [n for n in lm_files() if n not in LM]
+    assert not missing, f"add these to LM in tests/test_long_runs.py: {missing}"
+
+
+@pytest.mark.parametrize("name", layer(lm_files(), LM))
+def test_lm_interrupt_and_resume(name: str, tmp_path: Path, monkeypatch, capsys):
+    """SIGINT mid-training: exit 130 after a checkpoint that loads (weights_only) and answers; the printed command
+    resumes it in a new run directory whose scalars continue the old steps, and the resumed run ends with the very
+    weights (the saved Hugging Face folder) and scalars of the uninterrupted one."""
+    from safetensors.torch import load_file
+
+    module, cfg = load_algo(name), LM[name]
+    full = run_main(module, lm_argv(name, "--save-model"), tmp_path / "full")
+    interrupt_on_update(monkeypatch, cfg.interrupt_at)
+    # torch wraps AdamW.step in a hook on the class itself when an AdamW is made: send it through the patched Adam.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *args, **kwargs: torch.optim.Adam.step(self, *args, **kwargs))
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(module, lm_argv(name, "--save-model"), tmp_path / "cut")
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 130, err[-2000:]
+    line = next(line for line in err.splitlines() if "resume with: " in line)
+    command = shlex.split(line.split("resume with: ")[1])
+    ckpt_path = tmp_path / "cut" / command[command.index("--resume") + 1]
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == cfg.interrupt_at < full["global_step"], (ckpt["global_step"], full["global_step"])
+    model, tokenizer = module.load_model(str(ckpt_path))
+    prompts = [p for p, _ in module.heldout_pairs(ckpt["task"], ckpt["args"]["num_digits"], 2)]
+    assert len(module.evaluate_lm(model, tokenizer, ckpt["task"], prompts, 4, 2)["responses"]) == 2
+    resumed = run_main(module, command[2:], tmp_path / "cut")
+    assert resumed["global_step"] == full["global_step"]
+    cut_dirs = run_dirs(tmp_path / "cut")
+    assert len(cut_dirs) == 2 and tmp_path / "cut" / resumed["run_dir"] == cut_dirs[1]
+    before, after = scalars(cut_dirs[0]), scalars(cut_dirs[1])
+    assert max(s for values in before.values() for s, _ in values) <= ckpt["global_step"]
+    assert min(s for values in after.values() for s, _ in values) > ckpt["global_step"]
+    a = load_file(tmp_path / "full" / full["model_path"] / "model.safetensors")
+    b = load_file(tmp_path / "cut" / resumed["model_path"] / "model.safetensors")
+    differ = tensors_equal(a, b)
+    assert not differ, f"the resumed run ends elsewhere than the uninterrupted one: {differ[:10]}"
+    whole, parts = scalars(tmp_path / "full" / full["run_dir"]), {}
+    for part in (before, after):
+        for tag, values in part.items():
+            parts.setdefault(tag, []).extend(values)
+    for tag in set(whole) - {"charts/SPS"}:
+        assert parts.get(tag) == whole[tag], f"{tag} differs after resuming"
+
+
+@pytest.mark.parametrize("name", layer(lm_files(), LM))
+def test_lm_nan_stops_the_run(name: str, tmp_path: Path, monkeypatch, capsys):
+    """The loss of optimiser step `at` is NaN: one line, exit 3, after at - 1 finite steps, whose state
+    *_last_finite.pt holds (finite, loadable)."""
+    module, cfg = load_algo(name), LM[name]
+    at, calls, real_loss = cfg.interrupt_at, {"n": 0}, getattr(module, cfg.nan_loss)
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * math.nan if calls["n"] == at else loss
+
+    monkeypatch.setattr(module, cfg.nan_loss, poisoned)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(module, lm_argv(name), tmp_path)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: non-finite loss") and f"at step {at - 1:,};" in lines[0], err
+    (last,) = list((tmp_path / "runs").glob("*/*_last_finite.pt"))
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == at - 1
+    assert all(torch.isfinite(value.float()).all() for value in ckpt["model"].values())
+    assert module.load_model(str(last))[0] is not None
+
+
+@pytest.mark.parametrize("name", layer(lm_files(), LM))
+def test_lm_same_seed_same_curves(name: str, tmp_path: Path):
+    module = load_algo(name)
+    a = run_main(module, lm_argv(name), tmp_path / "a")
+    b = run_main(module, lm_argv(name), tmp_path / "b")
+    sa, sb = scalars(tmp_path / "a" / a["run_dir"]), scalars(tmp_path / "b" / b["run_dir"])
+    sa.pop("charts/SPS", None)
+    sb.pop("charts/SPS", None)
+    assert sa.keys() == sb.keys() and len(sa) >= 3
+    for tag in sa:
+        assert sa[tag] == sb[tag], f"{tag} differs between two runs with one seed"
+
+
+@pytest.mark.parametrize("name", lm_files())
+def test_lm_bad_values_before_any_work(name: str, tmp_path: Path, capsys):
+    """NaN and infinite float options (only --max-grad-norm inf, no clipping, is accepted) and an unwritable run
+    directory: one line, exit 2."""
+    module = load_algo(name)
+    base = tyro.cli(module.Args, args=list(SMOKE[name].args))
+    for option in float_options(module):
+        for bad in (math.nan, math.inf, -math.inf):
+            if bad == math.inf and option in INF_MEANINGFUL:
+                continue
+            flag = option.replace("_", "-")
+            try:
+                assert_one_line_exit_2(lambda o=option, b=bad: module.check_args(dataclasses.replace(base, **{o: b})), flag, capsys)
+            except BaseException as error:
+                raise AssertionError(f"--{flag} {bad}: {error}") from None
+    (tmp_path / "runs").write_text("a file where the runs directory should be")
+    assert_one_line_exit_2(lambda: run_main(module, lm_argv(name), tmp_path), "cannot write the run directory", capsys)
+    assert (tmp_path / "runs").is_file()
+
+
+# ---- multi-agent files: PettingZoo environments stepped by the file's own BatchedParallelEnv, environment steps ----
+
+
+@dataclass
+class MultiAgentRun:
+    args: list[str]
+    """the run's options (added to the file's smoke options): a few updates, at most a few seconds"""
+    interrupt_at: int
+    """SIGINT arrives during this call of the file's BatchedParallelEnv.step() (mid-training)"""
+    default_layer: bool = False
+    """also in the default test command; the others run in the slow layer"""
+
+
+# a PettingZoo environment's state cannot be saved: a resumed run starts new episodes (no bitwise check)
+MULTIAGENT: dict[str, MultiAgentRun] = {
+    "mappo.py": MultiAgentRun(args=["--total-timesteps", "300"], interrupt_at=60),
+}
+
+
+def multiagent_files() -> list[str]:
+    return files_of("multiagent")
+
+
+def multiagent_argv(name: str, *extra: str) -> list[str]:
+    return [*SMOKE[name].args, *MULTIAGENT[name].args, "--eval-episodes", "1", *extra]
+
+
+def poison_batched_step(monkeypatch, module, at: int, what: str) -> None:
+    """The at-th call of the file's BatchedParallelEnv.step() (counting calls that end an episode when `what` is
+    "last observation") returns a NaN: in the observations, the rewards, or the last observations of the episodes
+    that ended (info["final_obs"], while the observations returned are the next episodes' first)."""
+    calls = {"n": 0}
+    real_step = module.BatchedParallelEnv.step
+
+    def step(self, actions):
+        obs, state, rewards, terminated, truncated, info = real_step(self, actions)
+        if what != "last observation" or info["_final"].any():
+            calls["n"] += 1
+        if calls["n"] == at:
+            if what == "observation":
+                obs[0, 0, 0] = math.nan
+            elif what == "reward":
+                rewards[0, 0] = math.nan
+            else:
+                info["final_obs"][info["_final"].argmax(), 0, 0] = math.nan
+        return obs, state, rewards, terminated, truncated, info
+
+    monkeypatch.setattr(module.BatchedParallelEnv, "step", step)
+
+
+def test_every_multiagent_file_has_a_long_run_config():
+    missing = [n for n in multiagent_files() if n not in MULTIAGENT]
+    assert not missing, f"add these to MULTIAGENT in tests/test_long_runs.py: {missing}"
+
+
+@pytest.mark.parametrize("name", layer(multiagent_files(), MULTIAGENT))
+def test_multiagent_interrupt_and_resume(name: str, tmp_path: Path, monkeypatch, capsys):
+    """SIGINT during the at-th batched step: exit 130 after a checkpoint that loads (weights_only) and acts; the
+    printed command resumes it to the uninterrupted run's last step in a new run directory whose scalars continue the
+    old steps."""
+    module, cfg = load_algo(name), MULTIAGENT[name]
+    full = run_main(module, multiagent_argv(name, "--save-model"), tmp_path / "full")
+    calls, real_step = {"n": 0}, module.BatchedParallelEnv.step
+
+    def step(self, actions):
+        calls["n"] += 1
+        if calls["n"] == cfg.interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, actions)
+
+    monkeypatch.setattr(module.BatchedParallelEnv, "step", step)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(module, multiagent_argv(name, "--save-model"), tmp_path / "cut")
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 130, err[-2000:]
+    ckpt, resumed, _, _ = resume_as_printed(module, err, tmp_path, full, skip=("eval/episodic_return",))
+    assert 0 < ckpt["global_step"] < full["global_step"], (ckpt["global_step"], full["global_step"])
+    a = torch.load(tmp_path / "full" / full["model_path"], map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "cut" / resumed["model_path"], map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] and a["model"].keys() == b["model"].keys()
+
+
+@pytest.mark.parametrize("name", layer(multiagent_files(), MULTIAGENT))
+@pytest.mark.parametrize("quantity", ["observation", "reward", "last observation"])
+def test_multiagent_nan_stops_the_run(name: str, quantity: str, tmp_path: Path, monkeypatch, capsys):
+    """A NaN in the at-th batched step (for "last observation": in the last observation of the first episodes to
+    end): one line naming the quantity and the step, exit 3, a finite and loadable *_last_finite.pt."""
+    module, cfg = load_algo(name), MULTIAGENT[name]
+    at = 1 if quantity == "last observation" else cfg.interrupt_at // 2
+    poison_batched_step(monkeypatch, module, at, quantity)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(module, multiagent_argv(name), tmp_path)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: non-finite " + quantity.split()[-1]), err[-2000:]
+    args = tyro.cli(module.Args, args=multiagent_argv(name))
+    if quantity != "last observation":
+        assert f"at step {at * args.num_envs:,};" in lines[0], lines[0]
+    (last,) = list((tmp_path / "runs").glob("*/*_last_finite.pt"))
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(value.float()).all() for value in ckpt["model"].values())
+    assert module.load_model(str(last))[0] is not None
+
+
+@pytest.mark.parametrize("name", layer(multiagent_files(), MULTIAGENT))
+def test_multiagent_same_seed_same_curves(name: str, tmp_path: Path):
+    module = load_algo(name)
+    a = run_main(module, multiagent_argv(name), tmp_path / "a")
+    b = run_main(module, multiagent_argv(name), tmp_path / "b")
+    sa, sb = scalars(tmp_path / "a" / a["run_dir"]), scalars(tmp_path / "b" / b["run_dir"])
+    sa.pop("charts/SPS", None)
+    sb.pop("charts/SPS", None)
+    assert sa.keys() == sb.keys() and len(sa) >= 4
+    for tag in sa:
+        assert sa[tag] == sb[tag], f"{tag} differs between two runs with one seed"
+
+
+@pytest.mark.parametrize("name", multiagent_files())
+def test_multiagent_bad_values_before_any_work(name: str, tmp_path: Path, capsys):
+    """NaN and infinite float options (only --max-grad-norm inf, no clipping, is accepted) and an unwritable run
+    directory: one line, exit 2."""
+    module = load_algo(name)
+    base = tyro.cli(module.Args, args=list(SMOKE[name].args))
+    for option in float_options(module):
+        for bad in (math.nan, math.inf, -math.inf):
+            if bad == math.inf and option in INF_MEANINGFUL:
+                continue
+            flag = option.replace("_", "-")
+            try:
+                assert_one_line_exit_2(lambda o=option, b=bad: module.check_args(dataclasses.replace(base, **{o: b})), flag, capsys)
+            except BaseException as error:
+                raise AssertionError(f"--{flag} {bad}: {error}") from None
+    (tmp_path / "runs").write_text("a file where the runs directory should be")
+    assert_one_line_exit_2(lambda: run_main(module, multiagent_argv(name), tmp_path), "cannot write the run directory",
+                           capsys)
+    assert (tmp_path / "runs").is_file()

@@ -9,8 +9,11 @@ argument list its command line would take (conftest.run_main parses it with tyro
   --save-model, --track (W&B offline) and --capture-video (main's returned keys, the event file's keys, the
   checkpoint, which loads and acts through the file's evaluate as tools/evaluate.py calls it, the offline
   W&B run, the video), then each variant. For "offline" files: the same on a tiny dataset (conftest's
-  OFFLINE_DATASETS), without video, with the offline kind's returned keys. For "classic" files: the base run (its
-  files written), then each variant.
+  OFFLINE_DATASETS), without video, with the offline kind's returned keys. For "lm" files: the base run with
+  --save-model and --track (the lm kind's returned keys, report after each evaluation, the event file's keys, the
+  saved Hugging Face folder, which loads and answers through the file's load_model and evaluate_lm). For
+  "multiagent" files (PettingZoo): the deep kind's checks, the returns being team returns. For "classic" files: the
+  base run (its files written), then each variant.
 - test_bad_input: all of a file's bad-input cases (the standard ones of its kind, then smoke_configs.BAD_INPUT):
   exit status 2 with one line on stderr, and nothing written.
 - test_command_line_bad_input: the same rule through a real command line, once per kind (a subprocess),
@@ -45,12 +48,16 @@ from conftest import (
     scalars,
 )
 from smoke_configs import BAD_INPUT, SMOKE
+from test_interface import KINDS
 
 FILES = sorted(p.name for p in ALGORITHMS.glob("*.py"))
 DEEP = [f for f in FILES if f in SMOKE and SMOKE[f].kind == "deep"]
 CLASSIC = [f for f in FILES if f in SMOKE and SMOKE[f].kind == "classic"]
 OFFLINE = [f for f in FILES if f in SMOKE and SMOKE[f].kind == "offline"]
 OFFLINE_MAIN_KEYS = (*DEEP_MAIN_KEYS, "normalized_score_last", "normalized_score_best")
+LM = [f for f in FILES if f in SMOKE and SMOKE[f].kind == "lm"]
+LM_MAIN_KEYS = tuple(KINDS["lm"]["main_keys"])
+MULTIAGENT = [f for f in FILES if f in SMOKE and SMOKE[f].kind == "multiagent"]
 UNWRITABLE_PLOT = "/proc/onefile-rl-missing/fig.png"  # a figure path that cannot be written
 
 
@@ -197,6 +204,46 @@ def check_offline_base(name: str, module, cfg, cwd: Path, capsys) -> None:
     assert len(wandb_runs) == 1, f"expected one offline W&B run under {cwd / 'wandb'}, got {wandb_runs}"
 
 
+def check_lm_base(name: str, module, cfg, cwd: Path, capsys) -> None:
+    """A language-model file's base run with --save-model and --track (W&B offline): main's returned keys,
+    report(optimiser step, held-out exact match) after each evaluation, the event file's keys, the Hugging Face folder
+    (config, safetensors weights, tokenizer), which loads through load_model and answers through evaluate_lm."""
+    import tyro
+    import wandb
+
+    args = tyro.cli(module.Args, args=fill(cfg.args, cwd))
+    reports: list[tuple] = []
+    recording = SimpleNamespace(Args=module.Args, main=partial(module.main, report=lambda *a: reports.append(a)))
+    wandb.tensorboard.patch(root_logdir=str(cwd / "runs"))
+    try:
+        out = run_main(recording, [*fill(cfg.args, cwd), "--save-model", "--track"], cwd,
+                       env={"WANDB_MODE": "offline", "WANDB_DIR": str(cwd), "WANDB_SILENT": "true"})
+    finally:
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)
+        wandb.tensorboard.unpatch()
+        wandb.teardown()
+    missing = [key for key in LM_MAIN_KEYS if key not in out]
+    assert not missing, f"main's returned dict lacks {missing} (the lm kind's interface)"
+    evals = list(range(args.eval_every, args.total_updates + 1, args.eval_every))
+    evals += [args.total_updates] if args.total_updates % args.eval_every else []
+    assert [s for s, _ in reports] == evals and all(isinstance(v, float) and 0 <= v <= 1 for _, v in reports), reports
+    assert out["global_step"] == args.total_updates and out["sps"] > 0 and out["train_time"] > 0
+    assert out["eval_exact_match"] == reports[-1][1] and 0 <= out["eval_rule_compliance"] <= 1
+    run_dirs = list((cwd / "runs").iterdir())
+    assert len(run_dirs) == 1 and (cwd / out["run_dir"]).resolve() == run_dirs[0].resolve(), run_dirs
+    missing = set(cfg.keys) - scalar_tags(run_dirs[0])
+    assert not missing, f"event file lacks {sorted(missing)}"
+    folder = cwd / out["model_path"]
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= {p.name for p in folder.iterdir()}, folder
+    model, tokenizer = module.load_model(str(folder))
+    prompts = [prompt for prompt, _ in module.heldout_pairs(args.task, args.num_digits, 2)]
+    result = module.evaluate_lm(model, tokenizer, args.task, prompts, 4, 2)
+    assert len(result["responses"]) == 2 and 0 <= result["exact_match"] <= 1
+    wandb_runs = glob.glob(str(cwd / "wandb" / "offline-run-*"))
+    assert len(wandb_runs) == 1, f"expected one offline W&B run under {cwd / 'wandb'}, got {wandb_runs}"
+
+
 @pytest.mark.parametrize("name", FILES)
 def test_smoke(name: str, tmp_path: Path, capsys):
     if name not in SMOKE:
@@ -213,6 +260,9 @@ def test_smoke(name: str, tmp_path: Path, capsys):
     elif cfg.kind == "offline":
         with collect(problems, "base run with --save-model --track", capsys):
             check_offline_base(name, module, cfg, tmp_path / "base", capsys)
+    elif cfg.kind == "lm":
+        with collect(problems, "base run with --save-model --track", capsys):
+            check_lm_base(name, module, cfg, tmp_path / "base", capsys)
     else:
         with collect(problems, "base run with --save-model --track --capture-video", capsys):
             check_deep_base(name, module, cfg, tmp_path / "base", capsys)
@@ -220,8 +270,10 @@ def test_smoke(name: str, tmp_path: Path, capsys):
         with collect(problems, f"variant {i}: {' '.join(variant)}", capsys):
             cwd = tmp_path / f"variant{i}"
             out = run_main(module, fill(cfg.args + variant, cwd), cwd)
-            if cfg.kind in ("deep", "offline"):
-                missing = [key for key in (DEEP_MAIN_KEYS if cfg.kind == "deep" else OFFLINE_MAIN_KEYS) if key not in out]
+            if cfg.kind in ("deep", "offline", "lm", "multiagent"):
+                keys = {"deep": DEEP_MAIN_KEYS, "offline": OFFLINE_MAIN_KEYS, "lm": LM_MAIN_KEYS,
+                        "multiagent": DEEP_MAIN_KEYS}[cfg.kind]
+                missing = [key for key in keys if key not in out]
                 assert not missing, f"main's returned dict lacks {missing}"
     assert not problems, f"{name}:\n" + "\n".join(problems)
 
@@ -239,6 +291,13 @@ def bad_cases(name: str) -> list[tuple[list[str], str]]:
         cases += [(["--dataset-id", "tiny/no-such-dataset-v0"], "no-such-dataset-v0"),
                   (["--total-updates", "0"], "total-updates"), (["--total-updates", "-100"], "total-updates"),
                   (["--torch-threads", "0"], "torch-threads")]
+    elif cfg.kind == "lm":  # a model folder that is not there (nothing is downloaded), an unknown task, a bad budget
+        cases += [(["--model-name-or-path", "no-such-model-folder"], "no-such-model-folder"),
+                  (["--task", "no-such-task"], "no-such-task"), (["--total-updates", "0"], "total-updates"),
+                  (["--total-updates", "-100"], "total-updates"), (["--torch-threads", "0"], "torch-threads")]
+    elif cfg.kind == "multiagent":  # a Gymnasium id is no PettingZoo environment; a non-positive budget
+        cases += [(["--env-id", "CartPole-v1"], "CartPole-v1"), (["--total-timesteps", "0"], "total-timesteps"),
+                  (["--total-timesteps", "-100"], "total-timesteps"), (["--torch-threads", "0"], "torch-threads")]
     else:  # a figure path that cannot be written, found before any work
         cases.append((["--plot", UNWRITABLE_PLOT], "cannot write"))
     return cases + BAD_INPUT.get(name, [])
@@ -269,7 +328,7 @@ def test_bad_input(name: str, tmp_path: Path, capsys):
     assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("name", [files[0] for files in (DEEP, CLASSIC, OFFLINE) if files])
+@pytest.mark.parametrize("name", [files[0] for files in (DEEP, CLASSIC, OFFLINE, LM, MULTIAGENT) if files])
 def test_command_line_bad_input(name: str, tmp_path: Path):
     """Bad input through a real command line (`python algorithms/X.py ...`), once per kind: its first case."""
     args, expected = bad_cases(name)[0]
@@ -291,7 +350,7 @@ def test_evaluate_tool_bad_checkpoints(tmp_path: Path, capsys):
     foreign = tmp_path / "foreign.pt"  # keys no algorithm file writes
     torch.save({"env_id": "CartPole-v1", "something_else": torch.zeros(3)}, foreign)
     tool = load_tool("evaluate")
-    for name in DEEP:
+    for name in DEEP + MULTIAGENT:
         for path, expected in [(tmp_path / "missing.pt", "no checkpoint"), (junk, "not a readable checkpoint"),
                                (no_env, "no env_id"), (foreign, "does not fit")]:
             assert_one_line_exit_2(lambda name=name, path=path: tool.main([name, str(path), "--episodes", "1"]),
