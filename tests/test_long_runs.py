@@ -340,35 +340,6 @@ def test_offline_interrupt_and_resume(name: str, tmp_path: Path, monkeypatch, ca
     assert_resumed_as_uninterrupted(tmp_path, full, resumed, before, after, skip=set())
 
 
-@pytest.mark.parametrize("name", offline_layer(offline_files()))
-def test_offline_nan_stops_the_run(name: str, tmp_path: Path, monkeypatch, capsys):
-    """The loss of gradient step `at` is NaN: one line, exit 3, after at - 1 finite steps, whose state
-    *_last_finite.pt holds (finite, loadable)."""
-    module, cfg = load_algo(name), OFFLINE[name]
-    at, calls, real_loss = cfg.interrupt_at, {"n": 0}, getattr(module, cfg.nan_loss)
-
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        loss = real_loss(*args, **kwargs)
-        return loss * math.nan if calls["n"] == at else loss
-
-    monkeypatch.setattr(module, cfg.nan_loss, poisoned)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(module, offline_argv(name), tmp_path)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 3, err[-2000:]
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: non-finite ") and f"at step {at - 1:,};" in lines[0], err
-    (last,) = list((tmp_path / "runs").glob("*/*_last_finite.pt"))
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == at - 1
-    assert all(torch.isfinite(value.float()).all() for value in ckpt["model"].values())
-    assert module.load_model(str(last))[0] is not None
-
-
-# ---- bad values and paths, before any work: every deep file, in the default layer (they fail in milliseconds) ----
-
 INF_MEANINGFUL: dict[str, str] = {
     # option: what +infinity means where it is accepted (NaN is refused everywhere)
     "max_grad_norm": "no gradient clipping",
@@ -377,33 +348,6 @@ INF_MEANINGFUL: dict[str, str] = {
 
 def float_options(module) -> list[str]:
     return [f.name for f in dataclasses.fields(module.Args) if "float" in str(f.type)]
-
-
-@pytest.mark.parametrize("name", deep_files() + offline_files())
-def test_float_options_reject_nan_and_infinity(name: str, capsys):
-    """`x <= 0` lets NaN through (every comparison with NaN is false); the checks are written `not x > 0`."""
-    module = load_algo(name)
-    base = tyro.cli(module.Args, args=list(SMOKE[name].args))
-    options = float_options(module)
-    assert options, f"{name} has no float option?"
-    for option in options:
-        for bad in (math.nan, math.inf, -math.inf):
-            if bad == math.inf and option in INF_MEANINGFUL:
-                continue
-            flag = option.replace("_", "-")
-            try:
-                assert_one_line_exit_2(lambda o=option, b=bad: module.check_args(dataclasses.replace(base, **{o: b})), flag, capsys)
-            except BaseException as error:
-                raise AssertionError(f"--{flag} {bad}: {error}") from None
-
-
-@pytest.mark.parametrize("name", deep_files() + offline_files())
-def test_unwritable_run_directory_is_bad_input(name: str, tmp_path: Path, capsys):
-    (tmp_path / "runs").write_text("a file where the runs directory should be")
-    module = load_algo(name)
-    args = offline_argv(name) if SMOKE[name].kind == "offline" else argv(name)
-    assert_one_line_exit_2(lambda: run_main(module, args, tmp_path), "cannot write the run directory", capsys)
-    assert (tmp_path / "runs").is_file()
 
 
 def test_resume_refuses_what_does_not_fit(tmp_path: Path, capsys):
@@ -467,37 +411,12 @@ def test_sigterm_on_the_command_line(tmp_path: Path):
     assert not list(tmp_path.glob("runs/*/*.tmp"))
 
 
-@pytest.mark.parametrize("name", layer(n for n in deep_files() if n not in LONG or LONG[n].deterministic)
-                         + offline_layer(offline_files()))
-def test_same_seed_same_curves(name: str, tmp_path: Path):
-    module, offline = load_algo(name), SMOKE[name].kind == "offline"
-    a = run_main(module, offline_argv(name) if offline else argv(name), tmp_path / "a")
-    b = run_main(module, offline_argv(name) if offline else argv(name), tmp_path / "b")
-    sa, sb = scalars(tmp_path / "a" / a["run_dir"]), scalars(tmp_path / "b" / b["run_dir"])
-    sa.pop("charts/SPS", None)
-    sb.pop("charts/SPS", None)
-    assert sa.keys() == sb.keys() and len(sa) >= (2 if offline else 4)
-    for tag in sa:
-        assert sa[tag] == sb[tag], f"{tag} differs between two runs with one seed"
-
-
 # ---- language-model files: optimiser steps, a model built in code (or loaded from a folder), no environment ----
 
 
-@dataclass
-class LMRun:
-    args: list[str]
-    """the run's options (added to the file's smoke options): a few optimiser steps, at most a few seconds"""
-    interrupt_at: int
-    """SIGINT arrives during this optimiser step (the at-th call of torch.optim.Adam.step or AdamW.step)"""
-    nan_loss: str
-    """the file's module-level loss function that the NaN test makes return NaN (its at-th call)"""
-    default_layer: bool = False
-    """also in the default test command; the others run in the slow layer"""
-
-
-LM: dict[str, LMRun] = {
-    "sft.py": LMRun(args=["--total-updates", "8", "--eval-every", "4", "--checkpoint-every", "3"], interrupt_at=5,
+# the offline files' fields, counted in optimiser steps (interrupt_at: the at-th call of Adam.step or AdamW.step)
+LM: dict[str, OfflineRun] = {
+    "sft.py": OfflineRun(args=["--total-updates", "8", "--eval-every", "4", "--checkpoint-every", "3"], interrupt_at=5,
                     nan_loss="sft_loss", default_layer=True),
 }
 
@@ -557,66 +476,6 @@ def test_lm_interrupt_and_resume(name: str, tmp_path: Path, monkeypatch, capsys)
             parts.setdefault(tag, []).extend(values)
     for tag in set(whole) - {"charts/SPS"}:
         assert parts.get(tag) == whole[tag], f"{tag} differs after resuming"
-
-
-@pytest.mark.parametrize("name", layer(lm_files(), LM))
-def test_lm_nan_stops_the_run(name: str, tmp_path: Path, monkeypatch, capsys):
-    """The loss of optimiser step `at` is NaN: one line, exit 3, after at - 1 finite steps, whose state
-    *_last_finite.pt holds (finite, loadable)."""
-    module, cfg = load_algo(name), LM[name]
-    at, calls, real_loss = cfg.interrupt_at, {"n": 0}, getattr(module, cfg.nan_loss)
-
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        loss = real_loss(*args, **kwargs)
-        return loss * math.nan if calls["n"] == at else loss
-
-    monkeypatch.setattr(module, cfg.nan_loss, poisoned)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(module, lm_argv(name), tmp_path)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 3, err[-2000:]
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: non-finite loss") and f"at step {at - 1:,};" in lines[0], err
-    (last,) = list((tmp_path / "runs").glob("*/*_last_finite.pt"))
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == at - 1
-    assert all(torch.isfinite(value.float()).all() for value in ckpt["model"].values())
-    assert module.load_model(str(last))[0] is not None
-
-
-@pytest.mark.parametrize("name", layer(lm_files(), LM))
-def test_lm_same_seed_same_curves(name: str, tmp_path: Path):
-    module = load_algo(name)
-    a = run_main(module, lm_argv(name), tmp_path / "a")
-    b = run_main(module, lm_argv(name), tmp_path / "b")
-    sa, sb = scalars(tmp_path / "a" / a["run_dir"]), scalars(tmp_path / "b" / b["run_dir"])
-    sa.pop("charts/SPS", None)
-    sb.pop("charts/SPS", None)
-    assert sa.keys() == sb.keys() and len(sa) >= 3
-    for tag in sa:
-        assert sa[tag] == sb[tag], f"{tag} differs between two runs with one seed"
-
-
-@pytest.mark.parametrize("name", lm_files())
-def test_lm_bad_values_before_any_work(name: str, tmp_path: Path, capsys):
-    """NaN and infinite float options (only --max-grad-norm inf, no clipping, is accepted) and an unwritable run
-    directory: one line, exit 2."""
-    module = load_algo(name)
-    base = tyro.cli(module.Args, args=list(SMOKE[name].args))
-    for option in float_options(module):
-        for bad in (math.nan, math.inf, -math.inf):
-            if bad == math.inf and option in INF_MEANINGFUL:
-                continue
-            flag = option.replace("_", "-")
-            try:
-                assert_one_line_exit_2(lambda o=option, b=bad: module.check_args(dataclasses.replace(base, **{o: b})), flag, capsys)
-            except BaseException as error:
-                raise AssertionError(f"--{flag} {bad}: {error}") from None
-    (tmp_path / "runs").write_text("a file where the runs directory should be")
-    assert_one_line_exit_2(lambda: run_main(module, lm_argv(name), tmp_path), "cannot write the run directory", capsys)
-    assert (tmp_path / "runs").is_file()
 
 
 # ---- multi-agent files: PettingZoo environments stepped by the file's own BatchedParallelEnv, environment steps ----
@@ -726,26 +585,25 @@ def test_multiagent_nan_stops_the_run(name: str, quantity: str, tmp_path: Path, 
     assert module.load_model(str(last))[0] is not None
 
 
-@pytest.mark.parametrize("name", layer(multiagent_files(), MULTIAGENT))
-def test_multiagent_same_seed_same_curves(name: str, tmp_path: Path):
-    module = load_algo(name)
-    a = run_main(module, multiagent_argv(name), tmp_path / "a")
-    b = run_main(module, multiagent_argv(name), tmp_path / "b")
-    sa, sb = scalars(tmp_path / "a" / a["run_dir"]), scalars(tmp_path / "b" / b["run_dir"])
-    sa.pop("charts/SPS", None)
-    sb.pop("charts/SPS", None)
-    assert sa.keys() == sb.keys() and len(sa) >= 4
-    for tag in sa:
-        assert sa[tag] == sb[tag], f"{tag} differs between two runs with one seed"
+# ---- every kind that trains: bad values and paths before any work (in the default layer: they fail in
+# milliseconds), and the same seed gives the same curves ----
+
+def kind_argv(name: str) -> list[str]:
+    """The file's short long-run arguments, for its kind."""
+    return {"deep": argv, "offline": offline_argv, "lm": lm_argv, "multiagent": multiagent_argv}[SMOKE[name].kind](name)
 
 
-@pytest.mark.parametrize("name", multiagent_files())
-def test_multiagent_bad_values_before_any_work(name: str, tmp_path: Path, capsys):
-    """NaN and infinite float options (only --max-grad-norm inf, no clipping, is accepted) and an unwritable run
-    directory: one line, exit 2."""
+TRAINING_FILES = deep_files() + offline_files() + lm_files() + multiagent_files()
+
+
+@pytest.mark.parametrize("name", TRAINING_FILES)
+def test_float_options_reject_nan_and_infinity(name: str, capsys):
+    """`x <= 0` lets NaN through (every comparison with NaN is false); the checks are written `not x > 0`."""
     module = load_algo(name)
     base = tyro.cli(module.Args, args=list(SMOKE[name].args))
-    for option in float_options(module):
+    options = float_options(module)
+    assert options, f"{name} has no float option?"
+    for option in options:
         for bad in (math.nan, math.inf, -math.inf):
             if bad == math.inf and option in INF_MEANINGFUL:
                 continue
@@ -754,7 +612,56 @@ def test_multiagent_bad_values_before_any_work(name: str, tmp_path: Path, capsys
                 assert_one_line_exit_2(lambda o=option, b=bad: module.check_args(dataclasses.replace(base, **{o: b})), flag, capsys)
             except BaseException as error:
                 raise AssertionError(f"--{flag} {bad}: {error}") from None
+
+
+@pytest.mark.parametrize("name", TRAINING_FILES)
+def test_unwritable_run_directory_is_bad_input(name: str, tmp_path: Path, capsys):
     (tmp_path / "runs").write_text("a file where the runs directory should be")
-    assert_one_line_exit_2(lambda: run_main(module, multiagent_argv(name), tmp_path), "cannot write the run directory",
-                           capsys)
+    module = load_algo(name)
+    assert_one_line_exit_2(lambda: run_main(module, kind_argv(name), tmp_path), "cannot write the run directory", capsys)
     assert (tmp_path / "runs").is_file()
+
+
+# the fewest logged keys a short run writes, by kind
+FEWEST_KEYS = {"deep": 4, "offline": 2, "lm": 3, "multiagent": 4}
+
+
+@pytest.mark.parametrize("name", layer(n for n in deep_files() if n not in LONG or LONG[n].deterministic)
+                         + offline_layer(offline_files()) + layer(lm_files(), LM) + layer(multiagent_files(), MULTIAGENT))
+def test_same_seed_same_curves(name: str, tmp_path: Path):
+    module = load_algo(name)
+    a = run_main(module, kind_argv(name), tmp_path / "a")
+    b = run_main(module, kind_argv(name), tmp_path / "b")
+    sa, sb = scalars(tmp_path / "a" / a["run_dir"]), scalars(tmp_path / "b" / b["run_dir"])
+    sa.pop("charts/SPS", None)
+    sb.pop("charts/SPS", None)
+    assert sa.keys() == sb.keys() and len(sa) >= FEWEST_KEYS[SMOKE[name].kind]
+    for tag in sa:
+        assert sa[tag] == sb[tag], f"{tag} differs between two runs with one seed"
+
+
+@pytest.mark.parametrize("name", offline_layer(offline_files()) + layer(lm_files(), LM))
+def test_loss_nan_stops_the_run(name: str, tmp_path: Path, monkeypatch, capsys):
+    """Offline and language-model files: the loss of gradient (optimiser) step `at` is NaN: one line, exit 3, after
+    at - 1 finite steps, whose state *_last_finite.pt holds (finite, loadable)."""
+    module, cfg = load_algo(name), (OFFLINE if SMOKE[name].kind == "offline" else LM)[name]
+    at, calls, real_loss = cfg.interrupt_at, {"n": 0}, getattr(module, cfg.nan_loss)
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * math.nan if calls["n"] == at else loss
+
+    monkeypatch.setattr(module, cfg.nan_loss, poisoned)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(module, kind_argv(name), tmp_path)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: non-finite ") and f"at step {at - 1:,};" in lines[0], err
+    (last,) = list((tmp_path / "runs").glob("*/*_last_finite.pt"))
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == at - 1
+    assert all(torch.isfinite(value.float()).all() for value in ckpt["model"].values())
+    assert module.load_model(str(last))[0] is not None

@@ -107,6 +107,24 @@ def check_reports(reports: list[tuple], stdout: str) -> None:
     assert all(a[0] < b[0] for a, b in zip(reports, reports[1:], strict=False)), f"steps do not increase: {reports}"
 
 
+def tracked_run(module, argv: list[str], cwd: Path) -> tuple[dict, list[tuple]]:
+    """Run a file with W&B offline (its --track), recording every report(step, value) that main makes. Returns main's
+    dict and the reports. The W&B service is torn down after the run (see check_deep_base)."""
+    import wandb
+
+    reports: list[tuple] = []
+    recording = SimpleNamespace(Args=module.Args, main=partial(module.main, report=lambda *a: reports.append(a)))
+    wandb.tensorboard.patch(root_logdir=str(cwd / "runs"))
+    try:
+        out = run_main(recording, argv, cwd, env={"WANDB_MODE": "offline", "WANDB_DIR": str(cwd), "WANDB_SILENT": "true"})
+    finally:
+        if wandb.run is not None:  # main failed between wandb.init and wandb.finish
+            wandb.finish(exit_code=1)
+        wandb.tensorboard.unpatch()
+        wandb.teardown()
+    return out, reports
+
+
 def check_deep_base(name: str, module, cfg, cwd: Path, capsys) -> None:
     """The base run, with --save-model, --track (W&B offline) and --capture-video: main's returned keys, the
     event file's keys, the checkpoint (it loads and acts through tools/evaluate.py), the offline W&B run with
@@ -119,22 +137,12 @@ def check_deep_base(name: str, module, cfg, cwd: Path, capsys) -> None:
     next run, in another directory, starts its own.
     """
     import tyro
-    import wandb
 
     args = tyro.cli(module.Args, args=fill(cfg.args, cwd))
-    reports: list[tuple] = []
-    recording = SimpleNamespace(Args=module.Args, main=partial(module.main, report=lambda *a: reports.append(a)))
     log_every = ["--log-every", str(max(1, args.total_timesteps // 4))]  # a few progress lines, so a few reports
-    wandb.tensorboard.patch(root_logdir=str(cwd / "runs"))
     capsys.readouterr()
-    try:
-        out = run_main(recording, [*fill(cfg.args, cwd), *log_every, "--save-model", "--track", "--capture-video"],
-                       cwd, env={"WANDB_MODE": "offline", "WANDB_DIR": str(cwd), "WANDB_SILENT": "true"})
-    finally:
-        if wandb.run is not None:  # main failed between wandb.init and wandb.finish
-            wandb.finish(exit_code=1)
-        wandb.tensorboard.unpatch()
-        wandb.teardown()
+    out, reports = tracked_run(module, [*fill(cfg.args, cwd), *log_every, "--save-model", "--track", "--capture-video"],
+                               cwd)
     missing = [key for key in DEEP_MAIN_KEYS if key not in out]
     assert not missing, f"main's returned dict lacks {missing} (the deep kind's interface, tools/algo_loader.py)"
     check_reports(reports, capsys.readouterr().out)
@@ -165,29 +173,22 @@ def check_deep_base(name: str, module, cfg, cwd: Path, capsys) -> None:
     assert videos and os.path.getsize(videos[0]) > 0, "no video written"
 
 
+def evaluation_steps(every: int, total: int) -> list[int]:
+    """The steps at which a file that counts updates evaluates: every `every`, and at the end."""
+    return list(range(every, total + 1, every)) + ([total] if total % every else [])
+
+
 def check_offline_base(name: str, module, cfg, cwd: Path, capsys) -> None:
     """An offline file's base run, on a tiny dataset of conftest.OFFLINE_DATASETS, with --save-model and --track
     (W&B offline): main's returned keys, report(gradient step, mean evaluation return) after each evaluation, the
     event file's keys, the checkpoint (it loads and acts through tools/evaluate.py), the offline W&B run."""
     import tyro
-    import wandb
 
     args = tyro.cli(module.Args, args=fill(cfg.args, cwd))
-    reports: list[tuple] = []
-    recording = SimpleNamespace(Args=module.Args, main=partial(module.main, report=lambda *a: reports.append(a)))
-    wandb.tensorboard.patch(root_logdir=str(cwd / "runs"))
-    try:
-        out = run_main(recording, [*fill(cfg.args, cwd), "--save-model", "--track"], cwd,
-                       env={"WANDB_MODE": "offline", "WANDB_DIR": str(cwd), "WANDB_SILENT": "true"})
-    finally:
-        if wandb.run is not None:
-            wandb.finish(exit_code=1)
-        wandb.tensorboard.unpatch()
-        wandb.teardown()
+    out, reports = tracked_run(module, [*fill(cfg.args, cwd), "--save-model", "--track"], cwd)
     missing = [key for key in OFFLINE_MAIN_KEYS if key not in out]
     assert not missing, f"main's returned dict lacks {missing} (the offline kind's interface)"
-    evals = list(range(args.eval_every, args.total_updates + 1, args.eval_every))
-    evals += [args.total_updates] if args.total_updates % args.eval_every else []
+    evals = evaluation_steps(args.eval_every, args.total_updates)
     assert [s for s, _ in reports] == evals and all(isinstance(v, float) and math.isfinite(v) for _, v in reports), reports
     assert out["global_step"] == args.total_updates and out["sps"] > 0 and out["train_time"] > 0
     assert len(out["eval_returns"]) == args.eval_episodes and out["eval_return_mean"] == pytest.approx(reports[-1][1])
@@ -209,24 +210,12 @@ def check_lm_base(name: str, module, cfg, cwd: Path, capsys) -> None:
     report(optimiser step, held-out exact match) after each evaluation, the event file's keys, the Hugging Face folder
     (config, safetensors weights, tokenizer), which loads through load_model and answers through evaluate_lm."""
     import tyro
-    import wandb
 
     args = tyro.cli(module.Args, args=fill(cfg.args, cwd))
-    reports: list[tuple] = []
-    recording = SimpleNamespace(Args=module.Args, main=partial(module.main, report=lambda *a: reports.append(a)))
-    wandb.tensorboard.patch(root_logdir=str(cwd / "runs"))
-    try:
-        out = run_main(recording, [*fill(cfg.args, cwd), "--save-model", "--track"], cwd,
-                       env={"WANDB_MODE": "offline", "WANDB_DIR": str(cwd), "WANDB_SILENT": "true"})
-    finally:
-        if wandb.run is not None:
-            wandb.finish(exit_code=1)
-        wandb.tensorboard.unpatch()
-        wandb.teardown()
+    out, reports = tracked_run(module, [*fill(cfg.args, cwd), "--save-model", "--track"], cwd)
     missing = [key for key in LM_MAIN_KEYS if key not in out]
     assert not missing, f"main's returned dict lacks {missing} (the lm kind's interface)"
-    evals = list(range(args.eval_every, args.total_updates + 1, args.eval_every))
-    evals += [args.total_updates] if args.total_updates % args.eval_every else []
+    evals = evaluation_steps(args.eval_every, args.total_updates)
     assert [s for s, _ in reports] == evals and all(isinstance(v, float) and 0 <= v <= 1 for _, v in reports), reports
     assert out["global_step"] == args.total_updates and out["sps"] > 0 and out["train_time"] > 0
     assert out["eval_exact_match"] == reports[-1][1] and 0 <= out["eval_rule_compliance"] <= 1
