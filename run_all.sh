@@ -373,6 +373,15 @@ if [[ "$what" == all || "$what" == offline ]]; then
   python tools/offline_table.py --out benchmark_results/iql_hopper --logs $L/iql_medium_*.log $L/iql_medium-replay_*.log \
     --title "iql.py on Hopper-v5 datasets of tools/make_dataset.py"
   for f in $L/iql_*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/iql_hopper.log
+  # HalfCheetah-v5 medium, one seed
+  for algo in bc td3_bc iql; do
+    python algorithms/$algo.py --dataset-id onefile/halfcheetah/medium-v0 --total-updates 50000 --seed 1 \
+      --exp-name ${algo}_halfcheetah-medium > $L/${algo}_halfcheetah-medium_1.log
+  done
+  python tools/offline_table.py --out benchmark_results/offline_halfcheetah --logs $L/bc_halfcheetah-medium_1.log \
+    $L/td3_bc_halfcheetah-medium_1.log $L/iql_halfcheetah-medium_1.log --title "HalfCheetah-v5 medium, 50k gradient steps"
+  for f in $L/*_halfcheetah-medium_1.log; do echo "==> $f"; grep -v "^update " "$f"; done \
+    > benchmark_results/offline_halfcheetah.log
   # cql.py: a step evaluates both critics on 31 actions per state (about 30 times a TD3+BC step here): 5k steps
   rm -f $L/cql_*_*.log
   for seed in 1 2; do
