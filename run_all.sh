@@ -28,8 +28,9 @@
 #                           gail; gail.py learns from the experts that the offline group trains), about 2 hours
 #   ./run_all.sh offline    only the offline datasets (tools/make_dataset.py) and the offline files on them, about
 #                           5.5 hours
-#   ./run_all.sh multiagent only the multi-agent files (mappo.py) on mpe2's simple_spread_v3, about 1 hour
-#   ./run_all.sh lm         only the language-model files (sft.py), about 20 minutes
+#   ./run_all.sh multiagent only the multi-agent files (mappo.py, iql_marl.py) on mpe2's simple_spread_v3, about
+#                           1.5 hours
+#   ./run_all.sh lm         only the language-model files (sft.py, reward_model.py), about 35 minutes
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -474,6 +475,10 @@ if [[ "$what" == all || "$what" == multiagent ]]; then
     --run "random policy|mappo|--random-policy" --run "MAPPO|mappo|--log-every 20000" \
     --run "IPPO|mappo|--independent-critic --log-every 20000" --tag mappo_simple_spread_v3 \
     --title "simple_spread_v3 (N=3): team return (summed over agents)"
+  python tools/compare.py --env-id simple_spread_v3 --seeds 1 2 3 --total-timesteps 300000 --eval-episodes 100 \
+    --run "IQL|iql_marl|--log-every 20000" --run "IQL shared|iql_marl|--share-parameters --log-every 20000" \
+    --tag iql_marl_simple_spread_v3 \
+    --title "simple_spread_v3 (N=3): team return (summed over agents), independent Q-learners"
   summarise
 fi
 
@@ -489,6 +494,11 @@ if [[ "$what" == all || "$what" == lm ]]; then
   python algorithms/sft.py --task avoid-digit --eval-prompts 100 --total-updates 1000 --eval-every 250 --log-every 250 \
     --seed 1 --save-model --exp-name sft_avoid > $L/sft_avoid_seed1.log
   for f in $L/sft_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/sft_runs.log
+  python algorithms/sft.py --seed 1 --total-updates 2000 --eval-every 1000 --log-every 500 --save-model \
+    --exp-name sft_rm > $L/rm_sft_seed1.log
+  python algorithms/reward_model.py --model-name-or-path "$(ls -d runs/addition__sft_rm__1__*/sft_rm | tail -1)" \
+    --seed 1 > $L/rm_addition_seed1.log
+  for f in $L/rm_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/reward_model_runs.log
 fi
 
 if [[ "$what" == all || "$what" == slow ]]; then

@@ -237,3 +237,35 @@ def needs_built_dataset(dataset_id: str):
     return pytest.mark.skipif(not os.path.isdir(os.path.join(BUILT_DATASETS, dataset_id)),
                               reason=f"needs {dataset_id} under $ONEFILE_MINARI_DATASETS or $MINARI_DATASETS_PATH "
                                      "(tools/make_dataset.py; ./run_all.sh offline builds it)")
+
+
+# ---- multi-agent files ----
+
+def spread(max_cycles: int = 25):
+    """mpe2's simple_spread_v3 as the multi-agent files make it by default (N=3, discrete actions)."""
+    from mpe2 import simple_spread_v3
+
+    return simple_spread_v3.parallel_env(N=3, local_ratio=0.5, max_cycles=max_cycles, continuous_actions=False)
+
+
+def assert_greedy_team_returns(module, model_path: str, eval_returns: list[float], max_cycles: int) -> None:
+    """A multi-agent file's saved model, replayed by hand on simple_spread_v3 with the reset seeds of its evaluation
+    (100_001 + episode), each agent taking the model's greedy_action: every episode's team return (the sum over
+    agents of their summed rewards) is what evaluate() gave, from the checkpoint as from the live network."""
+    import numpy as np
+    import pytest
+    import torch
+
+    model, ckpt = module.load_model(model_path)
+    assert ckpt["env_kwargs"] == {"max_cycles": max_cycles}
+    assert module.evaluate(model_path, "simple_spread_v3", len(eval_returns), seed=100_001) == eval_returns
+    env = spread(max_cycles)
+    for ep, expected in enumerate(eval_returns):
+        obs, _ = env.reset(seed=100_001 + ep)
+        total = 0.0
+        while env.agents:
+            x = torch.as_tensor(np.stack([obs[a] for a in env.possible_agents]))
+            actions = model.greedy_action(x).tolist()
+            obs, rew, _, _, _ = env.step({a: actions[j] for j, a in enumerate(env.possible_agents)})
+            total += sum(rew.values())
+        assert total == pytest.approx(expected, rel=1e-5)

@@ -430,6 +430,21 @@ SMOKE: dict[str, Smoke] = {
     # reward-model option, PPO's options, and HalfCheetah-v5 (the benchmark's environment)
     # multi-agent (PettingZoo): team returns; the variants: IPPO and every PPO option, two agents in 10-step episodes,
     # a dotted module id, the random baseline with periodic checkpoints
+    "iql_marl.py": Smoke(
+        args=["--total-timesteps", "200", "--num-envs", "2", "--learning-starts", "50", "--batch-size", "16",
+              "--hidden-sizes", "32", "32", "--target-network-frequency", "50", "--log-every", "50",
+              "--eval-episodes", "1"],
+        kind="multiagent",
+        keys=DQN_KEYS + ["charts/learning_rate", "charts/episodic_return_per_agent", "charts/agent_return/agent_0",
+                         "charts/agent_return/agent_2"],
+        variants=[["--share-parameters", "--double-q", "--dueling", "--loss", "huber", "--tau", "0.5", "--gamma", "0.95",
+                   "--learning-rate", "1e-3", "--start-e", "0.5", "--end-e", "0.1", "--exploration-fraction", "0.5",
+                   "--train-frequency", "4", "--gradient-steps", "2", "--max-grad-norm", "1.0", "--buffer-size", "100",
+                   "--env-kwargs", "N=2", "max_cycles=10"],
+                  ["--env-id", "mpe2.simple_spread_v3", "--checkpoint-every", "100", "--keep-checkpoints", "1",
+                   "--save-buffer", "--no-nan-check", "--no-torch-deterministic", "--seed", "2", "--exp-name",
+                   "iql_marl_variant"]],
+    ),
     "mappo.py": Smoke(
         args=["--total-timesteps", "200", "--num-envs", "2", "--num-steps", "25", "--update-epochs", "2",
               "--eval-episodes", "1"],
@@ -466,6 +481,21 @@ SMOKE: dict[str, Smoke] = {
     ),
     # language model: the GPT-2 built in code on a task generated in code, optimiser steps; the variants: every task,
     # schedule and option (a folder loaded by --model-name-or-path and --resume: tests/test_sft.py, test_long_runs.py)
+    "reward_model.py": Smoke(
+        args=["--total-updates", "6", "--eval-every", "3", "--log-every", "2", "--batch-size", "8", "--eval-prompts",
+              "8", "--train-prompts", "16", "--sft-updates", "0", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
+              "--max-new-tokens", "6"],
+        kind="lm",
+        keys=["charts/SPS", "charts/learning_rate", "losses/reward_loss", "losses/reward_accuracy", "losses/grad_norm",
+              "eval/pairwise_accuracy", "eval/reward_right", "eval/reward_wrong", "eval/exact_match"],
+        variants=[["--sft-updates", "3", "--task", "sort", "--num-digits", "4", "--samples-per-prompt", "2",
+                   "--temperature", "2", "--lr-schedule", "linear", "--warmup-ratio", "0", "--weight-decay", "0.1",
+                   "--max-grad-norm", "inf", "--learning-rate", "1e-3", "--checkpoint-every", "2",
+                   "--keep-checkpoints", "1", "--save-model", "--seed", "2", "--exp-name", "rm_sort", "--no-nan-check",
+                   "--no-torch-deterministic"],
+                  ["--task", "avoid-digit", "--samples-per-prompt", "1", "--lr-schedule", "constant",
+                   "--torch-threads", "2"]],
+    ),
     "sft.py": Smoke(
         args=["--total-updates", "6", "--eval-every", "3", "--log-every", "2", "--batch-size", "8", "--eval-prompts",
               "8", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--max-new-tokens", "6"],
@@ -501,6 +531,15 @@ SMOKE: dict[str, Smoke] = {
 SMOKE["ppo_distributed.py"] = dataclasses.replace(
     SMOKE["ppo.py"], variants=[[*SMOKE["ppo.py"].variants[0], "--backend", "gloo"],
                                [*SMOKE["ppo.py"].variants[1], "--no-nan-check"]])
+
+# the language-model files' common options (sft.py's model, schedule and long-run flags, which they copy)
+LM_BAD_INPUT = [(["--task", "avoid-digit", "--num-digits", "1", "--eval-prompts", "60"], "eval-prompts"),
+                (["--lr-schedule", "step"], "lr-schedule"), (["--warmup-ratio", "1"], "warmup-ratio"),
+                (["--max-grad-norm", "0"], "max-grad-norm"), (["--n-head", "3"], "n-head"),
+                (["--batch-size", "0"], "batch-size"), (["--eval-every", "0"], "eval-every"),
+                (["--max-new-tokens", "200"], "positions"), (["--checkpoint-every", "-1"], "checkpoint-every"),
+                (["--resume", "{tmp}/missing.pt"], "no checkpoint"),
+                (["--model-name-or-path", "{tmp}"], "no Hugging Face model folder")]
 
 BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
     "bc.py": [(["--dataset-id", "tiny/missing-v0"], "no such Minari dataset"),
@@ -659,6 +698,12 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
                           (["--alpha", "nan"], "--alpha"), (["--bonus", "nan"], "--bonus"),
                           (["--potential-scale", "inf"], "--potential-scale"), (["--gamma", "1"], "--gamma"),
                           (["--epsilon", "1.5"], "--epsilon"), (["--target", "nan"], "--target")],
+    "iql_marl.py": [(["--env-kwargs", "continuous_actions=True"], "Discrete"), (["--env-kwargs", "N"], "key=value"),
+                    (["--env-kwargs", "colour=3"], "refuses"), (["--env-id", "no_such_env_v0"], "cannot be imported"),
+                    (["--env-id", "simple_speaker_listener_v4"], "same spaces"), (["--gamma", "1.5"], "gamma"),
+                    (["--loss", "l1"], "--loss"), (["--buffer-size", "4", "--num-envs", "8"], "buffer-size"),
+                    (["--hidden-sizes", "0"], "hidden-sizes"), (["--start-e", "2"], "start-e"),
+                    (["--checkpoint-every", "-1"], "checkpoint-every"), (["--resume", "{tmp}/missing.pt"], "no checkpoint")],
     "mappo.py": [(["--env-kwargs", "continuous_actions=True"], "Discrete"), (["--env-kwargs", "N"], "key=value"),
                  (["--env-kwargs", "colour=3"], "refuses"), (["--env-id", "no_such_env_v0"], "cannot be imported"),
                  (["--env-id", "simple_speaker_listener_v4"], "same observation and action spaces"),
@@ -675,14 +720,12 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
                 (["--random-episodes", "0"], "--random-episodes"),
                 (["--num-steps", "10", "--num-minibatches", "3"], "--num-minibatches"),
                 (["--resume", "{tmp}/missing.pt"], "no checkpoint"), (["--checkpoint-every", "-1"], "checkpoint-every")],
+    "reward_model.py": [(["--num-digits", "0"], "num-digits"), (["--sft-updates", "-1"], "sft-updates"),
+                        (["--train-prompts", "0"], "train-prompts"), (["--samples-per-prompt", "0"], "samples-per-prompt"),
+                        (["--temperature", "0"], "temperature"),
+                        *LM_BAD_INPUT],
     "sft.py": [(["--num-digits", "0"], "num-digits"), (["--num-digits", "31"], "num-digits"),
-               (["--task", "avoid-digit", "--num-digits", "1", "--eval-prompts", "60"], "eval-prompts"),
-               (["--lr-schedule", "step"], "lr-schedule"), (["--warmup-ratio", "1"], "warmup-ratio"),
-               (["--max-grad-norm", "0"], "max-grad-norm"), (["--n-head", "3"], "n-head"),
-               (["--batch-size", "0"], "batch-size"), (["--eval-every", "0"], "eval-every"),
-               (["--max-new-tokens", "200"], "positions"), (["--checkpoint-every", "-1"], "checkpoint-every"),
-               (["--resume", "{tmp}/missing.pt"], "no checkpoint"),
-               (["--model-name-or-path", "{tmp}"], "no Hugging Face model folder")],
+               *LM_BAD_INPUT],
     "preference_reward.py": [(["--query", "random"], "--query"), (["--label-noise", "0.6"], "--label-noise"),
                              (["--label-noise", "nan"], "--label-noise"), (["--total-labels", "0"], "--total-labels"),
                              (["--num-steps", "100", "--num-minibatches", "4", "--segment-length", "101"],

@@ -35,7 +35,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("Agent", "ppo_distributed.py"): "ppo.py's Agent (separate categorical actor and critic MLPs), the same text",
     ("Agent", "ppo_atari.py"): "the Nature CNN trunk shared by the actor and critic heads, on uint8 frames",
     ("Agent", "ppo_continuous_action.py"): "a Gaussian policy carrying the action bounds and observation statistics",
-    ("QNetwork", "dqn.py"): "an MLP with one Q-value per action and an optional dueling head",
+    ("QNetwork", "c51.py"): "an MLP with n_actions x n_atoms logits (one categorical return distribution per action)",
     ("QNetwork", "dqn_atari.py"): "the Nature CNN on uint8 frame stacks",
     ("QNetwork", "rainbow.py"): "adds noisy layers, a per-atom dueling head and an expected or distributional output",
     ("ReplayBuffer", "dqn.py"): "integer actions, one column per environment; the continuous-control buffer stores action vectors",
@@ -45,6 +45,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("evaluate", "decision_transformer.py"): "return-conditioned: the episodes of every target step together, each "
                                              "fed its return-to-go (target minus the rewards so far) and the last K "
                                              "steps",
+    ("evaluate", "iql_marl.py"): "mappo.py's evaluate, the same text: plays a PettingZoo parallel environment through "
+                                 "BatchedParallelEnv and returns team returns; reads env_kwargs from a checkpoint",
     ("evaluate", "mappo.py"): "plays a PettingZoo parallel environment through BatchedParallelEnv and returns team "
                               "returns; reads env_kwargs from a checkpoint",
     ("evaluate", "dreamer.py"): "carries the recurrent state through each episode (reset at its start); --pixels observations",

@@ -416,6 +416,8 @@ def test_sigterm_on_the_command_line(tmp_path: Path):
 
 # the offline files' fields, counted in optimiser steps (interrupt_at: the at-th call of Adam.step or AdamW.step)
 LM: dict[str, OfflineRun] = {
+    "reward_model.py": OfflineRun(args=["--total-updates", "8", "--eval-every", "4", "--checkpoint-every", "3"],
+                                  interrupt_at=5, nan_loss="bradley_terry_loss", default_layer=True),
     "sft.py": OfflineRun(args=["--total-updates", "8", "--eval-every", "4", "--checkpoint-every", "3"], interrupt_at=5,
                     nan_loss="sft_loss", default_layer=True),
 }
@@ -458,7 +460,10 @@ def test_lm_interrupt_and_resume(name: str, tmp_path: Path, monkeypatch, capsys)
     assert ckpt["global_step"] == cfg.interrupt_at < full["global_step"], (ckpt["global_step"], full["global_step"])
     model, tokenizer = module.load_model(str(ckpt_path))
     prompts = [p for p, _ in module.heldout_pairs(ckpt["task"], ckpt["args"]["num_digits"], 2)]
-    assert len(module.evaluate_lm(model, tokenizer, ckpt["task"], prompts, 4, 2)["responses"]) == 2
+    if hasattr(module, "score_responses"):  # a reward model scores responses rather than generating them
+        assert len(module.score_responses(model, tokenizer, prompts, ["1", "2"], 2)) == 2
+    else:
+        assert len(module.evaluate_lm(model, tokenizer, ckpt["task"], prompts, 4, 2)["responses"]) == 2
     resumed = run_main(module, command[2:], tmp_path / "cut")
     assert resumed["global_step"] == full["global_step"]
     cut_dirs = run_dirs(tmp_path / "cut")
@@ -493,6 +498,7 @@ class MultiAgentRun:
 
 # a PettingZoo environment's state cannot be saved: a resumed run starts new episodes (no bitwise check)
 MULTIAGENT: dict[str, MultiAgentRun] = {
+    "iql_marl.py": MultiAgentRun(args=["--total-timesteps", "300"], interrupt_at=60),
     "mappo.py": MultiAgentRun(args=["--total-timesteps", "300"], interrupt_at=60),
 }
 

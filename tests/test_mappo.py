@@ -8,16 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import load_algo, run_main
+from conftest import assert_greedy_team_returns, load_algo, run_main, spread
 
 mappo = load_algo("mappo")
 ppo = load_algo("ppo")
-
-
-def spread(max_cycles: int = 25):
-    from mpe2 import simple_spread_v3
-
-    return simple_spread_v3.parallel_env(N=3, local_ratio=0.5, max_cycles=max_cycles, continuous_actions=False)
 
 
 def test_actors_see_their_own_observation_and_the_critic_the_state():
@@ -159,19 +153,8 @@ def test_evaluate_returns_the_team_return_of_greedy_play(tmp_path):
     rewards; from a checkpoint (which brings its env_kwargs) it gives what the live network gives."""
     out = run_main(mappo, ["--total-timesteps", "60", "--num-envs", "2", "--num-steps", "10", "--update-epochs", "1",
                            "--eval-episodes", "2", "--env-kwargs", "max_cycles=10", "--save-model"], tmp_path)
-    agent, ckpt = mappo.load_model(str(tmp_path / out["model_path"]))
-    assert ckpt["env_kwargs"] == {"max_cycles": 10} and ckpt["algo"] == "mappo"
-    assert mappo.evaluate(str(tmp_path / out["model_path"]), "simple_spread_v3", 2, seed=100_001) == out["eval_returns"]
-    env = spread(10)
-    for ep, expected in enumerate(out["eval_returns"]):
-        obs, _ = env.reset(seed=100_001 + ep)
-        total = 0.0
-        while env.agents:
-            x = torch.as_tensor(np.stack([obs[a] for a in env.possible_agents]))
-            actions = agent.greedy_action(x).tolist()
-            obs, rew, _, _, _ = env.step({a: actions[j] for j, a in enumerate(env.possible_agents)})
-            total += sum(rew.values())
-        assert total == pytest.approx(expected, rel=1e-5)
+    assert mappo.load_model(str(tmp_path / out["model_path"]))[1]["algo"] == "mappo"
+    assert_greedy_team_returns(mappo, str(tmp_path / out["model_path"]), out["eval_returns"], max_cycles=10)
 
 
 THRESHOLD = -65.0  # team return (sum over the 3 agents of their 25-step returns)

@@ -218,7 +218,11 @@ def check_lm_base(name: str, module, cfg, cwd: Path, capsys) -> None:
     evals = evaluation_steps(args.eval_every, args.total_updates)
     assert [s for s, _ in reports] == evals and all(isinstance(v, float) and 0 <= v <= 1 for _, v in reports), reports
     assert out["global_step"] == args.total_updates and out["sps"] > 0 and out["train_time"] > 0
-    assert out["eval_exact_match"] == reports[-1][1] and 0 <= out["eval_rule_compliance"] <= 1
+    # a reward model (reward_model.py) reports its held-out pairwise accuracy, and its folder is a sequence-
+    # classification model that scores responses (score_responses) rather than generating them
+    reward = hasattr(module, "score_responses")
+    reported = out["eval_pairwise_accuracy" if reward else "eval_exact_match"]
+    assert reported == reports[-1][1] and 0 <= out["eval_rule_compliance"] <= 1
     run_dirs = list((cwd / "runs").iterdir())
     assert len(run_dirs) == 1 and (cwd / out["run_dir"]).resolve() == run_dirs[0].resolve(), run_dirs
     missing = set(cfg.keys) - scalar_tags(run_dirs[0])
@@ -227,8 +231,12 @@ def check_lm_base(name: str, module, cfg, cwd: Path, capsys) -> None:
     assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= {p.name for p in folder.iterdir()}, folder
     model, tokenizer = module.load_model(str(folder))
     prompts = [prompt for prompt, _ in module.heldout_pairs(args.task, args.num_digits, 2)]
-    result = module.evaluate_lm(model, tokenizer, args.task, prompts, 4, 2)
-    assert len(result["responses"]) == 2 and 0 <= result["exact_match"] <= 1
+    if reward:
+        scores = module.score_responses(model, tokenizer, prompts, ["1", "2"], 2)
+        assert len(scores) == 2 and all(math.isfinite(s) for s in scores), scores
+    else:
+        result = module.evaluate_lm(model, tokenizer, args.task, prompts, 4, 2)
+        assert len(result["responses"]) == 2 and 0 <= result["exact_match"] <= 1
     wandb_runs = glob.glob(str(cwd / "wandb" / "offline-run-*"))
     assert len(wandb_runs) == 1, f"expected one offline W&B run under {cwd / 'wandb'}, got {wandb_runs}"
 
