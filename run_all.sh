@@ -476,8 +476,8 @@ if [[ "$what" == all || "$what" == multiagent ]]; then
     --run "IPPO|mappo|--independent-critic --log-every 20000" --tag mappo_simple_spread_v3 \
     --title "simple_spread_v3 (N=3): team return (summed over agents)"
   python tools/compare.py --env-id simple_spread_v3 --seeds 1 2 3 --total-timesteps 300000 --eval-episodes 100 \
-    --run "IQL|iql_marl|--log-every 20000" --run "IQL shared|iql_marl|--share-parameters --log-every 20000" \
-    --tag iql_marl_simple_spread_v3 \
+    --cores 0 1 --run "IQL|iql_marl|--log-every 20000" \
+    --run "IQL shared|iql_marl|--share-parameters --log-every 20000" --tag iql_marl_simple_spread_v3 \
     --title "simple_spread_v3 (N=3): team return (summed over agents), independent Q-learners"
   summarise
 fi
