@@ -21,6 +21,15 @@ BUDGETS = {
     ("dqn.py", "dqn_atari.py"): (135, "Atari preprocessing, a Nature CNN, a replay memory that stores each frame once "
                                    "(with its own checkpoint state: frames, flags, per-column positions)"),
     ("ddpg.py", "td3.py"): (100, "twin critics, target policy smoothing, delayed actor updates"),
+    # offline: the same dataset skeleton (loading, statistics, gradient steps, evaluation, long runs)
+    ("bc.py", "td3_bc.py"): (150, "twin critics with targets, target policy smoothing, the lambda-weighted actor loss"),
+    ("td3_bc.py", "iql.py"): (205, "a value network with expectile regression, a Gaussian policy by weighted regression, "
+                                   "reward scaling, a cosine schedule"),
+    ("td3_bc.py", "cql.py"): (255, "SAC's tanh-Gaussian actor and temperature, the conservative penalty over sampled "
+                                   "actions, the Lagrange alpha', a discrete form"),
+    # language models: sft.py's model, tasks and long-run form
+    ("sft.py", "reward_model.py"): (215, "a scalar head on the last token, pairs from the model's own samples, the "
+                                         "Bradley-Terry loss, pairwise accuracy"),
 }
 
 
