@@ -28,9 +28,10 @@
 #                           gail; gail.py learns from the experts that the offline group trains), about 2 hours
 #   ./run_all.sh offline    only the offline datasets (tools/make_dataset.py) and the offline files on them, about
 #                           5.5 hours
-#   ./run_all.sh multiagent only the multi-agent files (mappo.py, iql_marl.py) on mpe2's simple_spread_v3, about
-#                           1.5 hours
-#   ./run_all.sh lm         only the language-model files (sft.py, reward_model.py), about 35 minutes
+#   ./run_all.sh multiagent only the multi-agent files (mappo.py, iql_marl.py, qmix.py, maddpg.py) on mpe2's
+#                           simple_spread_v3, speaker_listener and adversary, about 5 hours
+#   ./run_all.sh lm         only the language-model files (sft.py, reward_model.py, rlhf_ppo.py, dpo.py, grpo.py),
+#                           about 1.5 hours
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -479,6 +480,28 @@ if [[ "$what" == all || "$what" == multiagent ]]; then
     --cores 0 1 --run "IQL|iql_marl|--log-every 20000" \
     --run "IQL shared|iql_marl|--share-parameters --log-every 20000" --tag iql_marl_simple_spread_v3 \
     --title "simple_spread_v3 (N=3): team return (summed over agents), independent Q-learners"
+  python tools/compare.py --env-id simple_spread_v3 --seeds 1 2 3 --total-timesteps 300000 --eval-episodes 100 \
+    --cores 0 1 --run "QMIX|qmix|--log-every 20000" --run "VDN|qmix|--mixer vdn --log-every 20000" \
+    --tag qmix_simple_spread_v3 --title "simple_spread_v3 (N=3): team return (summed over agents), QMIX and VDN"
+  python tools/compare.py --env-id simple_spread_v3 --seeds 1 2 3 --total-timesteps 300000 --eval-episodes 100 \
+    --run "MADDPG|maddpg|--log-every 20000" --tag maddpg_simple_spread_v3 \
+    --title "simple_spread_v3 (N=3): team return (summed over agents), MADDPG"
+  python tools/compare.py --env-id simple_speaker_listener_v4 --seeds 1 2 3 --total-timesteps 100000 --eval-episodes 100 \
+    --run "MADDPG|maddpg|--log-every 10000" \
+    --run "DDPG (independent critics)|maddpg|--independent --exp-name ddpg --log-every 10000" \
+    --tag maddpg_simple_speaker_listener_v4 --title "simple_speaker_listener_v4: team return (speaker + listener)"
+  # simple_adversary_v3 is competitive: each side's return (main's eval_group_returns), so plain runs and their logs
+  L=runs/maddpg_logs; mkdir -p $L
+  ADV="--env-id simple_adversary_v3 --total-timesteps 100000 --eval-episodes 100 --log-every 10000"
+  for s in 1 2 3; do
+    python algorithms/maddpg.py $ADV --independent-agents agent --exp-name maddpg_adv_vs_ddpg --seed $s \
+      > $L/adversary_maddpg_vs_ddpg_s$s.log
+    python algorithms/maddpg.py $ADV --independent-agents adversary --exp-name maddpg_good_vs_ddpg --seed $s \
+      > $L/adversary_ddpg_vs_maddpg_s$s.log
+  done
+  python algorithms/maddpg.py $ADV --seed 1 > $L/adversary_maddpg_both_s1.log
+  python algorithms/maddpg.py $ADV --independent --exp-name ddpg --seed 1 > $L/adversary_ddpg_both_s1.log
+  for f in $L/*.log; do echo "==> $(basename $f)"; cat "$f"; done > benchmark_results/maddpg_adversary_runs.log
   summarise
 fi
 
@@ -496,9 +519,45 @@ if [[ "$what" == all || "$what" == lm ]]; then
   for f in $L/sft_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/sft_runs.log
   python algorithms/sft.py --seed 1 --total-updates 2000 --eval-every 1000 --log-every 500 --save-model \
     --exp-name sft_rm > $L/rm_sft_seed1.log
-  python algorithms/reward_model.py --model-name-or-path "$(ls -d runs/addition__sft_rm__1__*/sft_rm | tail -1)" \
-    --seed 1 > $L/rm_addition_seed1.log
+  SFT="$(ls -d runs/addition__sft_rm__1__*/sft_rm | tail -1)"
+  python algorithms/reward_model.py --model-name-or-path "$SFT" --seed 1 --save-model > $L/rm_addition_seed1.log
   for f in $L/rm_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/reward_model_runs.log
+  RM="$(ls -d runs/addition__reward_model__1__*/reward_model | tail -1)"
+  # RLHF with PPO: the family's reward model, a smaller learning rate, the adaptive KL controller, and a weak
+  # reward model (300 prompts, 100 steps) that the policy hacks
+  python algorithms/rlhf_ppo.py --model-name-or-path "$SFT" --reward-model "$RM" --seed 1 > $L/ppo_addition_seed1.log
+  python algorithms/rlhf_ppo.py --model-name-or-path "$SFT" --reward-model "$RM" --seed 1 --total-updates 320 \
+    --eval-every 80 --log-every 40 --learning-rate 3e-5 > $L/ppo_addition_lr3e-5_seed1.log
+  python algorithms/rlhf_ppo.py --model-name-or-path "$SFT" --reward-model "$RM" --seed 1 --adaptive-kl --kl-target 0.5 \
+    --kl-horizon 200 --total-updates 400 --eval-every 80 --log-every 40 --exp-name rlhf_ppo_adaptive \
+    > $L/ppo_adaptive_seed1.log
+  python algorithms/reward_model.py --model-name-or-path "$SFT" --train-prompts 300 --total-updates 100 --eval-every 100 \
+    --log-every 50 --save-model --exp-name weak_rm > $L/ppo_weak_rm.log
+  python algorithms/rlhf_ppo.py --model-name-or-path "$SFT" --reward-model "$(ls -d runs/addition__weak_rm__1__*/weak_rm | tail -1)" \
+    --total-updates 400 --eval-every 80 --log-every 40 --exp-name rlhf_ppo_weak_rm > $L/ppo_weak_rm_seed1.log
+  for f in $L/ppo_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/rlhf_ppo_runs.log
+  # DPO on the SFT model's own preference pairs: TRL's defaults, a smaller learning rate, RPO's NLL term
+  python algorithms/dpo.py --model-name-or-path "$SFT" --seed 1 > $L/dpo_a_seed1.log
+  python algorithms/dpo.py --model-name-or-path "$SFT" --seed 1 --learning-rate 1e-5 > $L/dpo_b_seed1.log
+  python algorithms/dpo.py --model-name-or-path "$SFT" --seed 1 --rpo-alpha 1 --learning-rate 3e-4 --total-updates 2000 \
+    --eval-every 500 > $L/dpo_e_seed1.log
+  python algorithms/dpo.py --model-name-or-path "$SFT" --seed 1 --rpo-alpha 1 --learning-rate 3e-4 --total-updates 2000 \
+    --eval-every 500 --temperature 0.7 > $L/dpo_f_seed1.log
+  for f in $L/dpo_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/dpo_runs.log
+  # GRPO with the task's verifiable reward
+  python algorithms/grpo.py --model-name-or-path "$SFT" --learning-rate 1e-4 --total-updates 300 --eval-every 50 \
+    --log-every 25 --exp-name grpo_lr1e-4 > $L/grpo_A.log
+  python algorithms/grpo.py --model-name-or-path "$SFT" --batch-size 32 --num-generations 16 --learning-rate 3e-5 \
+    --total-updates 300 --eval-every 100 --log-every 50 --exp-name grpo_g16 > $L/grpo_F.log
+  AVOID="$(ls -d runs/avoid-digit__sft_avoid__1__*/sft_avoid | tail -1)"
+  for lr in 1e-4 1e-3; do
+    python algorithms/grpo.py --model-name-or-path "$AVOID" --task avoid-digit --eval-prompts 100 --seed 1 \
+      --total-updates 300 --eval-every 100 --log-every 50 --learning-rate $lr --exp-name grpo_avoid > $L/grpo_avoid_lr$lr.log
+  done
+  python algorithms/grpo.py --model-name-or-path "$AVOID" --task avoid-digit --eval-prompts 100 --seed 1 \
+    --total-updates 300 --eval-every 100 --log-every 50 --learning-rate 1e-3 --reward-funcs rule \
+    --exp-name grpo_avoid_rule > $L/grpo_avoid_rule_only.log
+  for f in $L/grpo_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/grpo_runs.log
 fi
 
 if [[ "$what" == all || "$what" == slow ]]; then

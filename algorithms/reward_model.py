@@ -239,9 +239,10 @@ def make_avoid_digit(rng: np.random.Generator, num_digits: int) -> tuple[str, st
 
 
 def extract_answer(response: str) -> str:
-    """The answer in a decoded response: its first run of digits ("" if none)."""
-    match = re.search(r"\d+", response)
-    return match.group(0) if match else ""
+    """The answer in a decoded response: its last run of digits ("" if none); a chat model restates the question
+    before its answer ("1+7 = 8")."""
+    runs = re.findall(r"\d+", response)
+    return runs[-1] if runs else ""
 
 
 def score_addition(prompt: str, response: str) -> tuple[bool, bool]:

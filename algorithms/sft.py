@@ -31,8 +31,8 @@ Models and data, with no network:
                     the rule.
   The held-out prompts (heldout_pairs: --eval-prompts distinct prompts from a fixed generator, the same for every
   seed and every file of the family) are never trained on: the sampler redraws any pair whose prompt is held out.
-- The answer is extracted from the decoded response (extract_answer: its first run of digits), so a chatty model's
-  "The answer is 579." counts as 579.
+- The answer is extracted from the decoded response (extract_answer: its last run of digits, the final number as
+  GSM8K is graded), so a chat model's "123+456 = 579" counts as 579.
 
 The math, as written in the code below, for a batch of prompts x_i and completions y_i (tokens of the completion,
 then eos), concatenated and padded on the right; labels = the tokens, with -100 on prompt and padding:
@@ -227,9 +227,10 @@ def make_avoid_digit(rng: np.random.Generator, num_digits: int) -> tuple[str, st
 
 
 def extract_answer(response: str) -> str:
-    """The answer in a decoded response: its first run of digits ("" if none)."""
-    match = re.search(r"\d+", response)
-    return match.group(0) if match else ""
+    """The answer in a decoded response: its last run of digits ("" if none); a chat model restates the question
+    before its answer ("1+7 = 8")."""
+    runs = re.findall(r"\d+", response)
+    return runs[-1] if runs else ""
 
 
 def score_addition(prompt: str, response: str) -> tuple[bool, bool]:

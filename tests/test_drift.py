@@ -47,6 +47,11 @@ ALLOWED: dict[tuple[str, str], str] = {
                                              "steps",
     ("evaluate", "iql_marl.py"): "mappo.py's evaluate, the same text: plays a PettingZoo parallel environment through "
                                  "BatchedParallelEnv and returns team returns; reads env_kwargs from a checkpoint",
+    ("evaluate", "qmix.py"): "plays a PettingZoo parallel environment through BatchedParallelEnv and returns team "
+                             "returns, the recurrent agents' hidden state and last action carried through each episode; "
+                             "reads env_kwargs from a checkpoint",
+    ("evaluate", "maddpg.py"): "team returns summed from evaluate_agent_returns (each agent's returns, which main also "
+                               "sums by side), played through PaddedParallelEnv (agents of different observation sizes)",
     ("evaluate", "mappo.py"): "plays a PettingZoo parallel environment through BatchedParallelEnv and returns team "
                               "returns; reads env_kwargs from a checkpoint",
     ("evaluate", "dreamer.py"): "carries the recurrent state through each episode (reset at its start); --pixels observations",

@@ -416,6 +416,17 @@ def test_sigterm_on_the_command_line(tmp_path: Path):
 
 # the offline files' fields, counted in optimiser steps (interrupt_at: the at-th call of Adam.step or AdamW.step)
 LM: dict[str, OfflineRun] = {
+    "dpo.py": OfflineRun(args=["--total-updates", "8", "--eval-every", "4", "--checkpoint-every", "3"], interrupt_at=5,
+                         nan_loss="dpo_loss", default_layer=True),
+    # two steps per generation batch: the SIGINT of step 5 lands mid-batch, which the checkpoint carries; the rule
+    # reward gives an untrained model's groups some spread
+    "grpo.py": OfflineRun(args=["--total-updates", "8", "--eval-every", "4", "--checkpoint-every", "3",
+                                "--num-iterations", "2", "--task", "avoid-digit", "--reward-funcs", "rule"],
+                          interrupt_at=5, nan_loss="grpo_loss", default_layer=True),
+    # one optimiser step per rollout (--ppo-epochs 1), so that the SIGINT of the 5th AdamW step ends the 5th rollout
+    "rlhf_ppo.py": OfflineRun(args=["--total-updates", "8", "--eval-every", "4", "--checkpoint-every", "3",
+                                    "--ppo-epochs", "1", "--log-every", "1"], interrupt_at=5,
+                              nan_loss="clipped_policy_loss", default_layer=True),
     "reward_model.py": OfflineRun(args=["--total-updates", "8", "--eval-every", "4", "--checkpoint-every", "3"],
                                   interrupt_at=5, nan_loss="bradley_terry_loss", default_layer=True),
     "sft.py": OfflineRun(args=["--total-updates", "8", "--eval-every", "4", "--checkpoint-every", "3"], interrupt_at=5,
@@ -498,6 +509,8 @@ class MultiAgentRun:
 
 # a PettingZoo environment's state cannot be saved: a resumed run starts new episodes (no bitwise check)
 MULTIAGENT: dict[str, MultiAgentRun] = {
+    "maddpg.py": MultiAgentRun(args=["--total-timesteps", "300"], interrupt_at=60),
+    "qmix.py": MultiAgentRun(args=["--total-timesteps", "300"], interrupt_at=60),
     "iql_marl.py": MultiAgentRun(args=["--total-timesteps", "300"], interrupt_at=60),
     "mappo.py": MultiAgentRun(args=["--total-timesteps", "300"], interrupt_at=60),
 }

@@ -90,7 +90,8 @@ def test_logprob_sum_is_what_the_loss_gradient_raises():
 
 def test_tasks_by_hand():
     assert sft.score_addition("12+34=", "46") == (True, True)
-    assert sft.score_addition("12+34=", " The answer is 46.") == (True, True)  # the first run of digits
+    assert sft.score_addition("12+34=", " The answer is 46.") == (True, True)  # the last run of digits
+    assert sft.score_addition("1+7=", "1+7 = 8") == (True, True)
     assert sft.score_addition("12+34=", "046") == (False, True) and sft.score_addition("12+34=", "") == (False, True)
     assert sft.score_sort("sort 31415=", "11345") == (True, True)
     assert sft.score_sort("sort 31415=", "13145") == (False, True)
@@ -99,7 +100,7 @@ def test_tasks_by_hand():
     assert sft.score_avoid_digit("sum 15 no 7=", "95") == (False, True)
     assert sft.score_avoid_digit("sum 15 no 7=", "7") == (False, False)
     assert sft.score_avoid_digit("sum 0 no 0=", "") == (False, True)
-    assert sft.extract_answer("x12y345") == "12" and sft.extract_answer("none") == ""
+    assert sft.extract_answer("x12y345") == "345" and sft.extract_answer("none") == ""
     rng = np.random.default_rng(0)
     for task, make in sft.MAKE.items():
         for _ in range(200):  # every demonstration is a right answer

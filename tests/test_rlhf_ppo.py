@@ -1,0 +1,205 @@
+"""rlhf_ppo.py: the completion's log-probabilities (left-padded prompt, completion cut at eos) against a loop over
+tokens, the completion mask, the per-token rewards (KL penalty at each token, the score at the last real token,
+nothing after it) by hand, GAE over tokens against ppo.py's compute_gae on the same arrays, masked whitening, the
+adaptive KL controller at hand values, the clipped policy and value losses by hand, the reward-model folder checks and
+resume refusals; slow: from sft.py's model and reward_model.py's model of 3-digit addition, the held-out exact match
+rises over the SFT model's with the KL to the reference below a stated bound.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+
+import pytest
+import torch
+from conftest import assert_one_line_exit_2, load_algo, run_main, scalars
+
+rl = load_algo("rlhf_ppo")
+TINY = ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--batch-size", "8", "--eval-prompts", "8",
+        "--max-new-tokens", "6", "--sft-updates", "0", "--rm-updates", "0", "--ppo-epochs", "1", "--log-every", "1"]
+
+
+def tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
+    tokenizer = rl.build_tokenizer()
+    return rl.build_model(tokenizer, n_layer=1, n_embd=16, n_head=2).eval(), tokenizer
+
+
+def loop_logprob(model, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+    """log pi(y_j | x, y_<j) for each completion token, one unpadded forward pass per token (the slow reference)."""
+    values, ids = [], list(prompt_ids)
+    with torch.no_grad():
+        for token in completion_ids:
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            values.append(torch.log_softmax(logits.double(), dim=-1)[token].item())
+            ids.append(token)
+    return values
+
+
+def test_completion_logprobs_against_a_loop_over_tokens():
+    """Prompts of different lengths left-padded, completions right-padded and cut after their first eos (a token
+    after the eos is dropped): each completion token's log-probability equals a loop over the unpadded prefix, 0 after
+    the eos; the values are the head on the hidden state that predicts each token."""
+    model, tokenizer = tiny_model()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompts = ["7+15=", "123+456=", "1+2="]
+    rows = [tokenizer("22")["input_ids"] + [eos, pad, pad], tokenizer("5795")["input_ids"] + [eos],
+            tokenizer("3")["input_ids"] + [eos] + tokenizer("77")["input_ids"] + [pad]]
+    response_ids = torch.tensor(rows)
+    mask = rl.completion_mask(response_ids, eos)
+    assert mask.tolist() == [[True] * 3 + [False] * 2, [True] * 5, [True] * 2 + [False] * 3]
+    response_ids = response_ids.masked_fill(~mask, pad)
+    prompt_ids, prompt_mask = rl.encode_prompts(tokenizer, prompts)
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, mask.long()], dim=1)
+    width = prompt_ids.shape[1]
+    with torch.no_grad():
+        logprobs = rl.response_logprobs(model, input_ids, attention_mask, width)
+    assert logprobs.shape == response_ids.shape
+    for i, prompt in enumerate(prompts):
+        n = int(mask[i].sum())
+        expected = loop_logprob(model, tokenizer(prompt)["input_ids"], response_ids[i, :n].tolist())
+        torch.testing.assert_close(logprobs[i, :n].double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5,
+                                   atol=1e-5)
+        assert (logprobs[i, n:] == 0).all()
+    # the value of y_t: the head on the hidden state of the prefix (prompt, y_<t), fed alone
+    critic = rl.reward_model_from(model, tokenizer).eval()
+    with torch.no_grad():
+        values = rl.token_values(critic, input_ids, attention_mask, width)
+        prefix = tokenizer(prompts[1])["input_ids"] + response_ids[1, :2].tolist()
+        alone = critic.score(critic.base_model(input_ids=torch.tensor([prefix])).last_hidden_state[0, -1])
+    assert values.shape == response_ids.shape
+    assert values[1, 2].item() == pytest.approx(alone.item(), abs=1e-5)
+
+
+def test_per_token_rewards_by_hand():
+    """beta 0.1: r_t = -0.1 (logp_t - logp_ref_t) on the real tokens, the score added at the last real token, 0 after
+    it; the KL per completion is the sum of logp - logp_ref over its real tokens."""
+    logp = torch.tensor([[-1.0, -2.0, -0.5, -9.0], [-0.2, -0.3, -0.4, -0.5]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5, -1.0], [-0.2, -0.1, -0.9, -0.5]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    rewards, kl = rl.per_token_rewards(logp, ref, torch.tensor([2.0, -1.0]), mask, 0.1)
+    expected = torch.tensor([[-0.05, 0.1, 0.0 + 2.0, 0.0], [0.0, 0.02, -0.05, 0.0 - 1.0]])
+    torch.testing.assert_close(rewards, expected)
+    torch.testing.assert_close(kl, torch.tensor([-0.5, 0.3]))  # a negative estimate is possible
+    # a one-token completion: the score and the penalty at the same token
+    rewards, kl = rl.per_token_rewards(logp[:1], ref[:1], torch.tensor([3.0]), torch.tensor([[1, 0, 0, 0]]), 1.0)
+    torch.testing.assert_close(rewards, torch.tensor([[-0.5 + 3.0, 0.0, 0.0, 0.0]]))
+
+
+def test_gae_over_tokens_against_ppo_compute_gae():
+    """Ragged completions (lengths 5, 2, 1, 4): each row's advantages and returns equal ppo.py's compute_gae on that
+    completion alone as one episode that terminates at its last token; 0 after it. gamma 1, lambda 1: A_t = sum of the
+    rewards from t on - V_t."""
+    ppo = load_algo("ppo")
+    torch.manual_seed(0)
+    rewards, values = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    lengths = [5, 2, 1, 4]
+    mask = torch.arange(5)[None, :] < torch.tensor(lengths)[:, None]
+    for gamma, lam in ((1.0, 0.95), (0.9, 0.5)):
+        adv, ret = rl.token_advantages(rewards, values, mask, gamma, lam)
+        for i, n in enumerate(lengths):
+            r, v = rewards[i, :n, None], values[i, :n, None]
+            next_v = torch.cat([v[1:], torch.zeros(1, 1, dtype=torch.float64)])
+            term = torch.zeros(n, 1, dtype=torch.float64)
+            term[-1] = 1
+            a, g = ppo.compute_gae(r, v, next_v, term, torch.zeros_like(term), gamma, lam)
+            torch.testing.assert_close(adv[i, :n], a[:, 0])
+            torch.testing.assert_close(ret[i, :n], g[:, 0])
+            assert (adv[i, n:] == 0).all() and (ret[i, n:] == 0).all()
+    adv, ret = rl.token_advantages(rewards, values, mask, 1.0, 1.0)
+    for i, n in enumerate(lengths):
+        to_go = rewards[i, :n].flip(0).cumsum(0).flip(0)
+        torch.testing.assert_close(adv[i, :n], to_go - values[i, :n])
+        torch.testing.assert_close(ret[i, :n], to_go)
+
+
+def test_masked_whiten():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, -50.0, -50.0, -50.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    real = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    expected = (real - real.mean()) / (real.std() + 1e-8)
+    out = rl.masked_whiten(x, mask)
+    torch.testing.assert_close(out[mask], expected)
+    assert (out[~mask] == 0).all()
+    # what sits under the mask does not count
+    torch.testing.assert_close(rl.masked_whiten(x.masked_fill(~mask, 7.0), mask), out)
+
+
+def test_adaptive_kl_controller_at_hand_values():
+    """Ziegler et al.: beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon)."""
+    assert rl.adaptive_kl_coef(0.05, 1.5, 1.0, 64, 10000) == pytest.approx(0.05 * (1 + 0.2 * 64 / 10000))  # clipped
+    assert rl.adaptive_kl_coef(0.05, 0.9, 1.0, 64, 10000) == pytest.approx(0.05 * (1 - 0.1 * 64 / 10000))
+    assert rl.adaptive_kl_coef(0.05, 0.0, 2.0, 100, 100) == pytest.approx(0.05 * 0.8)  # clipped below
+    assert rl.adaptive_kl_coef(0.2, 2.0, 2.0, 64, 10) == 0.2  # on target: unchanged
+
+
+def test_clipped_losses_by_hand():
+    """Policy: ratios e^0.5 (A = 1: clipped at 1.2), e^-0.5 (A = -1: clipped at 0.8, loss 0.8), 1 (A = 2), a masked
+    token. Value: old 0, returns 1: a move of 0.5 is clipped to 0.2 for one term, max((0.5-1)^2, (0.2-1)^2) = 0.64;
+    a move of -0.1 is inside; 0.5 * mean."""
+    old = torch.zeros(1, 4)
+    new = torch.tensor([[0.5, -0.5, 0.0, 3.0]])
+    adv = torch.tensor([[1.0, -1.0, 2.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)
+    loss = rl.clipped_policy_loss(new, old, adv, mask, 0.2)
+    expected = (-min(math.exp(0.5), 1.2) + 0.8 - 2.0) / 3  # -A * ratio, the pessimistic (larger) term
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    v_loss = rl.clipped_value_loss(torch.tensor([[0.5, -0.1, 9.0]]), torch.zeros(1, 3), torch.ones(1, 3),
+                                   torch.tensor([[1, 1, 0]], dtype=torch.bool), 0.2)
+    assert v_loss.item() == pytest.approx(0.5 * (0.64 + 1.21) / 2, abs=1e-6)
+    # the gradient flows through the unclipped term only where it is the larger one
+    values = torch.tensor([[0.5, -0.1]], requires_grad=True)
+    rl.clipped_value_loss(values, torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2, dtype=torch.bool), 0.2).backward()
+    torch.testing.assert_close(values.grad, torch.tensor([[0.0, 0.5 * (-0.1 - 1.0)]]))
+
+
+def test_reward_model_folder_and_resume_refusals(tmp_path, capsys):
+    """A causal LM folder is no reward model (it would load with a random head); policy and reward model from folders
+    run, and their checkpoint holds neither; it resumes only with its own reward model and value init."""
+    model, tokenizer = tiny_model(1)
+    model.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    assert_one_line_exit_2(lambda: run_main(rl, [*TINY, "--reward-model", str(tmp_path / "lm")], tmp_path / "a"),
+                           "is not a reward model", capsys)
+    rm = rl.reward_model_from(model, tokenizer)
+    rm.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    base = [*TINY, "--total-updates", "4", "--eval-every", "2", "--checkpoint-every", "2"]
+    out = run_main(rl, [*base, "--reward-model", str(tmp_path / "rm"), "--model-name-or-path", str(tmp_path / "lm")],
+                   tmp_path / "b")
+    assert out["global_step"] == 4 and 0 <= out["eval_exact_match"] <= 1 and math.isfinite(out["eval_reward_score"])
+    ckpt_path = sorted(glob.glob(str(tmp_path / "b" / out["run_dir"] / "checkpoint_*.pt")))[-1]
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert ckpt["reference"] is None and ckpt["reward_model"] is None  # both from folders
+    argv = [*base, "--total-updates", "6", "--resume", ckpt_path, "--model-name-or-path", str(tmp_path / "lm")]
+    assert_one_line_exit_2(lambda: run_main(rl, argv, tmp_path / "c"), "--reward-model", capsys)
+    assert_one_line_exit_2(lambda: run_main(rl, [*argv, "--reward-model", str(tmp_path / "rm"), "--value-init",
+                                                 "policy"], tmp_path / "c"), "--value-init", capsys)
+    sft_ckpt = tmp_path / "sft.pt"
+    torch.save({"algo": "sft", "task": "addition", "model_args": {}}, sft_ckpt)
+    assert_one_line_exit_2(lambda: run_main(rl, [*base, "--resume", str(sft_ckpt)], tmp_path / "c"),
+                           "does not fit rlhf_ppo.py", capsys)
+
+
+@pytest.mark.slow
+def test_a_weak_reward_model_is_hacked(tmp_path):
+    """Reward hacking, the documented runs (benchmark_results/rlhf_ppo.md), seed 1: sft.py 2000 steps; a weak reward
+    model (reward_model.py on 300 prompts for 100 steps: held-out pairwise accuracy about chance); this file's
+    defaults for 400 steps against it. The reward model's score of the greedy held-out responses rises while their
+    exact match falls far below the SFT model's. Bars: the measured run (greedy score -0.792 -> -0.455,
+    exact match 0.770 -> 0.465 at step 400) less margins for another CPU's rounding."""
+    sft = load_algo("sft")
+    rm = load_algo("reward_model")
+    policy = run_main(sft, ["--seed", "1", "--total-updates", "2000", "--eval-every", "1000", "--save-model"], tmp_path)
+    weak = run_main(rm, ["--model-name-or-path", policy["model_path"], "--train-prompts", "300", "--total-updates",
+                         "100", "--eval-every", "100", "--save-model"], tmp_path)
+    out = run_main(rl, ["--model-name-or-path", policy["model_path"], "--reward-model", weak["model_path"],
+                        "--total-updates", "400", "--eval-every", "80"], tmp_path)
+    logged = scalars(tmp_path / out["run_dir"])
+    scores = [v for _, v in logged["eval/reward_score"]]
+    matches = [v for _, v in logged["eval/exact_match"]]
+    assert matches[0] >= 0.7, matches  # the SFT model at step 0
+    assert max(scores[1:]) >= scores[0] + 0.15, scores  # the weak reward model's score goes up ...
+    assert out["eval_exact_match"] <= matches[0] - 0.2, matches  # ... while the exact match falls
