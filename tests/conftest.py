@@ -269,3 +269,51 @@ def assert_greedy_team_returns(module, model_path: str, eval_returns: list[float
             obs, rew, _, _, _ = env.step({a: actions[j] for j, a in enumerate(env.possible_agents)})
             total += sum(rew.values())
         assert total == pytest.approx(expected, rel=1e-5)
+
+
+def loop_token_logprobs(model, prompt_ids: list[int], completion_ids: list[int], temperature: float = 1.0) -> list[float]:
+    """log softmax(logits / T)[y_j] of each completion token, one unpadded forward pass per token in float64 (the
+    slow reference for the language-model files' batched, padded log-probabilities)."""
+    import torch
+
+    values, ids = [], list(prompt_ids)
+    with torch.no_grad():
+        for token in completion_ids:
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].double() / temperature
+            values.append(torch.log_softmax(logits, dim=-1)[token].item())
+            ids.append(token)
+    return values
+
+
+def assert_truncations_stored(module, buffer_class: str, monkeypatch, args) -> None:
+    """A real multi-agent run (two copies, 5-step simple_spread episodes, 20 steps): at each episode end the stored
+    transition's next observation is the last one (info["final_obs"], not the reset one) and its termination flag is
+    0 for every agent, so the target bootstraps. The buffer's add takes (obs, actions, rewards, next_obs,
+    terminations, active)."""
+    import numpy as np
+
+    added, finals = [], []
+    buffer = getattr(module, buffer_class)
+    real_add, real_step = buffer.add, module.BatchedParallelEnv.step
+
+    def recording_add(self, obs, actions, rewards, next_obs, terminations, active):
+        added.append((next_obs.copy(), np.asarray(terminations).copy()))
+        return real_add(self, obs, actions, rewards, next_obs, terminations, active)
+
+    def recording_step(self, actions):
+        out = real_step(self, actions)
+        finals.append((out[-1]["_final"].copy(), out[-1]["final_obs"].copy(), out[0].copy()))
+        return out
+
+    monkeypatch.setattr(buffer, "add", recording_add)
+    monkeypatch.setattr(module.BatchedParallelEnv, "step", recording_step)
+    module.main(args)
+    assert len(added) == 10
+    ends = 0
+    for (next_obs, terms), (final, final_obs, reset_obs) in zip(added, finals[: len(added)], strict=True):
+        assert not terms.any()  # simple_spread never terminates: every end is a truncation
+        for e in np.flatnonzero(final):
+            ends += 1
+            np.testing.assert_array_equal(next_obs[e], final_obs[e])
+            assert not np.array_equal(next_obs[e], reset_obs[e])
+    assert ends == 4  # two 5-step episodes in each of the two copies

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_exit_2, load_algo, run_main
+from conftest import assert_one_line_exit_2, load_algo, loop_token_logprobs, run_main
 
 dpo = load_algo("dpo")
 TINY = ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--batch-size", "8", "--eval-prompts", "8",
@@ -34,20 +34,9 @@ def tiny_model(seed: int = 0):
     return dpo.build_model(tokenizer, n_layer=1, n_embd=16, n_head=2), tokenizer
 
 
-def loop_logprob(model, prompt_ids: list[int], completion_ids: list[int]) -> float:
-    """log pi(y | x): one unpadded forward pass per completion token, summed in float64 (the slow reference)."""
-    total, ids = 0.0, list(prompt_ids)
-    with torch.no_grad():
-        for token in completion_ids:
-            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
-            total += torch.log_softmax(logits.double(), dim=-1)[token].item()
-            ids.append(token)
-    return total
-
-
 def loop_pair_logprobs(model, tokenizer, pairs) -> torch.Tensor:
     eos = tokenizer.eos_token_id
-    return torch.tensor([[loop_logprob(model, tokenizer(p)["input_ids"], [*tokenizer(y)["input_ids"], eos])
+    return torch.tensor([[sum(loop_token_logprobs(model, tokenizer(p)["input_ids"], [*tokenizer(y)["input_ids"], eos]))
                           for y in (c, r)] for p, c, r in pairs], dtype=torch.float64)
 
 

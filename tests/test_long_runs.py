@@ -442,6 +442,16 @@ def lm_argv(name: str, *extra: str) -> list[str]:
     return [*SMOKE[name].args, *LM[name].args, *extra]
 
 
+@pytest.mark.parametrize("name", lm_files())
+def test_lm_refuses_another_files_checkpoint(name: str, tmp_path: Path, capsys):
+    """--resume with a checkpoint another file of the family wrote: one line, exit 2, nothing trained."""
+    other = "reward_model" if name == "sft.py" else "sft"
+    ckpt = tmp_path / "other.pt"
+    torch.save({"algo": other, "task": "addition", "model_args": {}}, ckpt)
+    assert_one_line_exit_2(lambda: run_main(load_algo(name), lm_argv(name, "--resume", str(ckpt)), tmp_path / "bad"),
+                           f"does not fit {name}", capsys)
+
+
 def test_every_lm_file_has_a_long_run_config():
     missing = [n for n in lm_files() if n not in LM]
     assert not missing, f"add these to LM in tests/test_long_runs.py: {missing}"

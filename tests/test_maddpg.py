@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import assert_greedy_team_returns, load_algo, run_main
+from conftest import assert_greedy_team_returns, assert_truncations_stored, load_algo, run_main
 
 mad = load_algo("maddpg")
 
@@ -125,34 +125,12 @@ def test_td_target_truncation_bootstraps_termination_does_not():
 
 
 def test_a_real_run_stores_truncations_with_the_last_observation_and_no_termination(tmp_path, monkeypatch):
-    """Two copies, 5-step episodes: at each episode end the stored transition's next observation is the last one
-    (info["final_obs"], not the reset one) and its termination flag is 0 for every agent, so the target bootstraps."""
+    """Two copies, 5-step episodes: each episode's last stored transition holds info["final_obs"] and no
+    termination (conftest's assert_truncations_stored)."""
     monkeypatch.chdir(tmp_path)
-    added, finals = [], []
-    real_add, real_step = mad.JointReplayBuffer.add, mad.BatchedParallelEnv.step
-
-    def recording_add(self, obs, actions, rewards, next_obs, terminations, active):
-        added.append((next_obs.copy(), np.asarray(terminations).copy()))
-        return real_add(self, obs, actions, rewards, next_obs, terminations, active)
-
-    def recording_step(self, actions):
-        out = real_step(self, actions)
-        finals.append((out[-1]["_final"].copy(), out[-1]["final_obs"].copy(), out[0].copy()))
-        return out
-
-    monkeypatch.setattr(mad.JointReplayBuffer, "add", recording_add)
-    monkeypatch.setattr(mad.BatchedParallelEnv, "step", recording_step)
-    mad.main(mad.Args(total_timesteps=20, num_envs=2, learning_starts=4, batch_size=4, hidden_sizes=(8,),
-                      eval_episodes=1, env_kwargs=("max_cycles=5",)))
-    assert len(added) == 10
-    ends = 0
-    for (next_obs, terms), (final, final_obs, reset_obs) in zip(added, finals[: len(added)], strict=True):
-        assert not terms.any()  # simple_spread never terminates: every end is a truncation
-        for e in np.flatnonzero(final):
-            ends += 1
-            np.testing.assert_array_equal(next_obs[e], final_obs[e])
-            assert not np.array_equal(next_obs[e], reset_obs[e])
-    assert ends == 4  # two 5-step episodes in each of the two copies
+    args = mad.Args(total_timesteps=20, num_envs=2, learning_starts=4, batch_size=4, hidden_sizes=(8,), eval_episodes=1,
+                     env_kwargs=("max_cycles=5",))
+    assert_truncations_stored(mad, "JointReplayBuffer", monkeypatch, args)
 
 
 def test_soft_update_is_polyak_averaging():

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_exit_2, load_algo, run_main
+from conftest import assert_one_line_exit_2, load_algo, loop_token_logprobs, run_main
 
 sft = load_algo("sft")
 TINY = ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--batch-size", "8", "--eval-prompts", "8",
@@ -22,17 +22,6 @@ def tiny_model(seed: int = 0):
     torch.manual_seed(seed)
     tokenizer = sft.build_tokenizer()
     return sft.build_model(tokenizer, n_layer=1, n_embd=16, n_head=2), tokenizer
-
-
-def loop_logprob(model, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
-    """log pi(y_j | x, y_<j) for each completion token, one unpadded forward pass per token (the slow reference)."""
-    values, ids = [], list(prompt_ids)
-    with torch.no_grad():
-        for token in completion_ids:
-            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
-            values.append(torch.log_softmax(logits.double(), dim=-1)[token].item())
-            ids.append(token)
-    return values
 
 
 def test_completion_logprob_against_a_loop_over_tokens():
@@ -51,7 +40,7 @@ def test_completion_logprob_against_a_loop_over_tokens():
     summed, per_token, mask = sft.token_logprobs(logits, labels)
     for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
         p_ids, c_ids = tokenizer(p)["input_ids"], [*tokenizer(c)["input_ids"], eos]
-        expected = loop_logprob(model, p_ids, c_ids)
+        expected = loop_token_logprobs(model, p_ids, c_ids)
         # the completion's tokens sit at positions len(p)..len(p)+len(c); the logits one before score them
         assert mask[i].nonzero().flatten().tolist() == list(range(len(p_ids) - 1, len(p_ids) + len(c_ids) - 1))
         torch.testing.assert_close(per_token[i][mask[i]].double(), torch.tensor(expected, dtype=torch.float64),
