@@ -557,6 +557,14 @@ if [[ "$what" == all || "$what" == lm ]]; then
   python algorithms/grpo.py --model-name-or-path "$AVOID" --task avoid-digit --eval-prompts 100 --seed 1 \
     --total-updates 300 --eval-every 100 --log-every 50 --learning-rate 1e-3 --reward-funcs rule \
     --exp-name grpo_avoid_rule > $L/grpo_avoid_rule_only.log
+  for lr in 3e-4 1e-3; do
+    python algorithms/grpo.py --model-name-or-path "$AVOID" --task avoid-digit --eval-prompts 100 --seed 1 \
+      --total-updates 300 --eval-every 100 --log-every 100 --learning-rate $lr --reward-funcs answer rule \
+      --exp-name grpo_avoid_sum > $L/grpo_avoid_sum_lr$lr.log
+  done
+  python algorithms/grpo.py --model-name-or-path "$AVOID" --task avoid-digit --eval-prompts 100 --seed 1 \
+    --total-updates 1000 --eval-every 200 --log-every 100 --learning-rate 3e-4 --exp-name grpo_avoid_long \
+    > $L/grpo_avoid_lr3e-4_1000.log
   for f in $L/grpo_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/grpo_runs.log
 fi
 
