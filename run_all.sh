@@ -73,7 +73,7 @@ summarise() {
   tables="$(mktemp -d)"
   for md in benchmark_results/*.md; do
     stem="$(basename "$md" .md)"
-    [[ $stem == README || $stem == generated_tables || $stem == datasets || -f algorithms/$stem.py ]] && continue
+    [[ $stem == README || $stem == generated_tables || $stem == datasets || -f algorithms/$stem.py || -f tools/$stem.py ]] && continue
     ln -s "$PWD/$md" "$tables/"
     [[ -f benchmark_results/$stem.png ]] && ln -s "$PWD/benchmark_results/$stem.png" "$tables/"
   done
@@ -472,6 +472,11 @@ fi
 
 if [[ "$what" == all || "$what" == multiagent ]]; then
   # simple_spread_v3 (N=3, 25 steps): team returns, 100 deterministic evaluation episodes per run
+  python tools/compare.py --env-id simple_spread_v3 --seeds 1 2 3 --total-timesteps 100000 --eval-episodes 100 \
+    --cores 0 1 --run "random policy|mappo|--random-policy" --run "IQL|iql_marl|--log-every 20000" \
+    --run "MAPPO|mappo|--log-every 20000" --run "QMIX|qmix|--log-every 20000" --run "MADDPG|maddpg|--log-every 20000" \
+    --tag marl_simple_spread_v3 \
+    --title "simple_spread_v3 (N=3), 100k steps: team return (summed over agents), every multi-agent file"
   python tools/compare.py --env-id simple_spread_v3 --seeds 1 2 3 --total-timesteps 300000 --eval-episodes 100 \
     --run "random policy|mappo|--random-policy" --run "MAPPO|mappo|--log-every 20000" \
     --run "IPPO|mappo|--independent-critic --log-every 20000" --tag mappo_simple_spread_v3 \
