@@ -574,5 +574,6 @@ if [[ "$what" == all || "$what" == lm ]]; then
 fi
 
 if [[ "$what" == all || "$what" == slow ]]; then
-  python -m pytest -m slow
+  # grpo.py's time per step against TRL's runs on the lm group's SFT folder (it skips without one)
+  SFT_FOLDER="$(ls -d runs/addition__sft_rm__1__*/sft_rm 2>/dev/null | tail -1)" python -m pytest -m slow
 fi

@@ -10,6 +10,7 @@ match with the KL to the reference below a stated bound; the time per GRPO step 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 
 import numpy as np
@@ -443,7 +444,9 @@ def test_learns_the_prompts_it_is_trained_on(tmp_path):
 
 SPEED = {"batch_size": 16, "num_generations": 8, "max_completion_length": 16, "beta": 0.04, "learning_rate": 1e-4,
          "steps": 40, "skip": 10}
-SFT_FOLDER = "/tmp/align/sft_addition"  # sft.py --seed 1 --total-updates 2000 --save-model (benchmark_results/grpo.md)
+# the SFT model to time on: the folder of `python algorithms/sft.py --seed 1 --total-updates 2000 --save-model`
+# (benchmark_results/grpo.md), named by the environment variable SFT_FOLDER
+SFT_FOLDER = os.environ.get("SFT_FOLDER", "")
 
 
 def time_steps(which: str, folder: str, out_dir: str) -> dict:
@@ -513,8 +516,8 @@ def test_time_per_step_against_trl(tmp_path):
     import sys
     from pathlib import Path
 
-    if not (Path(SFT_FOLDER) / "config.json").is_file():
-        pytest.skip(f"no SFT model at {SFT_FOLDER} (sft.py --seed 1 --total-updates 2000 --save-model, copied there)")
+    if not SFT_FOLDER or not (Path(SFT_FOLDER) / "config.json").is_file():
+        pytest.skip("set SFT_FOLDER to the folder of sft.py --seed 1 --total-updates 2000 --save-model")
     runs: dict[str, list[dict]] = {"ours": [], "trl": []}
     for i, which in enumerate(["ours", "trl"] * 2):
         proc = subprocess.run([sys.executable, __file__, which, SFT_FOLDER, str(tmp_path / f"{which}{i}")],
