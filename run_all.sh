@@ -73,7 +73,9 @@ summarise() {
   tables="$(mktemp -d)"
   for md in benchmark_results/*.md; do
     stem="$(basename "$md" .md)"
-    [[ $stem == README || $stem == generated_tables || $stem == datasets || -f algorithms/$stem.py || -f tools/$stem.py ]] && continue
+    # the pages of files and tools are prose; aggregate.md is a table (tools/aggregate.py writes it)
+    [[ $stem == README || $stem == generated_tables || $stem == datasets || -f algorithms/$stem.py ]] && continue
+    [[ -f tools/$stem.py && $stem != aggregate ]] && continue
     ln -s "$PWD/$md" "$tables/"
     [[ -f benchmark_results/$stem.png ]] && ln -s "$PWD/benchmark_results/$stem.png" "$tables/"
   done
