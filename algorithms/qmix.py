@@ -41,6 +41,10 @@ selection is consistent with the centralised value). The code computes:
                    gradient steps (tau = 1, the default: EPyMARL's hard copy every 200 updates)
     exploration    epsilon-greedy, each agent of each copy on its own coin flip; epsilon decays linearly from
                    start_e to end_e over exploration_fraction * total_timesteps environment steps
+    rewards        --standardise-rewards (EPyMARL's option, off by default): the loss sees (r_t - mu) / sigma, mu and
+                   sigma^2 the running mean and variance of every team reward collected so far (RunningMeanStd);
+                   subtracting mu shifts every step's reward alike, which leaves the best policy unchanged only when
+                   episodes have a fixed length (simple_spread's 25 steps), not where an agent can end them
 The episode replay buffer stores whole episodes (--buffer-size of them) padded to the episode limit; a gradient step
 samples --batch-size episodes and unrolls both agent networks over every step of them from a zero hidden state, so
 the recurrent state the loss sees is the one the agents had when acting (up to the weights' change since).
@@ -176,6 +180,8 @@ class Args:
     """width of the hidden layer of the hypernetworks that output the mixing weights (QMIX)"""
     max_grad_norm: float = 10.0
     """the maximum norm of the gradient of the agents' and the mixer's parameters together"""
+    standardise_rewards: bool = False
+    """if toggled, the loss sees team rewards standardised by the running mean and std of every team reward so far"""
     eval_episodes: int = 10
     """episodes of the final deterministic (greedy) evaluation"""
     log_every: int = 10_000
@@ -507,6 +513,34 @@ class EpisodeBuffer:
         return self.size
 
 
+class RunningMeanStd:
+    """Running mean and variance of a stream of batches, merged one batch at a time.
+
+    Merging the moments of the data so far (mean m_a, var v_a, count n_a) with a batch's (m_b, v_b, n_b),
+    with d = m_b - m_a and n = n_a + n_b (Chan, Golub & LeVeque, 1979):
+        mean = m_a + d * n_b / n,     var = (v_a * n_a + v_b * n_b + d^2 * n_a * n_b / n) / n
+    It starts at mean 0, var 1 with a pseudo-count `epsilon` (as SB3 and Gymnasium), so the first
+    normalisations divide by about 1 instead of by zero.
+    """
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4):
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = float(epsilon)
+
+    def update(self, batch: np.ndarray) -> None:
+        """Merge a batch [B, *shape]; an empty batch changes nothing."""
+        batch = np.asarray(batch, dtype=np.float64)
+        if batch.shape[0] == 0:
+            return
+        b_mean, b_var, b_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        delta = b_mean - self.mean
+        total = self.count + b_count
+        self.mean = self.mean + delta * b_count / total
+        self.var = (self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total) / total
+        self.count = total
+
+
 def unroll_agents(agents: RecurrentAgents, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """Q-values along whole episodes from a zero hidden state: obs [B, T+1, n_agents, obs_dim] and the actions taken
     [B, T, n_agents] (the last-action input of step t is the action of step t-1) -> Q [B, T+1, n_agents, n_actions]."""
@@ -799,6 +833,7 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
     params = [*agents.parameters(), *mixer.parameters()]
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, fused=True)
     rb = EpisodeBuffer(args.buffer_size, T, A, obs_dim, state_dim, args.seed)
+    reward_rms = RunningMeanStd()  # of the team rewards, for --standardise-rewards
     generators = {"explore": rng, "buffer": rb.rng}
 
     # The training state a checkpoint holds; resuming puts it back.
@@ -817,6 +852,8 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
         optimizer.load_state_dict(ckpt["optimizer"])
         global_step, origin = ckpt["global_step"], tuple(ckpt["schedule_origin"])
         episodes, updates, next_train = ckpt["episodes"], ckpt["updates"], ckpt["next_train"]
+        mean, var, reward_rms.count = ckpt["reward_rms"]  # Python floats (a weights-only load refuses numpy's)
+        reward_rms.mean, reward_rms.var = np.float64(mean), np.float64(var)
         if args.total_timesteps != ckpt["args"]["total_timesteps"]:
             origin = (global_step, progress(global_step, ckpt["args"]["total_timesteps"], origin))
             print(f"--total-timesteps {args.total_timesteps:,} differs from the checkpoint's "
@@ -835,7 +872,7 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
                 "mixer_args": mixer_args, "mixer": mixer.state_dict(), "target_mixer": target_mixer.state_dict(),
                 "optimizer": optimizer.state_dict(), "episode_limit": T, "global_step": global_step,
                 "episodes": episodes, "updates": updates, "next_train": next_train, "schedule_origin": origin,
-                "rng": rng_state(generators)}
+                "reward_rms": tuple(float(x) for x in (reward_rms.mean, reward_rms.var, reward_rms.count)), "rng": rng_state(generators)}
         if args.save_buffer:
             ckpt["buffer"] = rb.state_dict()
         return ckpt
@@ -889,6 +926,7 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
         if args.nan_check and (bad := nonfinite_multiagent_step(next_obs, next_state, rewards, info)):
             fault(bad)
         current["rewards"][copies, t] = rewards.sum(1)  # the team reward
+        reward_rms.update(rewards.sum(1))
         current["filled"][copies, t] = 1.0
         t += 1
         ended = info["_final"]
@@ -931,8 +969,10 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
             next_train += args.train_frequency
             n_updates += len(rb) >= args.batch_size
         for _ in range(n_updates):
-            loss, q_values = qmix_loss(agents, mixer, target_agents, target_mixer, rb.sample(args.batch_size, device),
-                                       args.gamma, args.double_q)
+            batch = rb.sample(args.batch_size, device)
+            if args.standardise_rewards:
+                batch["rewards"] = (batch["rewards"] - float(reward_rms.mean)) / math.sqrt(float(reward_rms.var) + 1e-8)
+            loss, q_values = qmix_loss(agents, mixer, target_agents, target_mixer, batch, args.gamma, args.double_q)
             optimizer.zero_grad()
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
