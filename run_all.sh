@@ -30,7 +30,8 @@
 #                           5.5 hours
 #   ./run_all.sh multiagent only the multi-agent files (mappo.py, iql_marl.py, qmix.py, maddpg.py) on mpe2's
 #                           simple_spread_v3, speaker_listener and adversary, about 5 hours
-#   ./run_all.sh lm         only the language-model files (sft.py, reward_model.py, rlhf_ppo.py, dpo.py, grpo.py),
+#   ./run_all.sh lm         only the language-model files (sft.py, reward_model.py, rlhf_ppo.py, dpo.py, grpo.py,
+#                           constitutional_ai.py),
 #                           about 1.5 hours
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
@@ -493,8 +494,8 @@ if [[ "$what" == all || "$what" == multiagent ]]; then
   python tools/compare.py --env-id simple_spread_v3 --seeds 1 2 3 --total-timesteps 300000 --eval-episodes 100 \
     --run "MADDPG|maddpg|--log-every 20000" --tag maddpg_simple_spread_v3 \
     --title "simple_spread_v3 (N=3): team return (summed over agents), MADDPG"
-  python tools/compare.py --env-id simple_speaker_listener_v4 --seeds 1 2 3 --total-timesteps 100000 --eval-episodes 100 \
-    --run "MADDPG|maddpg|--log-every 10000" \
+  python tools/compare.py --env-id simple_speaker_listener_v4 --seeds 1 2 3 4 5 6 7 8 --total-timesteps 100000 \
+    --eval-episodes 100 --cores 0 1 --run "MADDPG|maddpg|--log-every 10000" \
     --run "DDPG (independent critics)|maddpg|--independent --exp-name ddpg --log-every 10000" \
     --tag maddpg_simple_speaker_listener_v4 --title "simple_speaker_listener_v4: team return (speaker + listener)"
   # simple_adversary_v3 is competitive: each side's return (main's eval_group_returns), so plain runs and their logs
@@ -573,6 +574,13 @@ if [[ "$what" == all || "$what" == lm ]]; then
     --total-updates 1000 --eval-every 200 --log-every 100 --learning-rate 3e-4 --exp-name grpo_avoid_long \
     > $L/grpo_avoid_lr3e-4_1000.log
   for f in $L/grpo_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/grpo_runs.log
+  # constitutional AI on avoid-digit: the defaults (both stages), and the RL stage alone with the "whole" principle
+  python algorithms/constitutional_ai.py --model-name-or-path "$AVOID" --seed 1 > $L/cai_A.log
+  python algorithms/constitutional_ai.py --model-name-or-path "$AVOID" --seed 1 --principles whole --sl-updates 0 \
+    --total-updates 500 > $L/cai_E.log
+  python algorithms/constitutional_ai.py --model-name-or-path "$AVOID" --seed 1 --principles whole --sl-updates 0 \
+    --total-updates 500 --learning-rate 1e-4 > $L/cai_F.log
+  for f in $L/cai_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/constitutional_ai_runs_rerun.log
 fi
 
 if [[ "$what" == all || "$what" == slow ]]; then

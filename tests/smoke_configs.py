@@ -432,6 +432,30 @@ SMOKE: dict[str, Smoke] = {
     # a dotted module id, the random baseline with periodic checkpoints
     # DPO: the lm kind; the variants: every loss type, task, schedule and option (--dataset, conservative DPO,
     # --model-name-or-path and --resume: tests/test_dpo.py and test_long_runs.py)
+    # constitutional AI: the lm kind; the base run (an untrained model, the rule principle: its random responses often
+    # keep it) has both stages (cai/label_agreement is written only where the ground truth prefers one response of a
+    # pair: an untrained model is never right); the variants: every task, the RL stage alone with every principle, no revision, every
+    # schedule and option (--judge-model: tests/test_constitutional_ai.py)
+    "constitutional_ai.py": Smoke(
+        args=["--total-updates", "6", "--sl-updates", "3", "--eval-every", "3", "--log-every", "2", "--batch-size", "8",
+              "--eval-prompts", "8", "--train-prompts", "16", "--rl-prompts", "16", "--sft-updates", "0", "--n-layer",
+              "1", "--n-embd", "16", "--n-head", "2", "--max-new-tokens", "6", "--principles", "rule"],
+        kind="lm",
+        keys=["charts/SPS", "charts/learning_rate", "losses/sft_loss", "losses/dpo_loss", "losses/grad_norm",
+              "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+              "logps/rejected", "eval/exact_match", "eval/rule_compliance", "cai/revised_fraction",
+              "cai/revision_failed_fraction", "cai/label_mean"],
+        variants=[["--sft-updates", "3", "--task", "sort", "--num-digits", "4", "--principles", "answer", "brief",
+                   "--sl-updates", "0", "--temperature", "2", "--beta", "0.5", "--label-noise", "0", "--lr-schedule",
+                   "linear", "--warmup-ratio", "0", "--weight-decay", "0.1", "--max-grad-norm", "inf",
+                   "--learning-rate", "1e-3", "--checkpoint-every", "2", "--keep-checkpoints", "1", "--save-model",
+                   "--seed", "2", "--exp-name", "cai_sort", "--no-nan-check", "--no-torch-deterministic",
+                   "--keep-ties"],
+                  ["--task", "addition", "--principles", "--sl-updates", "0", "--lr-schedule", "constant",
+                   "--keep-ties"],
+                  ["--principles", "--sl-updates", "0", "--label-noise", "0.3"],
+                  ["--revision-attempts", "0", "--sl-updates", "6", "--sl-learning-rate", "1e-3"]],
+    ),
     "dpo.py": Smoke(
         args=["--total-updates", "6", "--eval-every", "3", "--log-every", "2", "--batch-size", "8", "--eval-prompts",
               "8", "--train-prompts", "16", "--sft-updates", "0", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
@@ -792,6 +816,16 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
                           (["--alpha", "nan"], "--alpha"), (["--bonus", "nan"], "--bonus"),
                           (["--potential-scale", "inf"], "--potential-scale"), (["--gamma", "1"], "--gamma"),
                           (["--epsilon", "1.5"], "--epsilon"), (["--target", "nan"], "--target")],
+    "constitutional_ai.py": [(["--num-digits", "0"], "num-digits"), (["--sft-updates", "-1"], "sft-updates"),
+                             (["--train-prompts", "0"], "train-prompts"), (["--rl-prompts", "0"], "rl-prompts"),
+                             (["--revision-attempts", "-1"], "revision-attempts"),
+                             (["--total-updates", "6", "--sl-updates", "7"], "sl-updates"), (["--temperature", "0"], "temperature"),
+                             (["--beta", "0"], "beta"), (["--label-noise", "0.5"], "label-noise"),
+                             (["--sl-learning-rate", "0"], "sl-learning-rate"),
+                             (["--task", "addition", "--principles", "rule"], "states no rule"),
+                             (["--principles", "kindness"], "not in the constitution"),
+                             (["--judge-model", "{tmp}"], "no Hugging Face model folder"),
+                             *LM_BAD_INPUT],
     "dpo.py": [(["--num-digits", "0"], "num-digits"), (["--sft-updates", "-1"], "sft-updates"),
                (["--train-prompts", "0"], "train-prompts"), (["--samples-per-prompt", "0"], "samples-per-prompt"),
                (["--temperature", "0"], "temperature"), (["--loss-type", "kto"], "loss-type"), (["--beta", "0"], "beta"),

@@ -416,6 +416,11 @@ def test_sigterm_on_the_command_line(tmp_path: Path):
 
 # the offline files' fields, counted in optimiser steps (interrupt_at: the at-th call of Adam.step or AdamW.step)
 LM: dict[str, OfflineRun] = {
+    # 6 SL-CAI steps then 4 RL-CAI steps: the SIGINT of step 5 resumes across the change of stage (the RL pairs are made
+    # by the resumed run); the NaN poisons SL-CAI's loss (the RL stage's: tests/test_constitutional_ai.py)
+    "constitutional_ai.py": OfflineRun(args=["--total-updates", "10", "--sl-updates", "6", "--eval-every", "4",
+                                             "--checkpoint-every", "3"], interrupt_at=5, nan_loss="sft_loss",
+                                       default_layer=True),
     "dpo.py": OfflineRun(args=["--total-updates", "8", "--eval-every", "4", "--checkpoint-every", "3"], interrupt_at=5,
                          nan_loss="dpo_loss", default_layer=True),
     # two steps per generation batch: the SIGINT of step 5 lands mid-batch, which the checkpoint carries; the rule

@@ -32,13 +32,16 @@ BUDGETS = {
                                          "Bradley-Terry loss, pairwise accuracy"),
     ("sft.py", "dpo.py"): (240, "pairs from the model's own samples, reference log-probabilities computed once, the "
                                 "sigmoid / IPO / hinge / robust losses and their logged rewards, a JSONL dataset"),
+    ("sft.py", "constitutional_ai.py"): (400, "a constitution with its critic, revision by re-sampling and the "
+                                              "SL-CAI set, rule and LM judges, pairs with soft labels, DPO on soft "
+                                              "labels, two stages on one step counter"),
     ("sft.py", "grpo.py"): (270, "groups of sampled completions, verifiable rewards, group advantages, the clipped token "
                                  "ratio, k3 KL to a reference, three loss aggregations, a half-used batch in checkpoints"),
     ("reward_model.py", "rlhf_ppo.py"): (400, "a policy, a frozen reference and a value model beside the reward model, "
                                                "per-token KL rewards, GAE over tokens, PPO epochs, the KL controller"),
     # multi-agent: iql_marl.py's batched PettingZoo loop, replay and long-run form
-    ("iql_marl.py", "qmix.py"): (290, "recurrent agents over whole episodes, an episode buffer, the hypernetwork mixer "
-                                      "on the global state, masked TD over padded episodes"),
+    ("iql_marl.py", "qmix.py"): (310, "recurrent agents over whole episodes, an episode buffer, the hypernetwork mixer "
+                                      "on the global state, masked TD over padded episodes, reward standardisation"),
     ("iql_marl.py", "maddpg.py"): (300, "per-agent actors and centralised critics, the Gumbel-softmax, joint replay, "
                                         "agents of different sizes, per-side returns"),
 }
