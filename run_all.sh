@@ -573,6 +573,15 @@ if [[ "$what" == all || "$what" == lm ]]; then
   python algorithms/grpo.py --model-name-or-path "$AVOID" --task avoid-digit --eval-prompts 100 --seed 1 \
     --total-updates 1000 --eval-every 200 --log-every 100 --learning-rate 3e-4 --exp-name grpo_avoid_long \
     > $L/grpo_avoid_lr3e-4_1000.log
+  # GRPO with DAPO's dynamic sampling from a weaker SFT model (1000 steps): the setting that raises the exact match
+  python algorithms/sft.py --seed 1 --total-updates 1000 --eval-every 500 --log-every 500 --save-model \
+    --exp-name sft_weak > $L/sft_weak.log
+  WEAK="$(ls -d runs/addition__sft_weak__1__*/sft_weak | tail -1)"
+  for seed in 1 2; do
+    python algorithms/grpo.py --model-name-or-path "$WEAK" --dynamic-sampling --loss-type dapo --beta 0.04 \
+      --learning-rate 3e-4 --lr-schedule linear --warmup-ratio 0.05 --total-updates 1200 --eval-every 200 \
+      --log-every 25 --seed $seed --exp-name grpo_dynamic > $L/grpo_F2_seed$seed.log
+  done
   for f in $L/grpo_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/grpo_runs.log
   # constitutional AI on avoid-digit: the defaults (both stages), and the RL stage alone with the "whole" principle
   python algorithms/constitutional_ai.py --model-name-or-path "$AVOID" --seed 1 > $L/cai_A.log

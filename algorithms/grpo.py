@@ -37,6 +37,9 @@ up to and including it, 0 after):
                    with Bessel's correction, and the 1e-4, as TRL's), the same over the whole batch's std (batch: the
                    group's mean still subtracted), or r_i - mean_g r (none: Dr. GRPO). Every token of y_i gets A_i.
                    A group whose rewards are all equal gets A = 0: nothing to learn (frac_reward_zero_std counts them).
+                   --dynamic-sampling (DAPO's): such groups are dropped and more prompts drawn, round after round, until
+                   the batch holds --batch-size groups with spread (after DYNAMIC_SAMPLING_ROUNDS rounds the dropped
+                   groups fill what is missing); every step then learns from a full batch.
     log-probs      logp_t = log softmax(logits_t / T)[y_t]: the distribution the tokens were sampled from
     ratio          rho_t = exp(logp_t - logp_old_t); logp_old: the policy's when the batch was sampled. Each batch gets
                    --num-iterations (mu) optimiser steps; at the first, logp_old is logp detached (rho = 1, as TRL)
@@ -56,17 +59,20 @@ A language-model file (sft.py's kind):
   fraction of groups with no reward spread: the silent stall of a task too hard or too easy for the policy), the KL
   to the reference (the mean of k3 over completion tokens), the clipped fraction, the completion length, the
   entropy, the loss and gradient norm. Each evaluation greedily decodes the held-out prompts (heldout_pairs, the
-  same for every file of the family) with evaluate_lm: eval/exact_match (and eval/rule_compliance); step 0 is the
-  starting policy.
+  same for every file of the family) with evaluate_lm: eval/exact_match (and eval/rule_compliance), and samples
+  --eval-samples completions of each at --temperature: eval/sample_accuracy, the fraction right (what the training
+  reward measures, on held-out prompts; a seed of its own, the same draws at every evaluation); step 0 is the
+  starting policy. With --dynamic-sampling, the reward and frac_reward_zero_std are those of every group sampled
+  (dropped ones included) and charts/sampling_rounds counts the rounds.
 - --save-model writes the policy as a Hugging Face folder runs/{run}/{exp_name}/ (config.json, model.safetensors,
   tokenizer files); load_model(path) reads that folder or a checkpoint.
 - Long runs, sft.py's form: checkpoints hold the policy, the reference, AdamW's state, the schedule, the generation
   batch being trained on (when --num-iterations > 1 leaves some of its steps) and every random generator, so --resume
   continues bit for bit; Ctrl-C or SIGTERM writes one and exits 130 / 143 with the resume command; a non-finite loss
   or gradient norm stops the run (exit 3) keeping the last finite state.
-Tested: its advantages, loss and gradient equal TRL's GRPOTrainer's on the same model and completions, and it raises
-the sampled accuracy of the prompts it trains on (tests/test_grpo.py); on fresh prompts of 3-digit addition it does not
-yet raise the held-out exact match over SFT's (see the page).
+Tested: its advantages, loss and gradient equal TRL's GRPOTrainer's on the same model and completions; it raises the
+sampled accuracy of the prompts it trains on; with --dynamic-sampling on fresh prompts of 3-digit addition it raises
+the held-out greedy exact match of sft.py's 1000-step model, with a bounded KL to it (tests/test_grpo.py; the page).
 Results: benchmark_results/grpo.md
 """
 
@@ -145,6 +151,9 @@ class Args:
     dataset), each batch --batch-size distinct prompts of it"""
     num_generations: int = 8
     """G: completions sampled per prompt, the group whose rewards make the advantages (TRL's default 8)"""
+    dynamic_sampling: bool = False
+    """if toggled, DAPO's dynamic sampling: groups without reward spread are dropped and more prompts drawn until the
+    batch holds --batch-size groups with spread (at most DYNAMIC_SAMPLING_ROUNDS draws; then dropped groups fill it)"""
     temperature: float = 1.0
     """the sampling temperature; the log-probabilities of the loss are taken at the same temperature"""
     max_completion_length: int = 16
@@ -184,6 +193,9 @@ class Args:
     """held-out prompts per evaluation, never trained on (at most half of the task's distinct prompts)"""
     max_new_tokens: int = 32
     """the longest response generated at evaluation, in tokens"""
+    eval_samples: int = 8
+    """completions sampled per held-out prompt at each evaluation, at --temperature (a fixed seed): the fraction right
+    is eval/sample_accuracy, the quantity GRPO's reward measures (0: not evaluated)"""
     log_every: int = 10
     """write the rewards, losses, learning rate and optimiser steps per second, and print a progress line, every this
     many steps"""
@@ -207,6 +219,7 @@ REWARD_FUNCS = ("answer", "rule", "answer_and_rule")
 SCALE_REWARDS = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 ADVANTAGE_EPS = 1e-4  # added to the std of the rewards (TRL's value)
+DYNAMIC_SAMPLING_ROUNDS = 8  # --dynamic-sampling: the most generation rounds per batch (DAPO's max_num_gen_batches)
 
 
 def check_args(args: Args) -> None:
@@ -219,6 +232,8 @@ def check_args(args: Args) -> None:
              "reward spread, so every advantage is 0")
     if not args.sft_updates >= 0:
         fail(f"--sft-updates must be 0 or more, got {args.sft_updates}")
+    if not args.eval_samples >= 0:
+        fail(f"--eval-samples must be 0 or more, got {args.eval_samples}")
     if args.train_prompts and not args.batch_size <= args.train_prompts <= prompt_space(args.task, args.num_digits) // 2:
         fail(f"--train-prompts must be 0 (fresh prompts) or between --batch-size {args.batch_size} and half the task's "
              f"{prompt_space(args.task, args.num_digits):,} distinct prompts, got {args.train_prompts}")
@@ -498,6 +513,27 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards:
     return advantages, group_std == 0
 
 
+def merge_groups(parts: list[dict], picks: list[tuple[int, int]], num_generations: int, pad_token_id: int) -> dict:
+    """One batch from groups of several generation rounds (dynamic sampling): `parts` are the rounds' tensors
+    (prompt_ids, prompt_mask left-padded [N, P]; completion_ids, mask right-padded [N, C]; rewards [N]), `picks` the
+    (round, group) pairs to keep, in order. Every round is padded to the widest prompt (on the left) and completion (on
+    the right: pad tokens with mask 0), so each row keeps its tokens and positions (forward_logits counts them over the
+    mask)."""
+    width_p = max(part["prompt_ids"].shape[1] for part in parts)
+    width_c = max(part["completion_ids"].shape[1] for part in parts)
+    rows: dict[str, list[torch.Tensor]] = {"prompt_ids": [], "prompt_mask": [], "completion_ids": [], "mask": [],
+                                           "rewards": []}
+    for r, g in picks:
+        part, span = parts[r], slice(g * num_generations, (g + 1) * num_generations)
+        grow_p, grow_c = width_p - part["prompt_ids"].shape[1], width_c - part["completion_ids"].shape[1]
+        rows["prompt_ids"].append(F.pad(part["prompt_ids"][span], (grow_p, 0), value=pad_token_id))
+        rows["prompt_mask"].append(F.pad(part["prompt_mask"][span], (grow_p, 0), value=0))
+        rows["completion_ids"].append(F.pad(part["completion_ids"][span], (0, grow_c), value=pad_token_id))
+        rows["mask"].append(F.pad(part["mask"][span], (0, grow_c), value=0))
+        rows["rewards"].append(part["rewards"][span])
+    return {key: torch.cat(value) for key, value in rows.items()}
+
+
 def mask_after_eos(completion_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """1 on each completion's tokens up to and including its first eos, 0 after it (all 1 if it has none) [N, C]."""
     is_eos = completion_ids == eos_token_id
@@ -614,6 +650,24 @@ def sample_groups(model: nn.Module, tokenizer, prompts: list[str], num_generatio
     completion_ids = out[:, prompt_ids.shape[1]:]
     mask = mask_after_eos(completion_ids, tokenizer.eos_token_id)
     return prompt_ids, prompt_mask, completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id), mask
+
+
+def sample_accuracy(model: nn.Module, tokenizer, task: str, prompts: list[str], num_samples: int,
+                    max_completion_length: int, temperature: float, batch_size: int, seed: int) -> float:
+    """The fraction of `num_samples` completions per prompt, sampled at `temperature`, whose answer is right: the
+    quantity GRPO's answer reward estimates on the prompts it trains on. Sampled from a generator seeded with `seed`
+    (the same draws at every evaluation; torch's own generator, and so training, is left as it was)."""
+    device = next(model.parameters()).device
+    right = []
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i:i + batch_size]
+            completion_ids = sample_groups(model, tokenizer, chunk, num_samples, max_completion_length, temperature)[2]
+            responses = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+            right += [SCORE[task](p, r)[0] for p, r in zip([p for p in chunk for _ in range(num_samples)], responses,
+                                                           strict=True)]
+    return float(np.mean(right))
 
 
 def train_sft(model: nn.Module, tokenizer, task: str, num_digits: int, updates: int, batch_size: int,
@@ -862,6 +916,13 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
             fail(f"--train-prompts {args.train_prompts}: drew only {len(pool)} distinct prompts; ask for fewer")
     epsilon_high = args.epsilon if args.epsilon_high is None else args.epsilon_high
 
+    def held_out_sample_accuracy() -> float:
+        """eval/sample_accuracy: --eval-samples completions per held-out prompt at --temperature (nan when 0)."""
+        if not args.eval_samples:
+            return math.nan
+        return sample_accuracy(model, tokenizer, args.task, eval_prompts, args.eval_samples, args.max_completion_length,
+                               args.temperature, 2 * args.batch_size, EVAL_SEED)
+
     start_time = time.time()
     if resume_ckpt is None:
         if args.model_name_or_path is None and args.sft_updates > 0:
@@ -869,8 +930,10 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
                       device)
         start = evaluate_lm(model, tokenizer, args.task, eval_prompts, args.max_new_tokens, 2 * args.batch_size)
         initial_match, initial_compliance = start["exact_match"], start["rule_compliance"]
+        initial_sampled = held_out_sample_accuracy()
     else:
         initial_match, initial_compliance = resume_ckpt["initial_match"], resume_ckpt["initial_compliance"]
+        initial_sampled = resume_ckpt["initial_sampled"]
     sft_seconds = time.time() - start_time
     # the reference: a frozen copy of the starting policy (beta = 0: none, and no KL term)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if args.beta > 0 else None
@@ -884,7 +947,7 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
     # rate is a function of (global_step, schedule_origin), so these two are the schedule's whole state. `batch` is the
     # generation batch being trained on and `iteration` how many of its --num-iterations steps are done.
     global_step, origin, batch, iteration = 0, (0, 0.0), None, 0
-    best_match, last_match, last_compliance = -math.inf, math.nan, math.nan
+    best_match, last_match, last_compliance, last_sampled = -math.inf, math.nan, math.nan, math.nan
     if resume_ckpt is not None:
         ckpt = resume_ckpt
         model.load_state_dict(ckpt["model"])
@@ -896,6 +959,7 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
         if batch is not None:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         best_match, last_match, last_compliance = ckpt["best_match"], ckpt["last_match"], ckpt["last_compliance"]
+        last_sampled = ckpt["last_sampled"]
         set_rng_state(ckpt["rng"], generators)
         if ckpt["args"]["total_updates"] != args.total_updates:  # stretch what is left of the schedule
             origin = (global_step, progress(global_step, ckpt["args"]["total_updates"], origin))
@@ -908,7 +972,8 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
                 "reference": None if reference is None else reference.state_dict(), "args": asdict(args),
                 "optimizer": optimizer.state_dict(), "global_step": global_step, "schedule_origin": origin,
                 "batch": batch, "iteration": iteration, "best_match": best_match, "last_match": last_match,
-                "last_compliance": last_compliance, "initial_match": initial_match,
+                "last_compliance": last_compliance, "last_sampled": last_sampled, "initial_match": initial_match,
+                "initial_sampled": initial_sampled,
                 "initial_compliance": initial_compliance, "train_prompts": pool, "rng": rng_state(generators)}
 
     def fault(quantity: str) -> None:  # the model is still finite: the check runs before the step changes it
@@ -931,28 +996,35 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
     rule = args.task in RULE_TASKS
     if resume_ckpt is None:  # the starting policy's held-out scores, at step 0
         writer.add_scalar("eval/exact_match", initial_match, 0)
+        if args.eval_samples:
+            writer.add_scalar("eval/sample_accuracy", initial_sampled, 0)
         if rule:
             writer.add_scalar("eval/rule_compliance", initial_compliance, 0)
     print(f"{args.task} with {args.num_digits} digits: GRPO on {args.model_name_or_path or 'GPT-2 built in code'} "
           f"({n_params:,} parameters); {args.batch_size} prompts x {args.num_generations} completions per batch, "
           f"{args.num_iterations} step(s) each; starting policy: greedy exact match {initial_match:.3f} on "
           f"{len(eval_prompts)} held-out prompts" + (f", rule kept {initial_compliance:.3f}" if rule else "")
+          + (f", sampled accuracy {initial_sampled:.3f}" if args.eval_samples else "")
           + (f" (after {args.sft_updates:,} SFT steps, {sft_seconds:.1f}s)" if args.model_name_or_path is None
              and resume_ckpt is None else ""), flush=True)
 
     def run_evaluation() -> dict:
         """Evaluate, log, keep the best (its time is left out of the updates per second)."""
-        nonlocal best_match, last_match, last_compliance, eval_seconds
+        nonlocal best_match, last_match, last_compliance, last_sampled, eval_seconds
         eval_start = time.time()
         result = evaluate_lm(model, tokenizer, args.task, eval_prompts, args.max_new_tokens, 2 * args.batch_size)
+        last_sampled = held_out_sample_accuracy()
         eval_seconds += time.time() - eval_start
         last_match, last_compliance = result["exact_match"], result["rule_compliance"]
         best_match = max(best_match, last_match)
         writer.add_scalar("eval/exact_match", last_match, global_step)
         text = ""
+        if args.eval_samples:
+            writer.add_scalar("eval/sample_accuracy", last_sampled, global_step)
+            text += f"  sampled {last_sampled:.3f} (start {initial_sampled:.3f})"
         if rule:
             writer.add_scalar("eval/rule_compliance", last_compliance, global_step)
-            text = f"  rule kept {last_compliance:.3f}"
+            text += f"  rule kept {last_compliance:.3f}"
         print(f"eval at update {global_step:>7,}: exact match {last_match:.3f} (best {best_match:.3f}, start "
               f"{initial_match:.3f}){text}  e.g. {eval_prompts[0]!r} -> {result['responses'][0]!r}", flush=True)
         return result
@@ -965,19 +1037,34 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
 
     while global_step < args.total_updates:
         if batch is None:  # a new generation batch: G completions of each prompt, sampled and scored
-            if pool is None:
-                prompts, _ = sample_pairs(args.task, sampler, args.num_digits, args.batch_size, exclude)
-            else:
-                prompts = [pool[i] for i in sampler.choice(len(pool), size=args.batch_size, replace=False)]
-            prompt_ids, prompt_mask, completion_ids, mask = sample_groups(
-                model, tokenizer, prompts, args.num_generations, args.max_completion_length, args.temperature)
-            responses = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-            rewards = torch.tensor(task_rewards(args.task, args.reward_funcs,
-                                                [p for p in prompts for _ in range(args.num_generations)], responses))
-            advantages, zero_std = group_advantages(rewards, args.num_generations, args.scale_rewards)
-            batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-                     "mask": mask, "advantages": advantages.to(device), "rewards": rewards,
-                     "frac_reward_zero_std": zero_std.float().mean(), "old_logp": None, "ref_logp": None}
+            parts, picks, dropped = [], [], []
+            while len(picks) < args.batch_size and len(parts) < (DYNAMIC_SAMPLING_ROUNDS if args.dynamic_sampling
+                                                                  else 1):
+                if pool is None:
+                    prompts, _ = sample_pairs(args.task, sampler, args.num_digits, args.batch_size, exclude)
+                else:
+                    prompts = [pool[i] for i in sampler.choice(len(pool), size=args.batch_size, replace=False)]
+                prompt_ids, prompt_mask, completion_ids, mask = sample_groups(
+                    model, tokenizer, prompts, args.num_generations, args.max_completion_length, args.temperature)
+                responses = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+                rewards = torch.tensor(task_rewards(args.task, args.reward_funcs,
+                                                    [p for p in prompts for _ in range(args.num_generations)], responses))
+                parts.append({"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+                              "mask": mask, "rewards": rewards})
+                flat = (rewards.view(-1, args.num_generations).std(dim=1) == 0).tolist()
+                for g, zero in enumerate(flat):  # dynamic sampling keeps the groups with spread; else every group
+                    (dropped if zero and args.dynamic_sampling else picks).append((len(parts) - 1, g))
+            picks = (picks + dropped)[:args.batch_size]  # out of rounds: groups without spread fill the batch
+            drawn = torch.cat([part["rewards"] for part in parts]).view(-1, args.num_generations)
+            merged = merge_groups(parts, picks, args.num_generations, tokenizer.pad_token_id)
+            advantages, _ = group_advantages(merged["rewards"], args.num_generations, args.scale_rewards)
+            # frac_reward_zero_std and the reward are those of every group sampled (with dynamic sampling, the
+            # dropped ones too): what the policy scores on the task, not on the filtered batch
+            batch = {**merged, "advantages": advantages.to(device), "drawn_reward": drawn.mean(),
+                     "frac_reward_zero_std": (drawn.std(dim=1) == 0).float().mean(),
+                     "rounds": torch.tensor(len(parts)), "old_logp": None, "ref_logp": None}
+            prompt_ids, prompt_mask, completion_ids, mask = (batch[k] for k in ("prompt_ids", "prompt_mask",
+                                                                                "completion_ids", "mask"))
             with torch.no_grad():
                 if args.num_iterations > 1:  # the sampling policy's log-probabilities, for the later steps' ratios
                     batch["old_logp"] = sampled_token_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask,
@@ -1014,13 +1101,15 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
             stats = grpo_stats(logp, old_logp, logged_batch["ref_logp"], logged_batch["advantages"],
                                logged_batch["mask"], args.epsilon, epsilon_high)
             rewards, mask = logged_batch["rewards"], logged_batch["mask"].float()
-            values = {"charts/reward": rewards.mean().item(), "charts/reward_std": rewards.std().item(),
+            values = {"charts/reward": logged_batch["drawn_reward"].item(), "charts/reward_std": rewards.std().item(),
                       "charts/frac_reward_zero_std": logged_batch["frac_reward_zero_std"].item(),
                       "charts/completion_length": mask.sum(dim=1).mean().item(), "losses/grpo_loss": loss.item(),
                       "losses/clipfrac": stats["clipfrac"].item(),
                       "losses/entropy": (entropy.sum() / mask.sum()).item(), "losses/grad_norm": grad_norm.item()}
             if "kl" in stats:
                 values["losses/kl"] = stats["kl"].item()
+            if args.dynamic_sampling:
+                values["charts/sampling_rounds"] = logged_batch["rounds"].item()
             writer.add_scalar("charts/SPS", ups, global_step)  # optimiser steps per second, evaluations left out
             writer.add_scalar("charts/learning_rate", lr, global_step)
             for key, value in values.items():
@@ -1061,6 +1150,8 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
         "eval_rule_compliance": last_compliance,
         "eval_exact_match_initial": initial_match,
         "eval_rule_compliance_initial": initial_compliance,
+        "eval_sample_accuracy": last_sampled,
+        "eval_sample_accuracy_initial": initial_sampled,
         "eval_responses": result["responses"],
         "kl": stats["kl"].item() if "kl" in stats else math.nan,
         "sps": (global_step - start_step) / max(train_time - eval_seconds, 1e-9),  # optimiser steps per second

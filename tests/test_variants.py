@@ -35,8 +35,9 @@ BUDGETS = {
     ("sft.py", "constitutional_ai.py"): (400, "a constitution with its critic, revision by re-sampling and the "
                                               "SL-CAI set, rule and LM judges, pairs with soft labels, DPO on soft "
                                               "labels, two stages on one step counter"),
-    ("sft.py", "grpo.py"): (270, "groups of sampled completions, verifiable rewards, group advantages, the clipped token "
-                                 "ratio, k3 KL to a reference, three loss aggregations, a half-used batch in checkpoints"),
+    ("sft.py", "grpo.py"): (330, "groups of sampled completions, verifiable rewards, group advantages, the clipped token "
+                                 "ratio, k3 KL to a reference, three loss aggregations, a half-used batch in checkpoints, "
+                                 "DAPO's dynamic sampling, the held-out sampled accuracy"),
     ("reward_model.py", "rlhf_ppo.py"): (400, "a policy, a frozen reference and a value model beside the reward model, "
                                                "per-token KL rewards, GAE over tokens, PPO epochs, the KL controller"),
     # multi-agent: iql_marl.py's batched PettingZoo loop, replay and long-run form
