@@ -11,7 +11,7 @@ Run:
     python algorithms/muzero.py                                      # CartPole-v1
     python algorithms/muzero.py --env-id TicTacToe-v0                # tic-tac-toe in self-play (the game is below)
     python algorithms/muzero.py --env-id TicTacToe-v0 --total-timesteps 150000 --num-unroll-steps 9 --buffer-size 3000 \
-        --value-loss-coef 0.25 --dirichlet-alpha 0.1 --support-size 10 --temperature-moves 9   # muzero-general's
+        --value-loss-coef 0.25 --dirichlet-alpha 0.1 --temperature-moves 9   # muzero-general's settings
     python algorithms/muzero.py --num-simulations 50 --total-timesteps 100000
     python algorithms/muzero.py --save-model --save-buffer           # the final state, which can resume
     python algorithms/muzero.py --help
@@ -43,7 +43,9 @@ Scalars are learned as categorical distributions on the integers -S..S after the
     phi(x) = sign(x) (sqrt(|x| + 1) - 1) + eps x,  eps = 0.001,
     phi^-1(y) = sign(y) (((sqrt(1 + 4 eps (|y| + 1 + eps)) - 1) / (2 eps))^2 - 1),
 a target phi(z) being split between its two neighbouring integers (two-hot), a prediction being phi^-1 of the
-distribution's mean. The loss (appendix G), for a batch drawn with priorities:
+distribution's mean. A two-player game's values and rewards, in [-1, 1], are learned as they are, on the support
+-1, 0, 1 (the paper's board games learn them as scalars): with phi, a win's reward of 1 would be split 0.585 / 0.415
+between 0 and 1, mostly onto the target of every other move. The loss (appendix G), for a batch drawn with priorities:
     l = sum_k scale_k * ( c_v CE(v^k, twohot(phi(z_{t+k}))) + CE(r^k, twohot(phi(u_{t+k-1}))) + CE(p^k, pi_{t+k}) )
     scale_0 = 1, scale_k = 1/K for k >= 1 (on the gradient); the gradient into s^{k-1} through g is halved;
     loss = mean over the batch of w_i * l_i, plus weight decay (L2, through Adam's weight_decay).
@@ -65,9 +67,9 @@ player to move (18 numbers: that player's marks, then the opponent's), its rewar
 training episode's return is 1 for a decided game and 0 for a draw. evaluate() plays it against a uniformly
 random opponent, the agent moving first in even episodes and second in odd ones, and returns +1 / 0 / -1 for the
 agent's win / draw / loss. Legal moves are read off the observation (empty cells).
-Tested (slow): seed 1 reaches >= 400 on CartPole-v1 in 30k steps; the tic-tac-toe test (>= 95% non-losses against
-a random player as either side, >= 80% draws against perfect play; 150k moves with the settings of the second
-tic-tac-toe command above) is not reached yet (tests/test_muzero.py, page).
+Tested (slow): seed 1 reaches >= 400 on CartPole-v1 in 30k steps, and at tic-tac-toe (150k moves with the settings
+of the second tic-tac-toe command above) >= 95% non-losses against a random player as either side and >= 80% draws
+against perfect play (tests/test_muzero.py, page).
 Results: benchmark_results/muzero.md
 
 Defaults are sized for one CPU core (the paper's runs take about 1e6 training steps on TPUs; muzero-general's
@@ -204,7 +206,7 @@ class Args:
     per_beta: float = 1.0
     """importance-weight exponent beta"""
     support_size: int = 20
-    """S: values and rewards are distributions over the integers -S..S of phi(x)"""
+    """S: values and rewards are distributions over the integers -S..S of phi(x) (two-player games: -1..1 of x)"""
     hidden_state_size: int = 32
     """the size of the hidden state s"""
     hidden_sizes: tuple[int, ...] = (64,)
@@ -393,10 +395,11 @@ def inverse_value_transform(y: torch.Tensor) -> torch.Tensor:
     return torch.sign(y) * (((torch.sqrt(1 + 4 * e * (y.abs() + 1 + e)) - 1) / (2 * e)) ** 2 - 1)
 
 
-def scalar_to_support(x: torch.Tensor, support_size: int) -> torch.Tensor:
-    """Two-hot: [..., 2S + 1] probabilities on the integers -S..S whose mean is phi(x), clipped to [-S, S]; the mass
-    is split between the two integers around phi(x) in proportion to its nearness to each."""
-    y = value_transform(x).clamp(-support_size, support_size)
+def scalar_to_support(x: torch.Tensor, support_size: int, transform: bool = True) -> torch.Tensor:
+    """Two-hot: [..., 2S + 1] probabilities on the integers -S..S whose mean is phi(x) (x itself when not
+    `transform`), clipped to [-S, S]; the mass is split between the two integers around it in proportion to its
+    nearness to each."""
+    y = (value_transform(x) if transform else x).clamp(-support_size, support_size)
     low = y.floor()
     upper_weight = y - low
     probs = torch.zeros(*x.shape, 2 * support_size + 1, dtype=x.dtype, device=x.device)
@@ -407,10 +410,12 @@ def scalar_to_support(x: torch.Tensor, support_size: int) -> torch.Tensor:
     return probs
 
 
-def support_to_scalar(logits: torch.Tensor, support_size: int) -> torch.Tensor:
-    """phi^-1 of the mean of softmax(logits) over the integers -S..S: a predicted value or reward."""
+def support_to_scalar(logits: torch.Tensor, support_size: int, transform: bool = True) -> torch.Tensor:
+    """phi^-1 of the mean of softmax(logits) over the integers -S..S (the mean itself when not `transform`): a
+    predicted value or reward."""
     support = torch.arange(-support_size, support_size + 1, dtype=logits.dtype, device=logits.device)
-    return inverse_value_transform((torch.softmax(logits, dim=-1) * support).sum(-1))
+    mean = (torch.softmax(logits, dim=-1) * support).sum(-1)
+    return inverse_value_transform(mean) if transform else mean
 
 
 def n_step_value_targets(rewards: np.ndarray, root_values: np.ndarray, final_value: float, discount: float,
@@ -583,7 +588,8 @@ def scale_hidden_state(s: torch.Tensor) -> torch.Tensor:
 
 class MuZeroNet(nn.Module):
     """h (representation), g (dynamics: next hidden state and reward) and f (prediction: policy and value) as MLPs;
-    values and rewards as logits over the support -S..S. It is also the model the search plans with
+    values and rewards as logits over the support -S..S (of phi(x); of x itself in a two-player game, whose
+    values and rewards lie in [-1, 1]). It is also the model the search plans with
     (initial_inference, recurrent_inference) and carries the search's settings, so that greedy_action searches
     as the run did."""
 
@@ -592,6 +598,7 @@ class MuZeroNet(nn.Module):
                  pb_c_base: float):
         super().__init__()
         self.num_actions, self.support_size, self.two_player = num_actions, support_size, two_player
+        self.transform = not two_player  # board games: a reward of 1 is one-hot on the support, not split by phi
         self.discount, self.num_simulations, self.pb_c_init, self.pb_c_base = discount, num_simulations, pb_c_init, pb_c_base
         n_support = 2 * support_size + 1
         self.representation_net = mlp(obs_dim, hidden_state_size, hidden_sizes)
@@ -622,15 +629,15 @@ class MuZeroNet(nn.Module):
         device = next(self.parameters()).device
         state = self.representation(torch.as_tensor(observations, dtype=torch.float32, device=device))
         policy_logits, value_logits = self.prediction(state)
-        values = support_to_scalar(value_logits, self.support_size)
+        values = support_to_scalar(value_logits, self.support_size, self.transform)
         return values.cpu().numpy(), policy_logits.double().cpu().numpy(), state
 
     @torch.no_grad()
     def recurrent_inference(self, states: torch.Tensor, actions: np.ndarray):
         next_state, reward_logits = self.dynamics(states, torch.as_tensor(actions, device=states.device))
         policy_logits, value_logits = self.prediction(next_state)
-        values = support_to_scalar(value_logits, self.support_size).cpu().numpy()
-        rewards = support_to_scalar(reward_logits, self.support_size).cpu().numpy()
+        values = support_to_scalar(value_logits, self.support_size, self.transform).cpu().numpy()
+        rewards = support_to_scalar(reward_logits, self.support_size, self.transform).cpu().numpy()
         return values, rewards, policy_logits.double().cpu().numpy(), next_state
 
     def search(self, obs: np.ndarray, rng: np.random.Generator | None = None, dirichlet_alpha: float = 0.25,
@@ -753,8 +760,8 @@ def muzero_losses(net: MuZeroNet, batch: dict, value_loss_coef: float) -> tuple[
     weights. Returns the loss, its parts (detached) and the predicted values v^0 (for the new priorities)."""
     S = net.support_size
     K = batch["actions"].shape[1]
-    target_values = scalar_to_support(batch["target_values"], S)
-    target_rewards = scalar_to_support(batch["target_rewards"], S)
+    target_values = scalar_to_support(batch["target_values"], S, net.transform)
+    target_rewards = scalar_to_support(batch["target_rewards"], S, net.transform)
     state = net.representation(batch["obs"])
     value_loss = reward_loss = policy_loss = torch.zeros(len(state), device=state.device)
     root_values = None
@@ -764,7 +771,7 @@ def muzero_losses(net: MuZeroNet, batch: dict, value_loss_coef: float) -> tuple[
             state = scale_gradient(state, 0.5)
         policy_logits, value_logits = net.prediction(state)
         if k == 0:
-            root_values = support_to_scalar(value_logits.detach(), S)
+            root_values = support_to_scalar(value_logits.detach(), S, net.transform)
         v = -(target_values[:, k] * F.log_softmax(value_logits, dim=-1)).sum(-1)
         p = -(batch["target_policies"][:, k] * F.log_softmax(policy_logits, dim=-1)).sum(-1) * batch["policy_mask"][:, k]
         scale = 1.0 if k == 0 else 1.0 / K
@@ -1054,13 +1061,15 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     obs_dim, num_actions = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)
     two_player = bool(getattr(envs.unwrapped.envs[0].unwrapped, "two_player", False))
-    # the paper's board games: no discount, and value targets that run to the end of the game (its outcome)
-    discount, td_steps = (1.0, 10**9) if two_player else (args.discount, args.td_steps)
+    # the paper's board games: no discount, value targets that run to the end of the game (its outcome), and values
+    # and rewards in [-1, 1] learned as they are (scalars in the paper; here on the support -1, 0, 1, without phi)
+    discount, td_steps, support_size = (1.0, 10**9, 1) if two_player else (args.discount, args.td_steps, args.support_size)
     if two_player:
-        print(f"{args.env_id} is a two-player game: discount 1 and value targets to the end of the game "
-              "(--discount and --td-steps apply to single-agent environments)", flush=True)
+        print(f"{args.env_id} is a two-player game: discount 1, value targets to the end of the game, values and "
+              "rewards on the support -1, 0, 1 without the transform (--discount, --td-steps and --support-size "
+              "apply to single-agent environments)", flush=True)
     model_args = {"obs_dim": obs_dim, "num_actions": num_actions, "hidden_state_size": args.hidden_state_size,
-                  "hidden_sizes": list(args.hidden_sizes), "support_size": args.support_size, "two_player": two_player,
+                  "hidden_sizes": list(args.hidden_sizes), "support_size": support_size, "two_player": two_player,
                   "discount": discount, "num_simulations": args.num_simulations, "pb_c_init": args.pb_c_init,
                   "pb_c_base": args.pb_c_base}
 

@@ -163,6 +163,20 @@ def test_two_hot_support():
     np.testing.assert_allclose(clipped.numpy()[0], np.eye(11)[10])
 
 
+def test_two_hot_without_the_transform():
+    """A board game's values and rewards (in [-1, 1]) on the support -1, 0, 1 as they are: a win's reward of 1 is
+    one-hot on +1 (with phi it would be split 0.585 / 0.415 between 0 and +1, mostly on a non-win's target)."""
+    probs = mz.scalar_to_support(torch.tensor([1.0, -1.0, 0.0, 0.25], dtype=torch.float64), 1, transform=False)
+    np.testing.assert_allclose(probs.numpy(), [[0, 0, 1], [1, 0, 0], [0, 1, 0], [0, 0.75, 0.25]], atol=1e-12)
+    np.testing.assert_allclose(mz.scalar_to_support(torch.tensor([1.0], dtype=torch.float64), 1).numpy(),
+                               [[0, 2 - math.sqrt(2) - 0.001, math.sqrt(2) - 1 + 0.001]], atol=1e-12)
+    xs = torch.linspace(-1, 1, 41, dtype=torch.float64)
+    back = mz.support_to_scalar(torch.log(mz.scalar_to_support(xs, 1, transform=False)), 1, transform=False)
+    np.testing.assert_allclose(back.numpy(), xs.numpy(), atol=1e-6)
+    assert not mz.MuZeroNet(18, 9, 8, (16,), 1, True, 1.0, 10, 1.25, 19652.0).transform
+    assert mz.MuZeroNet(4, 2, 8, (16,), 5, False, 0.997, 10, 1.25, 19652.0).transform
+
+
 def test_n_step_value_targets_single_agent():
     rewards, roots = np.array([1.0, 2.0, 3.0, 4.0]), np.array([10.0, 20.0, 30.0, 40.0])
     z = mz.n_step_value_targets(rewards, roots, final_value=8.0, discount=0.5, td_steps=2, two_player=False)
@@ -252,13 +266,14 @@ def play(net, opponent: str, agent_first: bool, rng: np.random.Generator) -> int
 
 @pytest.mark.slow
 def test_learns_tictactoe(tmp_path):
-    """Seed 1, 150k moves of self-play with muzero-general's tic-tac-toe settings (the whole game unrolled, 3,000
-    games of replay, value loss 0.25, Dirichlet alpha 0.1, support -10..10, T = 1 for every move); then its search
-    (no noise, the most visited move) wins or draws >= 95% of 100 games against a uniformly random player as first
-    and as second player, and draws >= 80% of 50 games against a perfect minimax player (25 as each side)."""
+    """Seed 1, 150k moves of self-play with muzero-general's tic-tac-toe settings where the file has them (the whole
+    game unrolled, 3,000 games of replay, value loss 0.25, Dirichlet alpha 0.1, T = 1 for every move; values and
+    rewards on -1, 0, 1 as for every two-player game); then its search (no noise, the most visited move) wins or
+    draws >= 95% of 100 games against a uniformly random player as first and as second player, and draws >= 80% of
+    50 games against a perfect minimax player (25 as each side), evaluated at the end of training."""
     out = run_main(mz, ["--env-id", "TicTacToe-v0", "--save-model", "--eval-episodes", "10", "--total-timesteps", "150000",
                         "--num-unroll-steps", "9", "--buffer-size", "3000", "--value-loss-coef", "0.25",
-                        "--dirichlet-alpha", "0.1", "--support-size", "10", "--temperature-moves", "9"], tmp_path)
+                        "--dirichlet-alpha", "0.1", "--temperature-moves", "9"], tmp_path)
     net, _ = mz.load_model(str(tmp_path / out["model_path"]))
     rng = np.random.default_rng(0)
     for first in (True, False):
