@@ -582,6 +582,28 @@ if [[ "$what" == all || "$what" == lm ]]; then
       --learning-rate 3e-4 --lr-schedule linear --warmup-ratio 0.05 --total-updates 1200 --eval-every 200 \
       --log-every 25 --seed $seed --exp-name grpo_dynamic > $L/grpo_F2_seed$seed.log
   done
+  # RLHF with PPO from the weaker SFT model (1000 steps, $WEAK above): its own reward model, then the runs of
+  # benchmark_results/rlhf_ppo.md's section "From a weaker SFT model" (O1 and the diagnostics: scripts in that log)
+  python algorithms/reward_model.py --model-name-or-path "$WEAK" --seed 1 --save-model --exp-name rm_weak > $L/ppow_rm.log
+  RMW="$(ls -d runs/addition__rm_weak__1__*/rm_weak | tail -1)"
+  P=(python algorithms/rlhf_ppo.py --model-name-or-path "$WEAK" --reward-model "$RMW" --warmup-ratio 0.05 --lr-schedule linear)
+  "${P[@]}" --seed 1 --learning-rate 1e-4 --total-updates 400 --eval-every 100 > $L/ppow_P1.log
+  for kl in 0.2 0.5; do
+    "${P[@]}" --seed 1 --learning-rate 1e-4 --total-updates 400 --eval-every 100 --log-every 100 --kl-coef $kl > $L/ppow_S_kl$kl.log
+  done
+  for lr in 1e-4 3e-5; do
+    "${P[@]}" --seed 1 --total-updates 400 --eval-every 100 --log-every 100 --value-init policy --kl-coef 0.2 \
+      --learning-rate $lr > $L/ppow_V_lr$lr.log
+  done
+  "${P[@]}" --seed 1 --total-updates 400 --eval-every 100 --log-every 20 --value-init policy --batch-size 256 --kl-coef 1.0 \
+    --learning-rate 1e-4 > $L/ppow_B1.log
+  "${P[@]}" --seed 1 --total-updates 800 --eval-every 100 --log-every 100 --value-init policy --kl-coef 1.0 \
+    --learning-rate 3e-4 > $L/ppow_C1.log
+  for seed in 1 2; do
+    "${P[@]}" --seed $seed --total-updates 2000 --eval-every 200 --log-every 200 --value-init policy --kl-coef 1.0 \
+      --learning-rate 3e-4 > $L/ppow_D_seed$seed.log
+  done
+  for f in $L/ppow_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/rlhf_ppo_weak_sft_runs_rerun.log
   for f in $L/grpo_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/grpo_runs.log
   # constitutional AI on avoid-digit: the defaults (both stages), and the RL stage alone with the "whole" principle
   python algorithms/constitutional_ai.py --model-name-or-path "$AVOID" --seed 1 > $L/cai_A.log

@@ -2,8 +2,8 @@
 tokens, the completion mask, the per-token rewards (KL penalty at each token, the score at the last real token,
 nothing after it) by hand, GAE over tokens against ppo.py's compute_gae on the same arrays, masked whitening, the
 adaptive KL controller at hand values, the clipped policy and value losses by hand, the reward-model folder checks and
-resume refusals; slow: from sft.py's model and reward_model.py's model of 3-digit addition, the held-out exact match
-rises over the SFT model's with the KL to the reference below a stated bound.
+resume refusals; slow: from sft.py's model of 3-digit addition, a deliberately weak reward model is hacked (its score
+of the greedy held-out responses rises while their exact match falls).
 """
 
 from __future__ import annotations
