@@ -1,51 +1,19 @@
-"""Tests of algorithms/muzero.py: the tree search given the true rules of tic-tac-toe against an exact minimax solver
-written here, the pUCT score, the value transform and its inverse, the two-hot support, the n-step value targets,
-min-max normalisation, the replay's unrolled targets, and (slow) learning at tic-tac-toe and on CartPole-v1."""
+"""Tests of algorithms/muzero.py: the tree search given the true rules of tic-tac-toe against an exact minimax
+solver (tools/tictactoe_eval.py), the pUCT score, the value transform and its inverse, the two-hot support, the
+n-step value targets, min-max normalisation, the replay's unrolled targets, and (slow) learning at tic-tac-toe and on CartPole-v1."""
 
 from __future__ import annotations
 
 import math
-from functools import cache
 
 import numpy as np
 import pytest
 import torch
-from conftest import load_algo, run_main
+from conftest import assert_one_line_exit_2, load_algo, run_main
+import tictactoe_eval
+from tictactoe_eval import move_values, play, won  # the exact solver, independent of muzero.py
 
 mz = load_algo("muzero")
-
-LINES = [(0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6)]
-
-
-def won(board: tuple, player: int) -> bool:
-    return any(all(board[i] == player for i in line) for line in LINES)
-
-
-@cache
-def minimax(board: tuple) -> int:
-    """The game's value for the player to move (+1 marks), who plays on the cells that are 0; the opponent is -1."""
-    empty = [i for i in range(9) if board[i] == 0]
-    if not empty:
-        return 0
-    best = -2
-    for a in empty:
-        after = list(board)
-        after[a] = 1
-        if won(tuple(after), 1):
-            return 1
-        best = max(best, -minimax(tuple(-x for x in after)))  # the opponent's view: its marks become +1
-    return best
-
-
-def move_values(board: tuple) -> dict[int, int]:
-    """The exact value of each legal move for the player to move."""
-    values = {}
-    for a in (i for i in range(9) if board[i] == 0):
-        after = list(board)
-        after[a] = 1
-        values[a] = 1 if won(tuple(after), 1) else -minimax(tuple(-x for x in after))
-    return values
-
 
 class TrueRules:
     """Tic-tac-toe's real dynamics as a model for run_mcts: a state is the board from the mover's view (+1 the
@@ -239,29 +207,21 @@ def test_search_with_the_network_is_batched_and_masked():
     assert (visits[0][[0, 1, 2, 4, 7, 8]] == 0).all()  # occupied cells are never searched at the root
 
 
+def test_tictactoe_eval_tool(tmp_path, capsys):
+    """tools/tictactoe_eval.py on a briefly trained model: one row whose fractions add up to 1 per side; bad input."""
+    out = run_main(mz, ["--env-id", "TicTacToe-v0", "--num-envs", "2", "--total-timesteps", "20", "--learning-starts",
+                        "10", "--batch-size", "4", "--num-simulations", "4", "--hidden-sizes", "8", "--hidden-state-size",
+                        "4", "--eval-episodes", "1", "--save-model"], tmp_path)
+    model = str(tmp_path / out["model_path"])
+    (row,) = tictactoe_eval.main([model, "--games", "3", "--minimax-games", "2"])
+    for side in ("first", "second"):
+        assert sum(row[side]) == pytest.approx(1.0) and all(x * 3 == round(x * 3) for x in row[side])
+    assert all(0 <= x <= 1 for x in row["minimax"]) and row["minimax"][2] == pytest.approx(sum(row["minimax"][:2]) / 2)
+    assert_one_line_exit_2(lambda: tictactoe_eval.main([str(tmp_path / "missing.pt")]), "no model file", capsys)
+    assert_one_line_exit_2(lambda: tictactoe_eval.main([model, "--games", "0"]), "--games", capsys)
+
+
 # ---- learning (slow) ----
-
-
-def play(net, opponent: str, agent_first: bool, rng: np.random.Generator) -> int:
-    """One game of the trained agent (its search, no noise) against a random or a perfect player: +1 / 0 / -1."""
-    env = mz.TicTacToe()
-    obs, _ = env.reset()
-    agent_turn = agent_first
-    while True:
-        if agent_turn:
-            action = int(net.greedy_action(torch.as_tensor(obs[None]))[0])
-        else:
-            board = tuple(int(x) for x in env.board * env.to_play)
-            if opponent == "random":
-                action = int(rng.choice([i for i in range(9) if board[i] == 0]))
-            else:
-                values = move_values(board)
-                best = max(values.values())
-                action = int(rng.choice([a for a, v in values.items() if v == best]))
-        obs, reward, terminated, _, _ = env.step(action)
-        if terminated:
-            return int(reward) * (1 if agent_turn else -1)
-        agent_turn = not agent_turn
 
 
 @pytest.mark.slow
@@ -277,9 +237,9 @@ def test_learns_tictactoe(tmp_path):
     net, _ = mz.load_model(str(tmp_path / out["model_path"]))
     rng = np.random.default_rng(0)
     for first in (True, False):
-        results = [play(net, "random", first, rng) for _ in range(100)]
+        results = [play(mz, net, "random", first, rng) for _ in range(100)]
         assert np.mean([r >= 0 for r in results]) >= 0.95, (first, results)
-    draws = [play(net, "minimax", first, rng) for first in (True, False) for _ in range(25)]
+    draws = [play(mz, net, "minimax", first, rng) for first in (True, False) for _ in range(25)]
     assert np.mean([r == 0 for r in draws]) >= 0.8, draws
 
 
