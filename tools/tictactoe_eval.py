@@ -15,6 +15,7 @@ A missing or unreadable model, or one that is not a tic-tac-toe model, gets one 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from functools import cache
 from pathlib import Path
@@ -106,11 +107,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--games", type=int, default=100, help="games against the random player as each side")
     parser.add_argument("--minimax-games", type=int, default=25, help="games against the perfect player as each side")
     parser.add_argument("--seed", type=int, default=0, help="seed of the opponents' random choices")
+    parser.add_argument("--title", default=None, help="a heading printed above the table (a benchmark page's)")
     a = parser.parse_args(argv)
     if a.games <= 0 or a.minimax_games <= 0:
         fail("--games and --minimax-games must be positive")
     mz = load_algo("muzero")
     rows = []
+    if a.title:
+        print(f"# {a.title}\n")
     print("| model | vs random, first: win / draw / loss | vs random, second: win / draw / loss "
           "| vs minimax: draws as first / second (both) |")
     print("|---|---|---|---|")
@@ -125,6 +129,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f, s, m = r["first"], r["second"], r["minimax"]
         print(f"| {path} | {f[0]:.2f} / {f[1]:.2f} / {f[2]:.2f} | {s[0]:.2f} / {s[1]:.2f} / {s[2]:.2f} "
               f"| {m[0]:.2f} / {m[1]:.2f} ({m[2]:.2f}) |", flush=True)
+    print(f"\nGames: {a.games} against the random player as each side, {a.minimax_games} against the perfect player as "
+          f"each side; opponents' seed {a.seed}. Command: `python tools/tictactoe_eval.py "
+          f"{shlex.join(argv if argv is not None else sys.argv[1:])}`")
     return rows
 
 
