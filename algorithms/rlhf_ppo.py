@@ -39,18 +39,21 @@ The models (sft.py's tokenizer, model, tasks and scorers, reward_model.py's rewa
   hacking (the score rising while the answers get worse).
 
 Each PPO iteration, as written in the code below:
-    rollout           --batch-size fresh prompts (never a held-out one), left-padded; one completion each, sampled
-                      from pi_theta at temperature 1 (top-k off), cut after its first eos (or at --max-new-tokens);
-                      mask m_t = 1 on the completion's tokens, eos included
+    rollout           --batch-size fresh prompts (never a held-out one), left-padded; K = --samples-per-prompt
+                      completions each (1 by default), sampled from pi_theta at temperature 1 (top-k off), cut after
+                      the first eos (or at --max-new-tokens); mask m_t = 1 on the completion's tokens, eos included
     log-probs         logp_t = log pi_theta(y_t | x, y_<t), logp_ref_t the same under pi_ref (token_logprobs: the
                       logits at position t score the token at t + 1)
     values            V_t = V_phi(x, y_<t): the value head on the hidden state that predicts y_t
     rewards           r_t = -beta * (logp_t - logp_ref_t) at every completion token, plus the reward model's score
                       r(x, y) at the last one, nothing after it (per_token_rewards; Ziegler et al. eq. 2, the KL
                       penalty as a per-token reward); KL = sum_t m_t (logp_t - logp_ref_t), the non-score reward
-                      = -beta * KL
+                      = -beta * KL. With --group-baseline the score is first replaced by
+                      r_i - (1 / (K - 1)) sum_{j != i} r_j over the prompt's K completions (RLOO's leave-one-out
+                      baseline, Ahmadian et al. (2024), https://arxiv.org/abs/2402.14740; leave_one_out_scores): the
+                      per-prompt contrast the reward model ranks best, beside the value model's baseline
     KL controller     with --adaptive-kl (Ziegler et al. section 2.2): e = clip(KL / KL_target - 1, -0.2, 0.2),
-                      beta <- beta * (1 + e * B / horizon), KL the batch mean, B = --batch-size
+                      beta <- beta * (1 + e * B / horizon), KL the batch mean, B the rollout's completions
     GAE               delta_t = r_t + gamma V_{t+1} - V_t, A_t = delta_t + gamma lambda A_{t+1}, V after the last
                       token = 0 (the completion is the episode: it ends at eos or at the token limit); gamma = 1,
                       lambda = 0.95; returns R_t = A_t + V_t (ppo.py's compute_gae over the tokens: token_advantages)
@@ -154,7 +157,12 @@ class Args:
     total_updates: int = 800
     """optimiser steps of PPO (a multiple of --ppo-epochs x --num-minibatches)"""
     batch_size: int = 64
-    """prompts per rollout, one completion each (also the batch of generation, scoring and the stages before PPO)"""
+    """prompts per rollout, --samples-per-prompt completions each (also the batch of the stages before PPO)"""
+    samples_per_prompt: int = 1
+    """completions sampled per prompt in a rollout (1: InstructGPT's; 2 or more allow --group-baseline)"""
+    group_baseline: bool = False
+    """if toggled (with --samples-per-prompt 2 or more), each completion's reward-model score less the mean score of
+    its prompt's other completions (RLOO's leave-one-out baseline) is the score that enters the rewards"""
     ppo_epochs: int = 4
     """passes over each rollout (TRL's num_ppo_epochs)"""
     num_minibatches: int = 1
@@ -234,7 +242,7 @@ VALUE_INITS = ("reward-model", "policy")
 def check_args(args: Args) -> None:
     for name in ("total_updates", "batch_size", "eval_every", "eval_prompts", "log_every", "torch_threads",
                  "max_new_tokens", "n_layer", "n_embd", "n_head", "rm_prompts", "ppo_epochs", "num_minibatches",
-                 "kl_horizon"):
+                 "kl_horizon", "samples_per_prompt"):
         if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("sft_updates", "rm_updates"):
@@ -252,8 +260,10 @@ def check_args(args: Args) -> None:
         fail(f"--lr-schedule {args.lr_schedule} is unknown; choose one of {', '.join(SCHEDULES)}")
     if args.value_init not in VALUE_INITS:
         fail(f"--value-init {args.value_init} is unknown; choose one of {', '.join(VALUE_INITS)}")
+    if args.group_baseline and args.samples_per_prompt < 2:
+        fail(f"--group-baseline needs --samples-per-prompt 2 or more (a group), got {args.samples_per_prompt}")
     if args.num_minibatches > args.batch_size:
-        fail(f"--num-minibatches {args.num_minibatches} is more than the {args.batch_size} completions of a rollout")
+        fail(f"--num-minibatches {args.num_minibatches} is more than the {args.batch_size} prompts of a rollout")
     if not args.checkpoint_every >= 0 or not args.keep_checkpoints > 0:
         fail(f"need --checkpoint-every >= 0 and --keep-checkpoints > 0, got {args.checkpoint_every} and {args.keep_checkpoints}")
     per_rollout = args.ppo_epochs * args.num_minibatches
@@ -743,6 +753,13 @@ def per_token_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores
     return rewards, kl.sum(dim=1)
 
 
+def leave_one_out_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """RLOO's baseline (Ahmadian et al. (2024), https://arxiv.org/abs/2402.14740): each score
+    less the mean of the other scores of its prompt, scores [B * k] holding each prompt's k completions in a row."""
+    # r_i - (sum_j r_j - r_i) / (k - 1) = k / (k - 1) * (r_i - the group's mean)
+    return (scores - scores.view(-1, k).mean(dim=1).repeat_interleave(k)) * k / (k - 1)
+
+
 def compute_gae(
     rewards: torch.Tensor,
     values: torch.Tensor,
@@ -1172,6 +1189,7 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
         # Rollout: fresh prompts, one sampled completion each, scored by the reward model (and, for the log only, by
         # the task's scorer).
         prompts, _ = sample_pairs(args.task, sampler, args.num_digits, args.batch_size, exclude)
+        prompts = [p for p in prompts for _ in range(args.samples_per_prompt)]  # a prompt's completions in a row
         prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts(tokenizer, prompts))
         width = prompt_ids.shape[1]
         with torch.no_grad():
@@ -1186,7 +1204,8 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
             values = token_values(critic, input_ids, attention_mask, width)
             scores = torch.tensor(score_with_reward_model(reward_model, rm_tokenizer, prompts, responses, args.batch_size),
                                   device=device)
-            rewards, kl = per_token_rewards(logprobs, ref_logprobs, scores, mask, kl_coef)
+            rewards, kl = per_token_rewards(logprobs, ref_logprobs, leave_one_out_scores(scores, args.samples_per_prompt)
+                                            if args.group_baseline else scores, mask, kl_coef)
             advantages, returns = token_advantages(rewards, values, mask, args.gamma, args.gae_lambda)
             advantages = masked_whiten(advantages, mask)
         right = float(np.mean([SCORE[args.task](p, r)[0] for p, r in zip(prompts, responses, strict=True)]))
@@ -1194,12 +1213,12 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
                  "charts/non_score_reward": -kl_coef * kl.mean().item(), "charts/kl_coef": kl_coef,
                  "charts/completion_length": mask.sum(dim=1).float().mean().item(), "charts/sample_exact_match": right}
         if args.adaptive_kl:
-            kl_coef = adaptive_kl_coef(kl_coef, stats["charts/kl"], args.kl_target, args.batch_size, args.kl_horizon)
+            kl_coef = adaptive_kl_coef(kl_coef, stats["charts/kl"], args.kl_target, len(prompts), args.kl_horizon)
 
         # PPO epochs over minibatches of completions, one optimiser step each.
         ppo_stats: dict[str, list[float]] = {}
         for _ in range(args.ppo_epochs):
-            order = torch.randperm(args.batch_size)
+            order = torch.randperm(len(prompts))
             for mb in order.tensor_split(args.num_minibatches):
                 mb = mb.to(device)
                 multiplier = lr_multiplier(progress(global_step, args.total_updates, origin), args.warmup_ratio,

@@ -547,7 +547,7 @@ SMOKE: dict[str, Smoke] = {
                   ["--task", "avoid-digit", "--adaptive-kl", "--kl-target", "0.1", "--kl-horizon", "100",
                    "--kl-coef", "0.2", "--gamma", "0.9", "--gae-lambda", "0.5", "--clip-coef", "0.1", "--clip-value",
                    "0.5", "--vf-coef", "0.5", "--value-learning-rate", "3e-4", "--lr-schedule", "constant",
-                   "--torch-threads", "2"]],
+                   "--torch-threads", "2", "--samples-per-prompt", "2", "--group-baseline"]],
     ),
     "iql_marl.py": Smoke(
         args=["--total-timesteps", "200", "--num-envs", "2", "--learning-starts", "50", "--batch-size", "16",
@@ -856,6 +856,7 @@ BAD_INPUT: dict[str, list[tuple[list[str], str]]] = {
                 (["--start-e", "2"], "start-e"), (["--checkpoint-every", "-1"], "checkpoint-every"),
                 (["--resume", "{tmp}/missing.pt"], "no checkpoint")],
     "rlhf_ppo.py": [(["--num-digits", "0"], "num-digits"), (["--sft-updates", "-1"], "sft-updates"),
+                    (["--group-baseline"], "group-baseline"), (["--samples-per-prompt", "0"], "samples-per-prompt"),
                     (["--rm-updates", "-1"], "rm-updates"), (["--rm-prompts", "0"], "rm-prompts"),
                     (["--reward-model", "{tmp}"], "no Hugging Face model folder"),
                     (["--value-init", "zeros"], "value-init"), (["--ppo-epochs", "0"], "ppo-epochs"),

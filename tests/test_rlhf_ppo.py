@@ -1,6 +1,7 @@
 """rlhf_ppo.py: the completion's log-probabilities (left-padded prompt, completion cut at eos) against a loop over
 tokens, the completion mask, the per-token rewards (KL penalty at each token, the score at the last real token,
-nothing after it) by hand, GAE over tokens against ppo.py's compute_gae on the same arrays, masked whitening, the
+nothing after it) by hand, the leave-one-out (group) scores by hand and a rollout of several completions per prompt,
+GAE over tokens against ppo.py's compute_gae on the same arrays, masked whitening, the
 adaptive KL controller at hand values, the clipped policy and value losses by hand, the reward-model folder checks and
 resume refusals; slow: from sft.py's model of 3-digit addition, a deliberately weak reward model is hacked (its score
 of the greedy held-out responses rises while their exact match falls).
@@ -75,6 +76,39 @@ def test_per_token_rewards_by_hand():
     # a one-token completion: the score and the penalty at the same token
     rewards, kl = rl.per_token_rewards(logp[:1], ref[:1], torch.tensor([3.0]), torch.tensor([[1, 0, 0, 0]]), 1.0)
     torch.testing.assert_close(rewards, torch.tensor([[-0.5 + 3.0, 0.0, 0.0, 0.0]]))
+
+
+def test_leave_one_out_scores_by_hand():
+    """RLOO's baseline: each score less the mean of its prompt's other scores, prompts' completions in a row."""
+    scores = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
+    out = rl.leave_one_out_scores(scores, 3)
+    torch.testing.assert_close(out, torch.tensor([1 - 4.0, 2 - 3.5, 6 - 1.5, 0 - 1.5, 0 - 1.5, 3 - 0.0]))
+    torch.testing.assert_close(rl.leave_one_out_scores(torch.tensor([5.0, 1.0, -2.0, -2.0]), 2),
+                               torch.tensor([4.0, -4.0, 0.0, 0.0]))
+    # the same as K / (K - 1) times the distance from the group's mean (RLOO's identity)
+    groups = torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(rl.leave_one_out_scores(groups.reshape(-1), 4),
+                               (4 / 3 * (groups - groups.mean(dim=1, keepdim=True))).reshape(-1))
+
+
+def test_group_baseline_runs_and_needs_a_group(tmp_path, capsys, monkeypatch):
+    """Several completions per prompt with the group baseline train, each rollout holding every prompt's completions
+    in a row (what leave_one_out_scores reads); the baseline without a group is bad input."""
+    scored = []
+    score = rl.score_with_reward_model
+    monkeypatch.setattr(rl, "score_with_reward_model", lambda *a: scored.append(list(a[2])) or score(*a))
+    out = run_main(rl, [*TINY, "--batch-size", "4", "--samples-per-prompt", "3", "--group-baseline",
+                        "--num-minibatches", "3", "--total-updates", "6", "--eval-every", "6", "--log-every", "3"],
+                   tmp_path / "a")
+    assert out["global_step"] == 6 and math.isfinite(out["eval_reward_score"])
+    rollouts = [p for p in scored if len(p) == 12]  # the evaluations score the 8 held-out prompts
+    assert len(rollouts) == 2
+    for prompts in rollouts:
+        assert len(set(prompts)) == 4 and all(len(set(prompts[i:i + 3])) == 1 for i in range(0, 12, 3))
+    assert_one_line_exit_2(lambda: run_main(rl, [*TINY, "--group-baseline"], tmp_path / "b"), "--samples-per-prompt",
+                           capsys)
+    assert_one_line_exit_2(lambda: run_main(rl, [*TINY, "--batch-size", "2", "--samples-per-prompt", "2",
+                                                 "--num-minibatches", "3"], tmp_path / "c"), "num-minibatches", capsys)
 
 
 def test_gae_over_tokens_against_ppo_compute_gae():
