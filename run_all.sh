@@ -25,7 +25,7 @@
 #                           search (tools/tune.py), about 2 hours
 #   ./run_all.sh classic    only the book's figures
 #   ./run_all.sh irl        only inverse RL and reward learning (maxent_irl, reward_shaping, preference_reward,
-#                           gail; gail.py learns from the experts that the offline group trains), about 2 hours
+#                           gail; gail.py learns from the experts that the offline group trains), about 4 hours
 #   ./run_all.sh offline    only the offline datasets (tools/make_dataset.py) and the offline files on them, about
 #                           5.5 hours
 #   ./run_all.sh multiagent only the multi-agent files (mappo.py, iql_marl.py, qmix.py, maddpg.py) on mpe2's
@@ -454,6 +454,9 @@ if [[ "$what" == all || "$what" == irl ]]; then
   ACRO="--env-id Acrobot-v1 --expert-dataset-id onefile/acrobot/expert-v0 --gamma 0.99 --gae-lambda 0.94"
   HOP="--env-id Hopper-v5 --expert-dataset-id onefile/hopper/expert-clean-v0 --num-envs 1 --num-steps 2048 \
 --num-minibatches 32 --learning-rate 3e-4 --gamma 0.99 --gae-lambda 0.95 --no-anneal-clip --log-every 20480"
+  # the discriminator for MuJoCo (benchmark_results/gail.md): the policy's running statistics, tanh units of 100, a
+  # gradient penalty of 10 that leaves the absorbing indicator out
+  MUJOCO="--disc-obs-norm policy --disc-activation tanh --disc-hidden-size 100 --grad-penalty 10 --no-gp-indicator"
   for s in 1 2 3; do
     python algorithms/gail.py --seed $s > $L/gail_cartpole_s$s.log
     python algorithms/gail.py --airl --seed $s > $L/airl_cartpole_s$s.log
@@ -461,14 +464,21 @@ if [[ "$what" == all || "$what" == irl ]]; then
     python algorithms/gail.py $ACRO --airl --seed $s > $L/airl_acrobot_s$s.log
     python algorithms/bc.py --dataset-id onefile/cartpole/expert-10ep-v0 --total-updates 10000 --seed $s > $L/bc_cartpole_s$s.log
     python algorithms/bc.py --dataset-id onefile/acrobot/expert-10ep-v0 --total-updates 10000 --seed $s > $L/bc_acrobot_s$s.log
+    python algorithms/gail.py $HOP $MUJOCO --total-timesteps 1000000 --seed $s > $L/gail_hopper_s$s.log
+    python algorithms/bc.py --dataset-id onefile/hopper/expert-clean-10ep-v0 --total-updates 10000 --seed $s > $L/bc_hopper_s$s.log
   done
   python algorithms/gail.py --no-absorbing --seed 1 > $L/gail_cartpole_noabs_s1.log
   python algorithms/gail.py $ACRO --no-absorbing --seed 1 > $L/gail_acrobot_noabs_s1.log
   python algorithms/gail.py $ACRO --airl --no-absorbing --seed 1 > $L/airl_acrobot_noabs_s1.log
-  python algorithms/gail.py $HOP --total-timesteps 500000 --seed 1 > $L/gail_hopper_s1.log
-  python algorithms/bc.py --dataset-id onefile/hopper/expert-clean-10ep-v0 --total-updates 10000 --seed 1 > $L/bc_hopper_s1.log
-  python algorithms/gail.py $HOP --total-timesteps 300000 --seed 1 --disc-epochs 1 --grad-penalty 10 --exp-name gail_gp \
-    > $L/gail-gp_hopper_s1.log
+  python algorithms/gail.py $HOP $MUJOCO --airl --total-timesteps 1000000 --seed 1 > $L/airl_hopper_s1.log
+  python algorithms/gail.py $HOP $MUJOCO --gp-indicator --total-timesteps 1000000 --seed 1 > $L/gail-gpind_hopper_s1.log
+  # the 200k steps that chose the MuJoCo discriminator, one setting at a time
+  python algorithms/gail.py $HOP --total-timesteps 200000 --seed 1 > $L/gail-default-200k_hopper_s1.log
+  python algorithms/gail.py $HOP --grad-penalty 10 --total-timesteps 200000 --seed 1 > $L/gail-gp-200k_hopper_s1.log
+  python algorithms/gail.py $HOP $MUJOCO --gp-indicator --total-timesteps 200000 --seed 1 > $L/gail-mujoco-gpind-200k_hopper_s1.log
+  python algorithms/gail.py $HOP $MUJOCO --gp-indicator --grad-penalty 1 --total-timesteps 200000 --seed 1 \
+    > $L/gail-mujoco-gpind-gp1-200k_hopper_s1.log
+  python algorithms/gail.py $HOP $MUJOCO --total-timesteps 200000 --seed 1 > $L/gail-mujoco-200k_hopper_s1.log
   for f in $L/*.log; do echo "==> $(basename $f)"; cat "$f"; done > benchmark_results/gail_runs.log
   summarise
 fi

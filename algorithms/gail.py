@@ -14,9 +14,11 @@ Run (the expert demonstrations are Minari datasets of this collection's own poli
         --gae-lambda 0.94                                          # Acrobot, ppo.py's Acrobot settings
     python algorithms/gail.py --env-id Acrobot-v1 --expert-dataset-id onefile/acrobot/expert-v0 --gamma 0.99 \
         --gae-lambda 0.94 --no-absorbing                           # the survival bonus, shown
-    python algorithms/gail.py --env-id Hopper-v5 --expert-dataset-id onefile/hopper/expert-v0 \
+    python algorithms/gail.py --env-id Hopper-v5 --expert-dataset-id onefile/hopper/expert-clean-v0 \
         --total-timesteps 1000000 --num-envs 1 --num-steps 2048 --num-minibatches 32 --learning-rate 3e-4 \
-        --gamma 0.99 --gae-lambda 0.95 --no-anneal-clip            # ppo_continuous_action.py's MuJoCo settings
+        --gamma 0.99 --gae-lambda 0.95 --no-anneal-clip \
+        --disc-obs-norm policy --disc-activation tanh --disc-hidden-size 100 --grad-penalty 10 --no-gp-indicator
+                                      # ppo_continuous_action.py's MuJoCo settings; the discriminator for MuJoCo
     python algorithms/gail.py --help                               # every hyperparameter, with its meaning
 
 Tested: CartPole-v1 >= 475 and Acrobot-v1 >= 0.9 normalised in 200k steps from 10 expert episodes (tests/test_gail.py, slow).
@@ -28,7 +30,8 @@ other way round, the policy's probability, with the cost log D; the two conventi
     discriminator loss  L_D = -mean_E log D - mean_pi log(1 - D) = mean_E softplus(-l) + mean_pi softplus(l)
                         (binary cross-entropy; every minibatch holds as many expert pairs as policy pairs)
     gradient penalty    + c * mean( (||grad_x score(x_mix)|| - 1)^2 ),  x_mix = u x_E + (1 - u) x_pi, u ~ U(0, 1)
-                        (--grad-penalty c, Gulrajani et al. 2017 as DAC uses it; 0 by default)
+                        (--grad-penalty c, Gulrajani et al. 2017 as DAC uses it; 0 by default; with
+                        --no-gp-indicator the absorbing indicator's coordinate is left out of the norm)
     GAIL                l(s, a) = MLP([s~, a~]);   policy reward r = -log(1 - D) = softplus(l) > 0
     AIRL                f(s, a, s') = g(s~) + gamma * h(s~') - h(s~)   (state-only g: the paper's disentangled reward)
                         D = exp(f) / (exp(f) + pi(a|s)),  so l = f - log pi(a|s)
@@ -41,7 +44,9 @@ other way round, the policy's probability, with the cost log D; the two conventi
                         step bootstraps from gamma * V(s_a) instead of 0 (the GAE recursion still stops there).
                         At s_a the policy has no choice: log pi = 0 in AIRL's l.
     features            s~ = [(s - mean_E) / (std_E + 1e-3), 0], s_a = [0, ..., 0, 1]  (mean_E, std_E: the expert's
-                        observations, fixed); a~ = one-hot (Discrete) or the clipped action scaled to [-1, 1] (Box)
+                        observations, fixed); with --disc-obs-norm policy s~ = [clip((s - mean_pi) / std_pi, +-clip_obs), 0]
+                        (mean_pi, std_pi: running statistics of the policy's states, updated with every rollout);
+                        a~ = one-hot (Discrete) or the clipped action scaled to [-1, 1] (Box)
     score               R_norm = (R - R_random) / (R_expert - R_random), R_expert the mean return of the
                         demonstrations used, R_random a uniformly random policy's mean over --random-episodes
 The PPO update itself is ppo.py's (see its docstring): clipped surrogate, GAE, value loss, on these rewards.
@@ -58,7 +63,14 @@ Notes:
 - Observations: the policy and critic see the observations normalised with running statistics, as
   ppo_continuous_action.py does (--norm-obs; the statistics are buffers of the Agent, saved with it); the
   discriminator sees them standardised with the expert demonstrations' fixed mean and std (buffers of the
-  Discriminator), so its input does not drift as the policy's statistics move.
+  Discriminator), so its input does not drift as the policy's statistics move. On Hopper-v5 that discriminator
+  (with these defaults) tells the two apart almost perfectly all along and its reward carries little signal
+  (benchmark_results/gail.md); what worked there is pytorch-a2c-ppo-acktr-gail's discriminator:
+  --disc-obs-norm policy standardises both the expert's and the policy's states with the running mean and std of
+  the policy's own states, clipped, with tanh units of 100 and the gradient penalty. The penalty also bounds how far
+  the absorbing state [0, ..., 0, 1] may score below the states near it; where the expert never ends its episodes
+  (Hopper-v5's) ending then pays about as much as living, so --no-gp-indicator leaves the indicator out of the
+  penalty.
 - Rewards: the learned rewards are computed for the whole rollout after it is collected and after the
   discriminator's update on it; then (--norm-reward) scaled by the running std of their discounted return, as
   ppo_continuous_action.py scales the true reward. The absorbing value uses the same scale. charts/episodic_return
@@ -95,6 +107,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -150,7 +163,12 @@ class Args:
     disc_learning_rate: float = 1e-3
     """the discriminator's Adam learning rate"""
     disc_hidden_size: int = 64
-    """width of the discriminator's two ReLU hidden layers (AIRL: of g's and of h's)"""
+    """width of the discriminator's two hidden layers (AIRL: of g's and of h's)"""
+    disc_activation: Literal["relu", "tanh"] = "relu"
+    """the discriminator's hidden activation (pytorch-a2c-ppo-acktr-gail's GAIL: tanh)"""
+    disc_obs_norm: Literal["expert", "policy"] = "expert"
+    """the discriminator standardises states with the expert demonstrations' fixed mean and std, or with the running
+    mean and std of the policy's own states, clipped to +-clip_obs (pytorch-a2c-ppo-acktr-gail's GAIL)"""
     disc_epochs: int = 4
     """passes of the discriminator over each rollout's transitions"""
     disc_batch_size: int = 256
@@ -159,6 +177,9 @@ class Args:
     """the maximum norm of the discriminator's gradient (global clipping)"""
     grad_penalty: float = 0.0
     """coefficient of the gradient penalty on expert-policy interpolates (0: none; DAC uses 10)"""
+    gp_indicator: bool = True
+    """if toggled, the gradient penalty's norm includes the absorbing indicator's coordinate; off, only the states'
+    and actions' (the penalty then does not bound how low the absorbing state's score can go)"""
     random_episodes: int = 50
     """episodes of a uniformly random policy measured for R_random, the normalised score's zero"""
     learning_rate: float = 1e-3
@@ -621,19 +642,26 @@ def normalized_return(mean_return: float, random_return: float, expert_return: f
 class Discriminator(nn.Module):
     """GAIL's D(s, a) or AIRL's f(s, a, s'), on encoded inputs (see `encode_states`, `encode_actions`).
 
-    The expert's observation mean and std, and the action bounds (Box), are buffers: fixed after the demonstrations
-    are read, saved in the state_dict with the weights.
+    The observation mean and std (the expert's, fixed after the demonstrations are read; or with --disc-obs-norm
+    policy the policy's running ones, copied in before each update) and the action bounds (Box) are buffers, saved
+    in the state_dict with the weights. `clip` > 0 clips the standardised states; `activation` is mlp's ReLU or tanh.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, continuous: bool, hidden_size: int, airl: bool, gamma: float,
-                 action_low: list[float] | None = None, action_high: list[float] | None = None):
+                 action_low: list[float] | None = None, action_high: list[float] | None = None,
+                 activation: str = "relu", clip: float = 0.0):
         super().__init__()
-        self.act_dim, self.continuous, self.airl, self.gamma = act_dim, continuous, airl, gamma
+        self.act_dim, self.continuous, self.airl, self.gamma, self.clip = act_dim, continuous, airl, gamma, clip
+
+        def net(in_dim: int) -> nn.Sequential:  # mlp's ReLUs, or tanh in their place
+            layers = mlp(in_dim, 1, (hidden_size, hidden_size))
+            return nn.Sequential(*(nn.Tanh() if activation == "tanh" and isinstance(m, nn.ReLU) else m for m in layers))
+
         if airl:  # a state-only reward g and a shaping potential h
-            self.g = mlp(obs_dim + 1, 1, (hidden_size, hidden_size))
-            self.h = mlp(obs_dim + 1, 1, (hidden_size, hidden_size))
+            self.g = net(obs_dim + 1)
+            self.h = net(obs_dim + 1)
         else:
-            self.net = mlp(obs_dim + 1 + act_dim, 1, (hidden_size, hidden_size))
+            self.net = net(obs_dim + 1 + act_dim)
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
         if continuous:
@@ -641,8 +669,11 @@ class Discriminator(nn.Module):
             self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32))
 
     def encode_states(self, obs: torch.Tensor) -> torch.Tensor:
-        """s~ = [(s - mean_E) / std_E, 0]: standardised with the expert's statistics, absorbing indicator 0."""
+        """s~ = [(s - mean) / std, 0]: standardised with the buffers' statistics (the expert's, or the policy's running
+        ones, then clipped to [-clip, clip]; clip 0: not clipped), absorbing indicator 0."""
         x = (obs - self.obs_mean) / self.obs_std
+        if self.clip > 0:
+            x = x.clamp(-self.clip, self.clip)
         return torch.cat([x, torch.zeros_like(x[..., :1])], dim=-1)
 
     def encode_actions(self, actions: torch.Tensor) -> torch.Tensor:
@@ -671,13 +702,17 @@ class Discriminator(nn.Module):
         return airl_reward(logits) if self.airl else gail_reward(logits)
 
 
-def gradient_penalty(disc: Discriminator, expert: tuple, policy: tuple) -> torch.Tensor:
+def gradient_penalty(disc: Discriminator, expert: tuple, policy: tuple, indicator: bool = True) -> torch.Tensor:
     """mean( (||grad score(x_mix)|| - 1)^2 ) at x_mix = u x_E + (1 - u) x_pi, u ~ U(0, 1) per pair, the gradient
-    taken over the inputs (s~, a~, s~') that the score uses; not_done is the policy pair's."""
+    taken over the inputs (s~, a~, s~') that the score uses; not_done is the policy pair's. indicator=False leaves
+    the absorbing indicator (the last coordinate of s~ and s~') out of the gradient's norm, so that the penalty
+    does not bound how far the absorbing state's score may fall below the other states'."""
     u = torch.rand(len(policy[0]), 1, device=policy[0].device)
     mixed = [(u * e + (1 - u) * p).requires_grad_(True) for e, p in zip(expert[:3], policy[:3], strict=True)]
     score = disc.score(*mixed, policy[3])
     grads = torch.autograd.grad(score.sum(), mixed, create_graph=True, allow_unused=True)  # AIRL's f ignores a~
+    if not indicator:
+        grads = [g if g is None or k == 1 else g[..., :-1] for k, g in enumerate(grads)]  # k = 1: the action's
     norm = torch.cat([g for g in grads if g is not None], dim=-1).norm(dim=-1)
     return ((norm - 1.0) ** 2).mean()
 
@@ -985,32 +1020,41 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
     agent = Agent(**model_args).to(device)
     disc_args = {"obs_dim": obs_shape[0], "act_dim": act_dim, "continuous": continuous,
                  "hidden_size": args.disc_hidden_size, "airl": args.airl, "gamma": args.gamma,
-                 "action_low": model_args["action_low"], "action_high": model_args["action_high"]}
+                 "action_low": model_args["action_low"], "action_high": model_args["action_high"],
+                 "activation": args.disc_activation, "clip": args.clip_obs if args.disc_obs_norm == "policy" else 0.0}
     disc = Discriminator(**disc_args).to(device)
     mean_e, std_e = obs_statistics(data["observations"][keep])
     disc.obs_mean.copy_(torch.as_tensor(mean_e))
     disc.obs_std.copy_(torch.as_tensor(std_e))
+    # --disc-obs-norm policy: the running statistics of the policy's states (the rollouts'), copied into disc's
+    # buffers before each discriminator update; the expert's states are then encoded again with them
+    disc_rms = RunningMeanStd(obs_shape) if args.disc_obs_norm == "policy" else None
     # fused=True: one kernel updates all parameters at once; the default loops over a dozen small tensors,
     # which for networks this small costs more than the forward and backward passes
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
     disc_optimizer = torch.optim.Adam(disc.parameters(), lr=args.disc_learning_rate, fused=True)
     expert_rng = np.random.default_rng(args.seed)  # draws the expert half of each discriminator minibatch
     generators = {"action_space": envs.action_space.np_random, "expert_sampler": expert_rng}
-    normalisers = {name: rms for name, rms in (("obs", obs_rms), ("reward", reward_scaler and reward_scaler.rms)) if rms}
+    normalisers = {name: rms for name, rms in (("obs", obs_rms), ("reward", reward_scaler and reward_scaler.rms),
+                                               ("disc_obs", disc_rms)) if rms}
 
     # The expert's transitions as the discriminator sees them (absorbing ones appended), and their raw
     # observations and actions, for AIRL's log pi under the current policy (zeros on absorbing rows: log pi = 0).
     def as_tensor(x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(x, device=device)
 
-    e_raw_obs, e_raw_act = as_tensor(data["observations"][keep]), as_tensor(data["actions"][keep].astype(np.float32))
-    with torch.no_grad():
-        expert = with_absorbing(disc.encode_states(e_raw_obs), disc.encode_actions(e_raw_act),
-                                disc.encode_states(as_tensor(data["next_observations"][keep])),
-                                as_tensor(data["terminations"][keep]), args.absorbing)
+    e_obs, e_act = as_tensor(data["observations"][keep]), as_tensor(data["actions"][keep].astype(np.float32))
+    e_next, e_term = as_tensor(data["next_observations"][keep]), as_tensor(data["terminations"][keep])
+
+    @torch.no_grad()
+    def encode_expert() -> tuple[torch.Tensor, ...]:
+        return with_absorbing(disc.encode_states(e_obs), disc.encode_actions(e_act), disc.encode_states(e_next), e_term,
+                              args.absorbing)
+
+    expert = encode_expert()
     n_abs = int(expert[4].sum())
-    e_raw_obs = torch.cat([e_raw_obs, e_raw_obs.new_zeros(n_abs, obs_shape[0])])
-    e_raw_act = torch.cat([e_raw_act, e_raw_act.new_zeros(n_abs, *e_raw_act.shape[1:])])
+    e_raw_obs = torch.cat([e_obs, e_obs.new_zeros(n_abs, obs_shape[0])])
+    e_raw_act = torch.cat([e_act, e_act.new_zeros(n_abs, *e_act.shape[1:])])
 
     def log_pi(raw_obs: torch.Tensor, raw_actions: torch.Tensor, is_absorbing: torch.Tensor) -> torch.Tensor:
         """AIRL's log pi(a|s) of the current policy for raw observations (0 on absorbing rows); GAIL: zeros."""
@@ -1134,6 +1178,12 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
                     writer.add_scalar("charts/episodic_return", ep_r, global_step)
                     writer.add_scalar("charts/episodic_length", ep_l, global_step)
 
+        if disc_rms is not None:  # --disc-obs-norm policy: the statistics of the policy's states so far
+            disc_rms.update(raw_b.reshape(-1, *obs_shape))
+            disc.obs_mean.copy_(torch.as_tensor(disc_rms.mean))
+            disc.obs_std.copy_(torch.as_tensor(np.sqrt(disc_rms.var + 1e-8)))
+            expert = encode_expert()
+
         # One batched pass: log pi_old(a|s), V(s) and V(s') of the whole rollout.
         b_obs = torch.as_tensor(obs.reshape(-1, *obs_shape), device=device)
         b_actions = torch.as_tensor(actions.reshape(-1, *space.shape), device=device)
@@ -1161,7 +1211,7 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
                 expert_logits = disc.logits(*e_in, log_pi(e_raw_obs[e_mb], e_raw_act[e_mb], expert[4][e_mb]))
                 disc_loss = discriminator_loss(expert_logits, policy_logits)
                 if args.grad_penalty > 0:
-                    disc_loss = disc_loss + args.grad_penalty * gradient_penalty(disc, e_in, p_in)
+                    disc_loss = disc_loss + args.grad_penalty * gradient_penalty(disc, e_in, p_in, args.gp_indicator)
                 disc_optimizer.zero_grad()
                 disc_loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(disc.parameters(), args.disc_max_grad_norm, foreach=True)
@@ -1256,7 +1306,8 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
             next_log = (global_step // args.log_every + 1) * args.log_every
             recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
             print(f"step {global_step:>9,}  SPS {sps:>6,}  return(last 20 episodes) {recent}  disc loss {d_loss:.3f} "
-                  f"acc expert/policy {acc_expert:.2f}/{acc_policy:.2f}  learned reward {learned_np.mean():.3f}",
+                  f"acc expert/policy {acc_expert:.2f}/{acc_policy:.2f}  learned reward {learned_np.mean():.3f} "
+                  f"(absorbing {absorbing_reward:.3f})",
                   flush=True)
             if report is not None and recent_returns and report(global_step, float(np.mean(recent_returns))):
                 break  # the caller asked to stop (tools/tune.py prunes a trial): evaluated as usual

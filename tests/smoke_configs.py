@@ -596,7 +596,7 @@ SMOKE: dict[str, Smoke] = {
                   ["--env-id", "Pendulum-v1", "--expert-dataset-id", "tiny/pendulum-random-v0", "--num-expert-episodes", "2",
                    "--airl", "--grad-penalty", "10", "--gamma", "0.95", "--gae-lambda", "0.9", "--learning-rate", "3e-4",
                    "--clip-coef", "0.1", "--vf-coef", "0.4", "--max-grad-norm", "1.0", "--clip-obs", "5",
-                   "--clip-reward", "5"]],
+                   "--clip-reward", "5", "--disc-obs-norm", "policy", "--disc-activation", "tanh", "--no-gp-indicator"]],
     ),
     # language model: the GPT-2 built in code on a task generated in code, optimiser steps; the variants: every task,
     # schedule and option (a folder loaded by --model-name-or-path and --resume: tests/test_sft.py, test_long_runs.py)

@@ -167,6 +167,48 @@ def test_discriminator_inputs():
     torch.testing.assert_close(discrete.encode_actions(torch.tensor([2, 0])), torch.tensor([[0.0, 0, 1], [1, 0, 0]]))
 
 
+def test_discriminator_inputs_clipped_and_tanh():
+    """--disc-obs-norm policy: the standardised states are clipped to [-clip, clip] (clip 0: not clipped); the
+    absorbing indicator stays 0. --disc-activation tanh: the same layers with tanh in place of every ReLU."""
+    disc = gail.Discriminator(obs_dim=2, act_dim=1, continuous=False, hidden_size=4, airl=False, gamma=0.9, clip=2.0)
+    disc.obs_mean.copy_(torch.tensor([1.0, -1.0]))
+    disc.obs_std.copy_(torch.tensor([0.5, 0.5]))
+    # (4 - 1) / 0.5 = 6 -> 2; (-1.5 + 1) / 0.5 = -1 stays; (-3 + 1) / 0.5 = -4 -> -2
+    torch.testing.assert_close(disc.encode_states(torch.tensor([[4.0, -1.5], [1.0, -3.0]])),
+                               torch.tensor([[2.0, -1.0, 0.0], [0.0, -2.0, 0.0]]))
+    torch.manual_seed(0)
+    relu = gail.Discriminator(obs_dim=2, act_dim=1, continuous=False, hidden_size=4, airl=True, gamma=0.9)
+    torch.manual_seed(0)
+    tanh = gail.Discriminator(obs_dim=2, act_dim=1, continuous=False, hidden_size=4, airl=True, gamma=0.9,
+                              activation="tanh")
+    kinds = [type(m) for m in tanh.g] + [type(m) for m in tanh.h]
+    assert kinds.count(torch.nn.Tanh) == 4 and torch.nn.ReLU not in kinds
+    assert [torch.nn.ReLU if k is torch.nn.Tanh else k for k in kinds] == [type(m) for m in [*relu.g, *relu.h]]
+    x = torch.tensor([[0.3, -0.2, 0.0]])
+    with torch.no_grad():  # same weights; g(x) = W3 tanh(W2 tanh(W1 x + b1) + b2) + b3, written out
+        lin = [m for m in relu.g if isinstance(m, torch.nn.Linear)]
+        by_hand = lin[2](torch.tanh(lin[1](torch.tanh(lin[0](x)))))
+        torch.testing.assert_close(tanh.g(x), by_hand)
+
+
+class LinearScore:
+    """A stand-in discriminator with score = 0.6 s_0 + 5 s_indicator + 0.8 a_0 + 0 s'_0 - 2 s'_indicator."""
+
+    def score(self, s, a, s_next, not_done):
+        return 0.6 * s[:, 0] + 5.0 * s[:, -1] + 0.8 * a[:, 0] - 2.0 * s_next[:, -1]
+
+
+def test_gradient_penalty_with_and_without_the_absorbing_indicator():
+    # the gradient is constant: over (s~, a~, s~') it is (0.6, 5 | 0.8 | 0, -2), norm sqrt(0.36 + 25 + 0.64 + 4);
+    # without the indicators' coordinates (0.6 | 0.8 | 0), norm 1: no penalty
+    torch.manual_seed(0)
+    expert = (torch.randn(6, 2), torch.randn(6, 1), torch.randn(6, 2), torch.ones(6))
+    policy = (torch.randn(6, 2), torch.randn(6, 1), torch.randn(6, 2), torch.ones(6))
+    full = gail.gradient_penalty(LinearScore(), expert, policy)
+    assert full.item() == pytest.approx((math.sqrt(30.0) - 1.0) ** 2, rel=1e-6)
+    assert gail.gradient_penalty(LinearScore(), expert, policy, indicator=False).item() == pytest.approx(0.0, abs=1e-10)
+
+
 def test_normalized_return_by_hand():
     assert gail.normalized_return(-100.0, -500.0, -80.0) == pytest.approx(400 / 420)
     assert gail.normalized_return(22.0, 22.0, 500.0) == 0.0
@@ -209,6 +251,20 @@ def test_the_policy_learns_from_the_discriminator_and_terminations_bootstrap_fro
     calls.clear()
     run_main(gail, [*TINY, "--no-absorbing"], tmp_path / "plain")
     assert all(terminations.sum() >= 2 for _, _, terminations, _ in calls)
+
+
+def test_policy_standardisation_uses_the_statistics_of_the_policys_states(offline_datasets, tmp_path):
+    """--disc-obs-norm policy: after training, the discriminator's buffers hold the running mean and std of every
+    state of the rollouts (256 here), the same statistics the checkpoint saves, and its inputs are clipped at
+    --clip-obs."""
+    assert offline_datasets is not None, "tests/conftest.py builds the tiny datasets when gail.py's tests run"
+    out = run_main(gail, [*TINY, "--disc-obs-norm", "policy", "--clip-obs", "4", "--save-model"], tmp_path)
+    ckpt = torch.load(tmp_path / out["model_path"], weights_only=True)
+    stats = ckpt["normalisation"]["disc_obs"]
+    assert stats["count"].item() == pytest.approx(256 + 1e-4)
+    torch.testing.assert_close(ckpt["discriminator"]["obs_mean"], stats["mean"].float())
+    torch.testing.assert_close(ckpt["discriminator"]["obs_std"], (stats["var"] + 1e-8).sqrt().float())
+    assert ckpt["disc_args"]["clip"] == 4.0 and ckpt["disc_args"]["activation"] == "relu"
 
 
 # --- learning regressions (slow): this collection's expert datasets, tools/make_dataset.py --------------------------
