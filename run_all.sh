@@ -466,11 +466,11 @@ if [[ "$what" == all || "$what" == irl ]]; then
     python algorithms/bc.py --dataset-id onefile/acrobot/expert-10ep-v0 --total-updates 10000 --seed $s > $L/bc_acrobot_s$s.log
     python algorithms/gail.py $HOP $MUJOCO --total-timesteps 1000000 --seed $s > $L/gail_hopper_s$s.log
     python algorithms/bc.py --dataset-id onefile/hopper/expert-clean-10ep-v0 --total-updates 10000 --seed $s > $L/bc_hopper_s$s.log
+    python algorithms/gail.py $HOP $MUJOCO --airl --total-timesteps 1000000 --seed $s > $L/airl_hopper_s$s.log
   done
   python algorithms/gail.py --no-absorbing --seed 1 > $L/gail_cartpole_noabs_s1.log
   python algorithms/gail.py $ACRO --no-absorbing --seed 1 > $L/gail_acrobot_noabs_s1.log
   python algorithms/gail.py $ACRO --airl --no-absorbing --seed 1 > $L/airl_acrobot_noabs_s1.log
-  python algorithms/gail.py $HOP $MUJOCO --airl --total-timesteps 1000000 --seed 1 > $L/airl_hopper_s1.log
   python algorithms/gail.py $HOP $MUJOCO --gp-indicator --total-timesteps 1000000 --seed 1 > $L/gail-gpind_hopper_s1.log
   # the 200k steps that chose the MuJoCo discriminator, one setting at a time
   python algorithms/gail.py $HOP --total-timesteps 200000 --seed 1 > $L/gail-default-200k_hopper_s1.log
