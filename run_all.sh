@@ -17,7 +17,7 @@
 #                           ablation, and dqn_atari against SB3's DQN on Breakout
 #   ./run_all.sh offpolicy  only the SB3 comparisons of ddpg.py, td3.py and sac.py on MuJoCo
 #   ./run_all.sh modelbased only the model-based files (world_model, mbpo, dreamer, muzero) beside sac.py / ppo.py at
-#                           the same environment steps, about 3 hours
+#                           the same environment steps, and muzero.py at tic-tac-toe, about 4.5 hours
 #   ./run_all.sh longruns   only what the numerical checks cost ppo.py and sac.py (--no-nan-check), about 6 minutes
 #   ./run_all.sh scale      only synchronous against asynchronous environments (--async-envs) on Breakout and
 #                           HalfCheetah, and ppo_distributed.py's speed with 1 and 2 ranks; about 14 minutes
@@ -220,6 +220,23 @@ if [[ "$what" == all || "$what" == modelbased ]]; then
   python tools/compare.py --env-id CartPole-v1 --seeds 2 3 --total-timesteps 30000 --eval-episodes 10 --cores 0 1 \
     --run "muzero.py|muzero|" --run "ppo.py|ppo|" --tag muzero_CartPole-v1_seeds2-3 \
     --title "muzero.py and ppo.py on CartPole-v1, 30k steps, seeds 2 and 3"
+  # muzero.py at tic-tac-toe with the slow test's settings, seeds 1-3 (about 25-50 minutes each, two at a time):
+  # every checkpoint (30k moves apart) and the final model play a random and a perfect player (tools/tictactoe_eval.py)
+  TTT="--env-id TicTacToe-v0 --total-timesteps 150000 --num-unroll-steps 9 --buffer-size 3000 --value-loss-coef 0.25
+--dirichlet-alpha 0.1 --temperature-moves 9 --checkpoint-every 30000 --keep-checkpoints 5 --save-model --eval-episodes 10 --log-every 5000"
+  L=runs/modelbased_logs; mkdir -p $L
+  python algorithms/muzero.py $TTT --seed 1 --exp-name ttt > $L/muzero_ttt_1.log &
+  python algorithms/muzero.py $TTT --seed 2 --exp-name ttt > $L/muzero_ttt_2.log &
+  wait
+  python algorithms/muzero.py $TTT --seed 3 --exp-name ttt > $L/muzero_ttt_3.log
+  M=""
+  for s in 1 2 3; do
+    R=$(ls -d runs/TicTacToe-v0__ttt__${s}__* | tail -1)
+    M="$M $R/checkpoint_30000.pt $R/checkpoint_60000.pt $R/checkpoint_90000.pt $R/checkpoint_120000.pt $R/ttt.pt"
+  done
+  python tools/tictactoe_eval.py $M --title "muzero.py at tic-tac-toe, seeds 1-3, 150k moves (checkpoints every 30k)" \
+    > benchmark_results/muzero_TicTacToe-v0.md
+  for s in 1 2 3; do echo "==> $L/muzero_ttt_$s.log"; cat $L/muzero_ttt_$s.log; done > benchmark_results/muzero_TicTacToe-v0.log
   summarise
 fi
 

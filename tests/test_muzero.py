@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import pytest
+import tictactoe_eval
 import torch
 from conftest import assert_one_line_exit_2, load_algo, run_main
-import tictactoe_eval
 from tictactoe_eval import move_values, play, won  # the exact solver, independent of muzero.py
 
 mz = load_algo("muzero")
