@@ -107,7 +107,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -164,9 +163,9 @@ class Args:
     """the discriminator's Adam learning rate"""
     disc_hidden_size: int = 64
     """width of the discriminator's two hidden layers (AIRL: of g's and of h's)"""
-    disc_activation: Literal["relu", "tanh"] = "relu"
+    disc_activation: str = "relu"
     """the discriminator's hidden activation (pytorch-a2c-ppo-acktr-gail's GAIL: tanh)"""
-    disc_obs_norm: Literal["expert", "policy"] = "expert"
+    disc_obs_norm: str = "expert"
     """the discriminator standardises states with the expert demonstrations' fixed mean and std, or with the running
     mean and std of the policy's own states, clipped to +-clip_obs (pytorch-a2c-ppo-acktr-gail's GAIL)"""
     disc_epochs: int = 4
@@ -260,6 +259,9 @@ def check_args(args: Args) -> None:
                  "random_episodes"):
         if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name, choices in (("disc_activation", ("relu", "tanh")), ("disc_obs_norm", ("expert", "policy"))):
+        if getattr(args, name) not in choices:
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)} is unknown; choose one of {', '.join(choices)}")
     if not args.num_expert_episodes >= 0:
         fail(f"--num-expert-episodes must be >= 0 (0: all of the dataset's), got {args.num_expert_episodes}")
     if (args.num_envs * args.num_steps) % args.num_minibatches:
