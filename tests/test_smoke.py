@@ -359,6 +359,38 @@ def test_evaluate_tool_bad_checkpoints(tmp_path: Path, capsys):
     assert_one_line_exit_2(proc, "no checkpoint")
 
 
+def test_evaluate_tool_first_reaching(monkeypatch, capsys):
+    """tools/evaluate.py --first-reaching F: the last checkpoint is the reference; the others are evaluated in order
+    until one reaches F of its mean, whose path is the last line (none reaching: the reference's). Bad input: F
+    outside (0, 1], one checkpoint, several without F, a reference whose mean is not positive."""
+    tool = load_tool("evaluate")
+    means = {"c1": 10.0, "c2": 40.0, "c3": 90.0, "ref": 100.0, "neg": -5.0}
+    seen = []
+
+    class Fake:
+        @staticmethod
+        def load_model(path):
+            return None, {"env_id": "CartPole-v1"}
+
+        @staticmethod
+        def evaluate(path, env_id, episodes, seed):
+            seen.append(path)
+            return [means[path] - 1.0, means[path] + 1.0]
+
+    monkeypatch.setattr(tool, "load_algo", lambda stem: Fake)
+    assert tool.main([DEEP[0], "c1", "c2", "c3", "ref", "--first-reaching", "0.3"]) == [40.0]
+    assert seen == ["ref", "c1", "c2"], "evaluation goes on past the first checkpoint that reaches F"
+    assert capsys.readouterr().out.splitlines()[-1] == "c2"
+    assert tool.main([DEEP[0], "c1", "c2", "ref", "--first-reaching", "0.95"]) == [100.0]
+    assert capsys.readouterr().out.splitlines()[-1] == "ref"
+    for argv, expected in [(["c1", "ref", "--first-reaching", "0"], "--first-reaching"),
+                           (["c1", "ref", "--first-reaching", "1.5"], "--first-reaching"),
+                           (["ref", "--first-reaching", "0.3"], "at least two checkpoints"),
+                           (["c1", "ref"], "several checkpoints need --first-reaching"),
+                           (["c1", "neg", "--first-reaching", "0.3"], "not a level to reach")]:
+        assert_one_line_exit_2(lambda argv=argv: tool.main([DEEP[0], *argv]), expected, capsys)
+
+
 def test_compare_tool_parallel(tmp_path: Path):
     """tools/compare.py --cores: runs go in parallel, pinned, and the table keeps the (seed, run) order."""
     import pandas as pd
