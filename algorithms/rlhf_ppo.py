@@ -1186,8 +1186,8 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
     per_rollout = args.ppo_epochs * args.num_minibatches
 
     while global_step < args.total_updates:
-        # Rollout: fresh prompts, one sampled completion each, scored by the reward model (and, for the log only, by
-        # the task's scorer).
+        # Rollout: fresh prompts, --samples-per-prompt sampled completions each, scored by the reward model (and, for
+        # the log only, by the task's scorer).
         prompts, _ = sample_pairs(args.task, sampler, args.num_digits, args.batch_size, exclude)
         prompts = [p for p in prompts for _ in range(args.samples_per_prompt)]  # a prompt's completions in a row
         prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts(tokenizer, prompts))

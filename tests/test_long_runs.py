@@ -89,7 +89,7 @@ LONG: dict[str, LongRun] = {
                           bitwise=True),
     "muzero.py": LongRun(args=["--save-buffer", "--total-timesteps", "400"], interrupt_at=60, nan_base="CartPole-v1",
                          bitwise=True),
-    "gail.py": LongRun(args=["--total-timesteps", "512", "--airl"], interrupt_at=100, nan_base="CartPole-v1",
+    "gail.py": LongRun(args=["--total-timesteps", "512", "--airl", "--disc-obs-norm", "policy"], interrupt_at=100, nan_base="CartPole-v1",
                        bitwise=True),
     "preference_reward.py": LongRun(args=["--total-timesteps", "800"], interrupt_at=150, nan_base="Pendulum-v1",
                                     bitwise=True),
