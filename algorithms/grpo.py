@@ -40,7 +40,12 @@ up to and including it, 0 after):
                    --dynamic-sampling (DAPO's): such groups are dropped and more prompts drawn, round after round, until
                    the batch holds --batch-size groups with spread (after DYNAMIC_SAMPLING_ROUNDS rounds the dropped
                    groups fill what is missing); every step then learns from a full batch.
-    log-probs      logp_t = log softmax(logits_t / T)[y_t]: the distribution the tokens were sampled from
+    log-probs      logp_t = log softmax(logits_t / T)[y_t]: the distribution the tokens were sampled from. The G
+                   completions of a prompt go through the model as one row (group_rows): the prompt once, then
+                   y_1..y_G, each seeing the prompt and itself only, its positions restarting where the prompt ends;
+                   the same numbers as G rows of prompt + y_i (tests/test_grpo.py, to 1e-5), for about half the
+                   tokens here, where a prompt is as long as G short answers together (the policy's and the
+                   reference's passes alike)
     ratio          rho_t = exp(logp_t - logp_old_t); logp_old: the policy's when the batch was sampled. Each batch gets
                    --num-iterations (mu) optimiser steps; at the first, logp_old is logp detached (rho = 1, as TRL)
     policy term    l_t = -min(rho_t A, clip(rho_t, 1 - eps, 1 + eps_high) A)                 (PPO's clipped surrogate)
@@ -542,16 +547,64 @@ def mask_after_eos(completion_ids: torch.Tensor, eos_token_id: int) -> torch.Ten
     return (positions <= first_eos.unsqueeze(1)).long()
 
 
+PROMPT, PAD = 0, -1  # segments of a group's row: the prompt, padding, and k + 1 for the group's k-th completion
+
+
+def group_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, mask: torch.Tensor,
+               num_generations: int) -> dict[str, torch.Tensor]:
+    """Each group of num_generations consecutive rows (one prompt, left-padded, and its completions, right-padded) as
+    ONE row: the prompt once, then the group's completions one after another, padding only at the end. Each
+    completion's positions start where the prompt ends, and group_attention_mask lets it see the prompt and itself
+    only, so each token has the context and position it has in a row of its own. Returned: input_ids, position_ids,
+    segments [B, W] (B groups), and for each completion token [N, C] the group's row and the column whose logits
+    score it (the prompt's last column for the first token)."""
+    n, width, length = prompt_ids.shape[0], prompt_ids.shape[1], completion_ids.shape[1]
+    groups, valid = n // num_generations, mask.bool()
+    lengths = mask.sum(dim=1).view(groups, num_generations)
+    starts = (width + lengths.cumsum(dim=1) - lengths).flatten()  # each completion's first column
+    row_width = width + int(lengths.sum(dim=1).max())
+    first = prompt_mask[::num_generations]  # the groups' prompts
+    input_ids = torch.cat([prompt_ids[::num_generations], prompt_ids.new_zeros(groups, row_width - width)], dim=1)
+    position_ids = torch.cat([(first.cumsum(dim=1) - 1).clamp(min=0), first.new_zeros(groups, row_width - width)], 1)
+    segments = torch.full_like(input_ids, PAD)
+    segments[:, :width] = torch.where(first.bool(), PROMPT, PAD)
+    steps = torch.arange(length, device=mask.device)
+    row = torch.arange(n, device=mask.device) // num_generations
+    columns = starts.unsqueeze(1) + steps  # [N, C]
+    rows = row.unsqueeze(1).expand(-1, length)
+    input_ids[rows[valid], columns[valid]] = completion_ids[valid]
+    position_ids[rows[valid], columns[valid]] = (first.sum(dim=1)[row].unsqueeze(1) + steps)[valid]
+    segments[rows[valid], columns[valid]] = (torch.arange(n, device=mask.device) % num_generations + 1).unsqueeze(
+        1).expand(-1, length)[valid]
+    sources = torch.where(steps == 0, width - 1, columns - 1).clamp(max=row_width - 1)  # masked tokens: any column
+    return {"input_ids": input_ids, "position_ids": position_ids, "segments": segments, "rows": rows,
+            "sources": sources}
+
+
+def group_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, W, W], added to the attention scores: 0 where a query may see a key, the dtype's lowest value where not.
+    Causal; a key is the prompt or a column of the query's own completion, never padding; each column sees itself
+    (the prompt's left padding would otherwise have no key: no softmax over nothing, no NaN)."""
+    width = segments.shape[1]
+    query, key = segments.unsqueeze(2), segments.unsqueeze(1)
+    causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
+    allowed = causal & (key != PAD) & ((key == PROMPT) | (key == query))
+    allowed |= torch.eye(width, dtype=torch.bool, device=segments.device)
+    return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
 def sampled_token_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                           completion_ids: torch.Tensor, mask: torch.Tensor,
-                           temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+                           completion_ids: torch.Tensor, mask: torch.Tensor, temperature: float,
+                           num_generations: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(y_t | x, y_<t) of each completion token at the sampling temperature [N, C] (0 where mask is 0), and the
-    policy's entropy there (no gradient). Prompts padded on the left, completions on the right; the logits at position
-    t score the token at t + 1, so the completion's are those from the prompt's last position on."""
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention_mask = torch.cat([prompt_mask, mask], dim=1)
-    logits = forward_logits(model, input_ids, attention_mask)[:, prompt_ids.shape[1] - 1:-1].float() / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
+    policy's entropy there (no gradient). Prompts padded on the left, completions on the right, each prompt's
+    num_generations completions in consecutive rows: one forward pass over group_rows, the prompt run once per group
+    (with num_generations 1, a row per completion)."""
+    rows = group_rows(prompt_ids, prompt_mask, completion_ids, mask, num_generations)
+    logits = model(input_ids=rows["input_ids"], position_ids=rows["position_ids"],
+                   attention_mask=group_attention_mask(rows["segments"], next(model.parameters()).dtype)).logits
+    logp_all = torch.log_softmax(logits[rows["rows"], rows["sources"]].float() / temperature, dim=-1)
     logp = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) * mask
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all).sum(dim=-1) * mask
@@ -1068,17 +1121,17 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
             with torch.no_grad():
                 if args.num_iterations > 1:  # the sampling policy's log-probabilities, for the later steps' ratios
                     batch["old_logp"] = sampled_token_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask,
-                                                               args.temperature)[0]
+                                                               args.temperature, args.num_generations)[0]
                 if reference is not None:
                     batch["ref_logp"] = sampled_token_logprobs(reference, prompt_ids, prompt_mask, completion_ids,
-                                                               mask, args.temperature)[0]
+                                                               mask, args.temperature, args.num_generations)[0]
 
         lr = args.learning_rate * lr_multiplier(progress(global_step, args.total_updates, origin), args.warmup_ratio,
                                                 args.lr_schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         logp, entropy = sampled_token_logprobs(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                               batch["mask"], args.temperature)
+                                               batch["mask"], args.temperature, args.num_generations)
         old_logp = logp.detach() if batch["old_logp"] is None else batch["old_logp"]
         loss = grpo_loss(logp, old_logp, batch["ref_logp"], batch["advantages"], batch["mask"], args.epsilon,
                          epsilon_high, args.beta, args.loss_type, args.max_completion_length)

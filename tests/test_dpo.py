@@ -40,24 +40,54 @@ def loop_pair_logprobs(model, tokenizer, pairs) -> torch.Tensor:
                           for y in (c, r)] for p, c, r in pairs], dtype=torch.float64)
 
 
-def test_completion_logprob_against_a_loop_over_tokens():
-    """Pairs of different lengths in one right-padded batch: each response's summed log-probability (its tokens and
-    eos, prompt and padding left out) and token count equal a loop over unpadded prefixes; pair_logprobs gives the
-    same in [N, 2] whatever its batch size."""
-    model, tokenizer = tiny_model()
+def tiny_llama(seed: int = 0):
+    """A Llama (rotary positions, RMSNorm, gated MLP) of the same tokenizer: the shared row's positions and 4-D mask
+    must hold for the architecture of the pretrained models too (SmolLM2 is a Llama)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = dpo.build_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config), tokenizer
+
+
+@pytest.mark.parametrize("build", [tiny_model, tiny_llama], ids=["gpt2", "llama"])
+def test_completion_logprob_against_a_loop_over_tokens(build):
+    """Pairs of different lengths, each as one shared row (the prompt once, then both responses): each response's
+    summed log-probability (its tokens and eos, prompt and padding left out) and token count equal a loop over
+    unpadded prefixes of prompt + that response alone, so the rejected response sees neither the chosen one nor a
+    shifted position; pair_logprobs gives the same in [N, 2] whatever its batch size."""
+    model, tokenizer = build()
     model.eval()
     pairs = [("7+15=", "22", "23"), ("123+4=", "127", "1"), ("sort 90=", "09", "900000")]
-    prompts = [p for p, _, _ in pairs]
-    input_ids, attention_mask, labels = dpo.encode_pairs(tokenizer, prompts + prompts, [c for _, c, _ in pairs]
-                                                         + [r for _, _, r in pairs])
     with torch.no_grad():
-        summed, lengths = dpo.completion_logprobs(model, input_ids, attention_mask, labels)
+        summed, lengths = dpo.shared_pair_logprobs(model, dpo.encode_shared_pairs(tokenizer, pairs))
     expected = loop_pair_logprobs(model, tokenizer, pairs)
-    torch.testing.assert_close(summed.double(), expected.T.flatten(), rtol=1e-5, atol=1e-5)
-    assert lengths.tolist() == [3, 4, 3, 3, 2, 7]  # the response's characters, then eos
+    torch.testing.assert_close(summed.double(), expected, rtol=1e-5, atol=1e-5)
+    assert lengths.tolist() == [[3, 3], [4, 2], [3, 7]]  # the response's characters, then eos
     for batch_size in (1, 2, 3):
         torch.testing.assert_close(dpo.pair_logprobs(model, tokenizer, pairs, batch_size).double(), expected,
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_shared_row_mask():
+    """The 4-D mask of a shared row by hand: prompt "1=" (2 columns), chosen "2" + eos, rejected "3" + eos, one
+    padding column: causal, the rejected columns see the prompt and themselves only, no column sees padding."""
+    model, tokenizer = tiny_model()
+    rows = dpo.encode_shared_pairs(tokenizer, [("1=", "2", "3"), ("1=", "2", "34")])
+    assert rows["segments"].tolist() == [[0, 0, 1, 1, 2, 2, 3], [0, 0, 1, 1, 2, 2, 2]]
+    assert rows["position_ids"][0].tolist()[:6] == [0, 1, 2, 3, 2, 3]
+    assert rows["sources"][0].tolist() == [[1, 2, 0], [1, 4, 0]]  # the prompt's last column scores both first tokens
+    allowed = (dpo.shared_attention_mask(rows["segments"][:1], torch.float32)[0, 0] == 0).int().tolist()
+    assert allowed == [[1, 0, 0, 0, 0, 0, 0],
+                       [1, 1, 0, 0, 0, 0, 0],
+                       [1, 1, 1, 0, 0, 0, 0],
+                       [1, 1, 1, 1, 0, 0, 0],
+                       [1, 1, 0, 0, 1, 0, 0],
+                       [1, 1, 0, 0, 1, 1, 0],
+                       [1, 1, 1, 1, 1, 1, 0]]
 
 
 def softplus(x: float) -> float:
@@ -138,20 +168,29 @@ def test_loss_values_at_hand_points():
     assert far.item() == pytest.approx(500.0, rel=1e-6)
 
 
+def test_sign_test_by_hand():
+    """The exact two-sided sign test on fixed / broken answers: 5-0 is 2 / 2^5, 1-6 is 2 (1 + 7) / 2^7 (the split
+    0-7 and 1-6), 12-3 the sum of C(15, k) for k <= 3, twice, over 2^15; an even split and no discordant prompt are 1."""
+    assert dpo.sign_test(5, 0) == pytest.approx(2 / 32)
+    assert dpo.sign_test(1, 6) == pytest.approx(2 * (1 + 7) / 128)
+    assert dpo.sign_test(12, 3) == pytest.approx(2 * sum(math.comb(15, k) for k in range(4)) / 2**15)
+    assert dpo.sign_test(3, 3) == 1.0 and dpo.sign_test(0, 0) == 1.0
+
+
 def test_a_step_on_the_loss_widens_the_margin():
     """One SGD step on the sigmoid loss of a tiny model raises each pair's log-ratio margin h."""
     model, tokenizer = tiny_model(4)
     pairs = [("1+1=", "2", "3"), ("2+2=", "4", "44")]
     ref = dpo.pair_logprobs(model, tokenizer, pairs, 2)
-    input_ids, attention_mask, labels = dpo.encode_pairs(tokenizer, ["1+1=", "2+2="] * 2, ["2", "4", "3", "44"])
+    rows = dpo.encode_shared_pairs(tokenizer, pairs)
 
     def margin() -> torch.Tensor:
-        logps, _ = dpo.completion_logprobs(model, input_ids, attention_mask, labels)
-        return (logps[:2] - ref[:, 0]) - (logps[2:] - ref[:, 1])
+        logps, _ = dpo.shared_pair_logprobs(model, rows)
+        return (logps[:, 0] - ref[:, 0]) - (logps[:, 1] - ref[:, 1])
 
     before = margin().detach()
-    logps, _ = dpo.completion_logprobs(model, input_ids, attention_mask, labels)
-    dpo.dpo_loss(logps[:2], logps[2:], ref[:, 0], ref[:, 1], 0.1).backward()
+    logps, _ = dpo.shared_pair_logprobs(model, rows)
+    dpo.dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], 0.1).backward()
     with torch.no_grad():
         for p in model.parameters():
             p -= 1.0 * p.grad
@@ -196,7 +235,8 @@ def test_reference_logprobs_are_computed_once_and_equal_a_fresh_computation(tmp_
 
 def test_a_dataset_file_and_its_bad_input(tmp_path, capsys):
     """--dataset: the file's pairs are trained on (a held-out prompt's line left out), here with conservative DPO;
-    a file without the prompt/chosen/rejected columns, or not JSON, is one line and exit 2, with nothing written."""
+    a file without the prompt/chosen/rejected columns, not JSON, or with an empty prompt is one line and exit 2, with
+    nothing written."""
     heldout = dpo.heldout_pairs("addition", 3, 8)[0][0]
     rows = [{"prompt": "12+34=", "chosen": "46", "rejected": "47"}, {"prompt": "1+2=", "chosen": "3", "rejected": "12"},
             {"prompt": heldout, "chosen": "1", "rejected": "2"}]
@@ -205,11 +245,15 @@ def test_a_dataset_file_and_its_bad_input(tmp_path, capsys):
     out = run_main(dpo, [*TINY, "--dataset", str(good), "--label-smoothing", "0.2", "--total-updates", "2",
                          "--eval-every", "2", "--checkpoint-every", "2"], tmp_path / "run")
     assert out["num_train_pairs"] == 2 and out["global_step"] == 2
+    # prompt by prompt against the SFT model: the fixed less the broken answers are the change in exact match
+    assert out["fixed"] - out["broken"] == round((out["eval_exact_match"] - out["sft_exact_match"]) * 8)
     ckpt = torch.load(next((tmp_path / "run" / out["run_dir"]).glob("checkpoint_2.pt")), weights_only=True)
     assert [tuple(p) for p in ckpt["train_pairs"]] == [("12+34=", "46", "47"), ("1+2=", "3", "12")]
     (tmp_path / "columns.jsonl").write_text(json.dumps({"prompt": "1+1=", "completion": "2"}) + "\n")
     (tmp_path / "text.jsonl").write_text("prompt,chosen,rejected\n")
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"prompt": "", "chosen": "2", "rejected": "3"}) + "\n")
     for name, expected in [("columns.jsonl", "lacks the string column(s) chosen, rejected"),
+                           ("empty.jsonl", "line 1 has an empty prompt"),
                            ("text.jsonl", "line 1 is not JSON"), ("missing.jsonl", "no such file")]:
         cwd = tmp_path / f"bad_{name}"
         assert_one_line_exit_2(lambda name=name, cwd=cwd: run_main(dpo, [*TINY, "--dataset", str(tmp_path / name)],
@@ -263,11 +307,11 @@ def test_loss_and_rewards_equal_trls_dpo_trainer(loss_type: str, label_smoothing
     input_ids, attention_mask, labels = dpo.encode_pairs(tokenizer, prompts + prompts, [c for _, c, _ in pairs]
                                                          + [r for _, _, r in pairs])
     policy.train()
-    with torch.no_grad():
-        logps, lengths = dpo.completion_logprobs(policy, input_ids, attention_mask, labels)
-    chosen, rejected = logps.split(len(pairs))
+    with torch.no_grad():  # the shared rows (prompt once) against TRL's two rows per pair
+        logps, lengths = dpo.shared_pair_logprobs(policy, dpo.encode_shared_pairs(tokenizer, pairs))
+    chosen, rejected = logps.unbind(dim=1)
     loss = dpo.dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], beta, loss_type, label_smoothing,
-                        *lengths.split(len(pairs)), rpo_alpha).item()
+                        *lengths.unbind(dim=1), rpo_alpha).item()
     rewards_c, rewards_r = beta * (chosen - ref[:, 0]), beta * (rejected - ref[:, 1])
     ours = {"rewards/chosen": rewards_c.mean().item(), "rewards/rejected": rewards_r.mean().item(),
             "rewards/margins": (rewards_c - rewards_r).mean().item(),

@@ -140,8 +140,10 @@ def test_mask_after_eos_by_hand():
 
 def test_sampled_token_logprobs_against_a_loop_over_tokens():
     """Left-padded prompts of different lengths and right-padded completions of different lengths (one without eos),
-    temperature 0.7: each completion token's log-probability equals a loop over unpadded prefixes; 0 where masked.
-    The entropy at each position is the entropy of that softmax."""
+    temperature 0.7: each completion token's log-probability equals a loop over unpadded prefixes; 0 where masked;
+    the same with each prompt's two completions run as one row (num_generations 2: the prompt once, the second
+    completion seeing neither the first nor a shifted position). The entropy at each position is the entropy of that
+    softmax."""
     model, tokenizer = tiny_model(1)
     model.eval()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -158,6 +160,18 @@ def test_sampled_token_logprobs_against_a_loop_over_tokens():
         expected = loop_token_logprobs(model, tokenizer(p)["input_ids"], c, 0.7)
         assert logp[i, :len(c)].tolist() == pytest.approx(expected, abs=1e-5)
         assert (logp[i, len(c):] == 0).all() and (entropy[i, len(c):] == 0).all()
+    # grouped: each prompt's completions in consecutive rows, run as one row with the prompt once (main's form)
+    group_prompt_ids, group_prompt_mask = (t.repeat_interleave(2, dim=0) for t in (prompt_ids, prompt_mask))
+    twice = [completions[0], completions[2], completions[1], completions[1], completions[2], completions[0]]
+    group_ids = torch.tensor([c + [pad] * (width - len(c)) for c in twice])
+    with torch.no_grad():
+        grouped, grouped_entropy = grpo.sampled_token_logprobs(model, group_prompt_ids, group_prompt_mask, group_ids,
+                                                               grpo.mask_after_eos(group_ids, eos), 0.7, 2)
+    for i, c in enumerate(twice):
+        expected = loop_token_logprobs(model, tokenizer(prompts[i // 2])["input_ids"], c, 0.7)
+        assert grouped[i, :len(c)].tolist() == pytest.approx(expected, abs=1e-5)
+        assert (grouped[i, len(c):] == 0).all() and (grouped_entropy[i, len(c):] == 0).all()
+    torch.testing.assert_close(grouped_entropy[0], entropy[0], rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # the entropy of the first completion token of the first row, by hand
         ids = torch.tensor([tokenizer(prompts[0])["input_ids"]])
         probs = torch.softmax(model(input_ids=ids).logits[0, -1].double() / 0.7, dim=-1)
@@ -192,7 +206,7 @@ def test_merged_groups_keep_their_tokens_and_log_probabilities():
     assert merged["mask"].sum(dim=1).tolist() == [3, 1, 2, 2, 4, 4]  # the cut "5791" keeps 4 tokens, not 5
     with torch.no_grad():
         logp = grpo.sampled_token_logprobs(model, merged["prompt_ids"], merged["prompt_mask"],
-                                           merged["completion_ids"], merged["mask"], 1.0)[0]
+                                           merged["completion_ids"], merged["mask"], 1.0, 2)[0]  # main's grouped rows
         own = [grpo.sampled_token_logprobs(model, q["prompt_ids"], q["prompt_mask"], q["completion_ids"], q["mask"],
                                            1.0)[0] for q in parts]
     for k, (r, g) in enumerate(picks):
@@ -427,12 +441,12 @@ def ours(folder: str, steps: int, beta: float, loss_type: str, scale_rewards: st
     rewards = torch.tensor(grpo.task_rewards("addition", ["answer_and_rule"], prompts, responses))
     advantages, _ = grpo.group_advantages(rewards, 4, scale_rewards)
     with torch.no_grad():
-        old = grpo.sampled_token_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, 1.0)[0]
-        ref = grpo.sampled_token_logprobs(reference, prompt_ids, prompt_mask, completion_ids, mask, 1.0)[0]
+        old = grpo.sampled_token_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, 1.0, 4)[0]
+        ref = grpo.sampled_token_logprobs(reference, prompt_ids, prompt_mask, completion_ids, mask, 1.0, 4)[0]
     optimizer = torch.optim.AdamW(model.parameters(), lr=TRL_PINNED["learning_rate"], weight_decay=0.0)
     results = []
     for _ in range(steps):
-        logp = grpo.sampled_token_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, 1.0)[0]
+        logp = grpo.sampled_token_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, 1.0, 4)[0]
         loss = grpo.grpo_loss(logp, old if num_iterations > 1 else logp.detach(), ref, advantages, mask, 0.2, 0.28,
                               beta, loss_type, TRL_MAX_COMPLETION_LENGTH)
         optimizer.zero_grad()

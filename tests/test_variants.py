@@ -30,14 +30,17 @@ BUDGETS = {
     # language models: sft.py's model, tasks and long-run form
     ("sft.py", "reward_model.py"): (215, "a scalar head on the last token, pairs from the model's own samples, the "
                                          "Bradley-Terry loss, pairwise accuracy"),
-    ("sft.py", "dpo.py"): (240, "pairs from the model's own samples, reference log-probabilities computed once, the "
-                                "sigmoid / IPO / hinge / robust losses and their logged rewards, a JSONL dataset"),
+    ("sft.py", "dpo.py"): (290, "pairs from the model's own samples, reference log-probabilities computed once, the "
+                                "sigmoid / IPO / hinge / robust losses and their logged rewards, a JSONL dataset, "
+                                "each pair as one row with its prompt run once (a 4-D attention mask), the prompt-by-prompt "
+                                "sign test against the SFT model"),
     ("sft.py", "constitutional_ai.py"): (400, "a constitution with its critic, revision by re-sampling and the "
                                               "SL-CAI set, rule and LM judges, pairs with soft labels, DPO on soft "
                                               "labels, two stages on one step counter"),
-    ("sft.py", "grpo.py"): (330, "groups of sampled completions, verifiable rewards, group advantages, the clipped token "
+    ("sft.py", "grpo.py"): (365, "groups of sampled completions, verifiable rewards, group advantages, the clipped token "
                                  "ratio, k3 KL to a reference, three loss aggregations, a half-used batch in checkpoints, "
-                                 "DAPO's dynamic sampling, the held-out sampled accuracy"),
+                                 "DAPO's dynamic sampling, the held-out sampled accuracy, a group's completions as one "
+                                 "row with the prompt once (a 4-D attention mask)"),
     ("reward_model.py", "rlhf_ppo.py"): (400, "a policy, a frozen reference and a value model beside the reward model, "
                                                "per-token KL rewards, GAE over tokens, PPO epochs, the KL controller"),
     # multi-agent: iql_marl.py's batched PettingZoo loop, replay and long-run form
