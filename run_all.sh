@@ -602,6 +602,20 @@ if [[ "$what" == all || "$what" == lm ]]; then
   python algorithms/dpo.py --model-name-or-path "$SFT" --seed 1 --rpo-alpha 1 --learning-rate 3e-4 --total-updates 2000 \
     --eval-every 500 --temperature 0.7 > $L/dpo_f_seed1.log
   for f in $L/dpo_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/dpo_runs.log
+  # DPO with RPO's term (run E) over three seeds, each from its own SFT model: the answers fixed and broken
+  for seed in 1 2 3; do
+    python algorithms/sft.py --seed $seed --total-updates 2000 --eval-every 1000 --log-every 500 --save-model \
+      --exp-name sft_dpo > $L/dposeeds_sft_seed$seed.log
+    python algorithms/dpo.py --model-name-or-path "$(ls -d runs/addition__sft_dpo__${seed}__*/sft_dpo | tail -1)" \
+      --seed $seed --rpo-alpha 1 --learning-rate 3e-4 --total-updates 2000 --eval-every 500 > $L/dposeeds_seed$seed.log
+  done
+  # the control: the same runs with the preference term switched off (beta 1e-6: only the chosen answers' NLL acts)
+  for seed in 1 2 3; do
+    python algorithms/dpo.py --model-name-or-path "$(ls -d runs/addition__sft_dpo__${seed}__*/sft_dpo | tail -1)" \
+      --seed $seed --rpo-alpha 1 --beta 1e-6 --learning-rate 3e-4 --total-updates 2000 --eval-every 500 \
+      > $L/dposeeds_nll_only_seed$seed.log
+  done
+  for f in $L/dposeeds_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/dpo_seeds_runs.log
   # GRPO with the task's verifiable reward
   python algorithms/grpo.py --model-name-or-path "$SFT" --learning-rate 1e-4 --total-updates 300 --eval-every 50 \
     --log-every 25 --exp-name grpo_lr1e-4 > $L/grpo_A.log
