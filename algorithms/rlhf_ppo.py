@@ -64,6 +64,10 @@ Each PPO iteration, as written in the code below:
                       V_clip = V_t + clip(V_new_t - V_t, -eps_v, eps_v)
                       L_V  = 0.5 mean_m max((V_new_t - R_t)^2, (V_clip - R_t)^2)            (clipped_value_loss)
                       loss = L_pi + vf_coef * L_V, the gradient's global norm clipped to --max-grad-norm
+                      --ptx-coef gamma > 0 (InstructGPT's PPO-ptx, Ouyang et al. eq. 2): loss += gamma * L_ptx, the
+                      mean NLL of the answer tokens of as many fresh demonstrations (task prompts and their true
+                      answers, sft.py's loss) as the minibatch has completions; InstructGPT mixes in pretraining
+                      text, which the in-code model has none of, so the task's demonstrations stand in for it
     logged            clipfrac (|rho - 1| > eps), value_clipfrac, approx_kl = mean_m((rho - 1) - log rho)
 mean_m is the mean over the completion tokens of the batch (mask m). Dropout stays off (the models are in eval mode
 throughout), so that the ratio compares one function at two parameter values.
@@ -199,6 +203,9 @@ class Args:
     """the value update's clipping range around the rollout's values (TRL's cliprange_value)"""
     vf_coef: float = 0.1
     """the value loss's weight in the joint loss (TRL's)"""
+    ptx_coef: float = 0.0
+    """gamma of InstructGPT's PPO-ptx: each optimiser step adds this times the NLL of a batch of the task's
+    demonstrations (fresh prompts and their true answers, sft.py's loss) to the loss (OpenRLHF's ptx_coef); 0: off"""
     value_init: str = "reward-model"
     """the value model's start: reward-model (InstructGPT's: the reward model's weights) or policy (the starting
     policy's transformer, a fresh head)"""
@@ -275,7 +282,7 @@ def check_args(args: Args) -> None:
     for name in ("learning_rate", "value_learning_rate", "kl_target", "clip_coef", "clip_value"):
         if not 0 < getattr(args, name) < math.inf:
             fail(f"--{name.replace('_', '-')} must be positive and finite, got {getattr(args, name)}")
-    for name in ("kl_coef", "vf_coef", "weight_decay"):
+    for name in ("kl_coef", "vf_coef", "weight_decay", "ptx_coef"):
         if not 0 <= getattr(args, name) < math.inf:
             fail(f"--{name.replace('_', '-')} must be non-negative and finite, got {getattr(args, name)}")
     if not 0 < args.gamma <= 1:
@@ -1231,6 +1238,12 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
                 pg_loss = clipped_policy_loss(new_logprobs, logprobs[mb], advantages[mb], mask[mb], args.clip_coef)
                 v_loss = clipped_value_loss(new_values, values[mb], returns[mb], mask[mb], args.clip_value)
                 loss = pg_loss + args.vf_coef * v_loss
+                ptx_loss = torch.zeros((), device=device)
+                if args.ptx_coef > 0:  # PPO-ptx: the NLL of fresh demonstrations
+                    demo_ids, demo_mask, demo_labels = (t.to(device) for t in encode_pairs(
+                        tokenizer, *sample_pairs(args.task, sampler, args.num_digits, len(mb), exclude)))
+                    ptx_loss = sft_loss(forward_logits(policy, demo_ids, demo_mask), demo_labels)
+                    loss = loss + args.ptx_coef * ptx_loss
                 optimizer.zero_grad()
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_([*policy.parameters(), *critic.parameters()], args.max_grad_norm,
@@ -1245,6 +1258,7 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
                     logratio = (new_logprobs - logprobs[mb])[mask[mb]]
                     moved = (new_values - values[mb]).abs()[mask[mb]]
                     for key, value in (("losses/policy_loss", pg_loss), ("losses/value_loss", v_loss),
+                                       ("losses/ptx_loss", ptx_loss),
                                        ("losses/approx_kl", approx_kl(logratio)),
                                        ("losses/clipfrac", ((logratio.exp() - 1.0).abs() > args.clip_coef).float().mean()),
                                        ("losses/value_clipfrac", (moved > args.clip_value).float().mean()),

@@ -111,6 +111,36 @@ def test_group_baseline_runs_and_needs_a_group(tmp_path, capsys, monkeypatch):
                                                  "--num-minibatches", "3"], tmp_path / "c"), "num-minibatches", capsys)
 
 
+def test_ptx_term_is_the_nll_of_fresh_demonstrations(tmp_path, monkeypatch):
+    """--ptx-coef: each optimiser step computes sft_loss once more, on as many fresh demonstrations as the minibatch
+    has completions, each the prompt's true answer (scored right by the task), never a held-out prompt; the logged
+    losses/ptx_loss is that NLL (0 without the option, and sft_loss is then not called)."""
+    batches = []
+    sft_loss = rl.sft_loss
+
+    def spy(logits, labels):
+        batches.append(labels.clone())
+        return sft_loss(logits, labels)
+
+    monkeypatch.setattr(rl, "sft_loss", spy)
+    drawn = []
+    sample_pairs = rl.sample_pairs
+    monkeypatch.setattr(rl, "sample_pairs", lambda *a: drawn.append(sample_pairs(*a)) or drawn[-1])
+    out = run_main(rl, [*TINY, "--num-minibatches", "2", "--total-updates", "4", "--eval-every", "4", "--log-every",
+                        "2", "--ptx-coef", "0.5"], tmp_path / "a")
+    assert out["global_step"] == 4 and len(batches) == 4 and all(len(b) == 4 for b in batches)
+    demos = [d for d in drawn if len(d[0]) == 4]  # the rollouts draw 8 prompts, each minibatch's demonstrations 4
+    assert len(demos) == 4
+    heldout = {p for p, _ in rl.heldout_pairs("addition", 3, 8)}
+    for prompts, answers in demos:
+        assert all(rl.SCORE["addition"](p, a)[0] for p, a in zip(prompts, answers, strict=True))
+        assert not heldout & set(prompts)
+    assert all(v > 0 for _, v in scalars(tmp_path / "a" / out["run_dir"])["losses/ptx_loss"])
+    batches.clear()
+    plain = run_main(rl, [*TINY, "--total-updates", "2", "--eval-every", "2", "--log-every", "2"], tmp_path / "b")
+    assert not batches and [v for _, v in scalars(tmp_path / "b" / plain["run_dir"])["losses/ptx_loss"]] == [0.0]
+
+
 def test_gae_over_tokens_against_ppo_compute_gae():
     """Ragged completions (lengths 5, 2, 1, 4): each row's advantages and returns equal ppo.py's compute_gae on that
     completion alone as one episode that terminates at its last token; 0 after it. gamma 1, lambda 1: A_t = sum of the

@@ -41,8 +41,9 @@ BUDGETS = {
                                  "ratio, k3 KL to a reference, three loss aggregations, a half-used batch in checkpoints, "
                                  "DAPO's dynamic sampling, the held-out sampled accuracy, a group's completions as one "
                                  "row with the prompt once (a 4-D attention mask)"),
-    ("reward_model.py", "rlhf_ppo.py"): (400, "a policy, a frozen reference and a value model beside the reward model, "
-                                               "per-token KL rewards, GAE over tokens, PPO epochs, the KL controller"),
+    ("reward_model.py", "rlhf_ppo.py"): (410, "a policy, a frozen reference and a value model beside the reward model, "
+                                               "per-token KL rewards, GAE over tokens, PPO epochs, the KL controller, "
+                                               "InstructGPT's PPO-ptx term"),
     # multi-agent: iql_marl.py's batched PettingZoo loop, replay and long-run form
     ("iql_marl.py", "qmix.py"): (310, "recurrent agents over whole episodes, an episode buffer, the hypernetwork mixer "
                                       "on the global state, masked TD over padded episodes, reward standardisation"),
