@@ -616,6 +616,19 @@ if [[ "$what" == all || "$what" == lm ]]; then
       > $L/dposeeds_nll_only_seed$seed.log
   done
   for f in $L/dposeeds_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/dpo_seeds_runs.log
+  # RLHF with PPO from seed 1's model above and its own reward model: PPO alone, and with InstructGPT's ptx term
+  SFT1="$(ls -d runs/addition__sft_dpo__1__*/sft_dpo | tail -1)"
+  python algorithms/reward_model.py --model-name-or-path "$SFT1" --seed 1 --save-model --exp-name rm_dpo1 \
+    > $L/ptx_rm_seed1.log
+  RM1="$(ls -d runs/addition__rm_dpo1__1__*/rm_dpo1 | tail -1)"
+  python algorithms/rlhf_ppo.py --model-name-or-path "$SFT1" --reward-model "$RM1" --seed 1 > $L/ptx_ppo_seed1.log
+  python algorithms/rlhf_ppo.py --model-name-or-path "$SFT1" --reward-model "$RM1" --seed 1 --ptx-coef 1 \
+    > $L/ptx_ppo_ptx1_seed1.log
+  # the control: the ptx term's demonstrations alone (sft.py continued: 800 steps of 64 at PPO's learning rate)
+  python algorithms/sft.py --model-name-or-path "$SFT1" --seed 1 --total-updates 800 --batch-size 64 --learning-rate 1e-4 \
+    --lr-schedule linear --warmup-ratio 0 --weight-decay 0 --eval-every 100 --log-every 100 --exp-name sft_ptx_control \
+    > $L/ptx_sft_control_seed1.log
+  for f in $L/ptx_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/rlhf_ppo_ptx_runs.log
   # GRPO with the task's verifiable reward
   python algorithms/grpo.py --model-name-or-path "$SFT" --learning-rate 1e-4 --total-updates 300 --eval-every 50 \
     --log-every 25 --exp-name grpo_lr1e-4 > $L/grpo_A.log
