@@ -628,6 +628,11 @@ if [[ "$what" == all || "$what" == lm ]]; then
   python algorithms/sft.py --model-name-or-path "$SFT1" --seed 1 --total-updates 800 --batch-size 64 --learning-rate 1e-4 \
     --lr-schedule linear --warmup-ratio 0 --weight-decay 0 --eval-every 100 --log-every 100 --exp-name sft_ptx_control \
     > $L/ptx_sft_control_seed1.log
+  # a reward model from a stronger SFT model (4000 steps), for rlhf_ppo.md's best-of-9 diagnostic
+  python algorithms/sft.py --seed 1 --total-updates 4000 --eval-every 2000 --log-every 1000 --save-model \
+    --exp-name sft4k > $L/ptx_rm4k_sft_seed1.log
+  python algorithms/reward_model.py --model-name-or-path "$(ls -d runs/addition__sft4k__1__*/sft4k | tail -1)" --seed 1 \
+    --save-model --exp-name rm4k > $L/ptx_rm4k_seed1.log
   for f in $L/ptx_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/rlhf_ppo_ptx_runs.log
   # GRPO with the task's verifiable reward
   python algorithms/grpo.py --model-name-or-path "$SFT" --learning-rate 1e-4 --total-updates 300 --eval-every 50 \
