@@ -634,6 +634,22 @@ if [[ "$what" == all || "$what" == lm ]]; then
   python algorithms/reward_model.py --model-name-or-path "$(ls -d runs/addition__sft4k__1__*/sft4k | tail -1)" --seed 1 \
     --save-model --exp-name rm4k > $L/ptx_rm4k_seed1.log
   for f in $L/ptx_*.log; do echo "==> $f"; cat "$f"; done > benchmark_results/rlhf_ppo_ptx_runs.log
+  # RLHF with PPO on 10-digit sorting, where a reward model can check answers: a short SFT (100 steps), its reward
+  # model, then PPO at the defaults (seeds 1-3) and with several completions per prompt and the group baseline
+  python algorithms/sft.py --task sort --num-digits 10 --seed 1 --total-updates 100 --eval-every 100 --log-every 50 \
+    --save-model --exp-name sft_sort10_100 > $L/sortrl_sft10_100.log
+  SORT="$(ls -d runs/sort__sft_sort10_100__1__*/sft_sort10_100 | tail -1)"
+  python algorithms/reward_model.py --model-name-or-path "$SORT" --task sort --num-digits 10 --seed 1 --save-model \
+    --exp-name rm_sort10 > $L/sortrl_rm.log
+  RMS="$(ls -d runs/sort__rm_sort10__1__*/rm_sort10 | tail -1)"
+  for seed in 1 2 3; do
+    python algorithms/rlhf_ppo.py --model-name-or-path "$SORT" --reward-model "$RMS" --task sort --num-digits 10 \
+      --seed $seed > $L/sortrl_ppo_seed$seed.log
+  done
+  python algorithms/rlhf_ppo.py --model-name-or-path "$SORT" --reward-model "$RMS" --task sort --num-digits 10 --seed 1 \
+    --batch-size 16 --samples-per-prompt 4 --group-baseline --exp-name rlhf_ppo_group > $L/sortrl_ppo_group_seed1.log
+  for f in $L/sortrl_sft10_100.log $L/sortrl_rm.log $L/sortrl_ppo_*.log; do echo "==> $f"; cat "$f"; done \
+    > benchmark_results/rlhf_ppo_sort_runs.log
   # GRPO with the task's verifiable reward
   python algorithms/grpo.py --model-name-or-path "$SFT" --learning-rate 1e-4 --total-updates 300 --eval-every 50 \
     --log-every 25 --exp-name grpo_lr1e-4 > $L/grpo_A.log

@@ -85,7 +85,9 @@ A language-model file (sft.py's kind):
   continues bit for bit; Ctrl-C or SIGTERM writes one at the end of the iteration and exits 130 / 143 with the
   resume command; a non-finite loss or gradient norm stops the run (exit 3) keeping the last finite state.
 Tested: from sft.py's 2000-step model of 3-digit addition, a deliberately weak reward model is hacked (its score of
-the greedy held-out responses rises while their exact match falls; tests/test_rlhf_ppo.py, slow).
+the greedy held-out responses rises while their exact match falls); on 10-digit sorting, from a 100-step SFT model and
+its reward model, the defaults raise the greedy held-out exact match with the KL to the reference within a stated
+bound (tests/test_rlhf_ppo.py, slow).
 Results: benchmark_results/rlhf_ppo.md
 """
 

@@ -252,3 +252,29 @@ def test_a_weak_reward_model_is_hacked(tmp_path):
     assert matches[0] >= 0.7, matches  # the SFT model at step 0
     assert max(scores[1:]) >= scores[0] + 0.15, scores  # the weak reward model's score goes up ...
     assert out["eval_exact_match"] <= matches[0] - 0.2, matches  # ... while the exact match falls
+
+
+# the stated bound on the KL to the reference (nats per completion, the last logged rollouts) for the raise below
+SORT_KL_BOUND = 2.0
+
+
+@pytest.mark.slow
+def test_raises_the_exact_match_on_ten_digit_sorting(tmp_path):
+    """The exact match raised over SFT by PPO against a learned reward model, the documented runs (benchmark_results/
+    rlhf_ppo.md, "Sorting"), seed 1, on a task whose answers a reward model of this size can check: sft.py on
+    10-digit sorting for 100 steps (greedy exact match 0.635); reward_model.py's defaults on its samples (held-out
+    pairwise accuracy 1.000; a shorter run, 500 steps on 5,000 prompts, reached 0.931 and was hacked: exact match
+    0.03 at step 200); this file's defaults for 800 steps against it. The greedy held-out exact match rises by >= 0.1
+    (measured: 0.635 -> 0.830) with the KL to the reference below SORT_KL_BOUND (measured: 0.83)."""
+    sft = load_algo("sft")
+    rm = load_algo("reward_model")
+    task = ["--task", "sort", "--num-digits", "10", "--seed", "1"]
+    policy = run_main(sft, [*task, "--total-updates", "100", "--eval-every", "100", "--save-model"], tmp_path)
+    reward = run_main(rm, ["--model-name-or-path", policy["model_path"], *task, "--save-model"], tmp_path)
+    out = run_main(rl, ["--model-name-or-path", policy["model_path"], "--reward-model", reward["model_path"], *task],
+                   tmp_path)
+    kl = [v for _, v in scalars(tmp_path / out["run_dir"])["charts/kl"]]
+    print(f"\nexact match {out['start_exact_match']:.3f} -> {out['eval_exact_match']:.3f}, KL at the end {kl[-1]:.3f}, "
+          f"reward model's held-out pairwise accuracy {reward['eval_pairwise_accuracy']:.3f}")
+    assert out["eval_exact_match"] >= out["start_exact_match"] + 0.1, out
+    assert kl[-1] < SORT_KL_BOUND, kl
