@@ -648,7 +648,16 @@ if [[ "$what" == all || "$what" == lm ]]; then
   done
   python algorithms/rlhf_ppo.py --model-name-or-path "$SORT" --reward-model "$RMS" --task sort --num-digits 10 --seed 1 \
     --batch-size 16 --samples-per-prompt 4 --group-baseline --exp-name rlhf_ppo_group > $L/sortrl_ppo_group_seed1.log
-  for f in $L/sortrl_sft10_100.log $L/sortrl_rm.log $L/sortrl_ppo_*.log; do echo "==> $f"; cat "$f"; done \
+  # a shorter reward-model run (5,000 prompts, 500 steps), and PPO against it
+  python algorithms/reward_model.py --model-name-or-path "$SORT" --task sort --num-digits 10 --seed 1 --train-prompts 5000 \
+    --total-updates 500 --eval-every 500 --save-model --exp-name rm_sort10_short > $L/sortrl_rm_short.log
+  python algorithms/rlhf_ppo.py --model-name-or-path "$SORT" --task sort --num-digits 10 --seed 1 \
+    --reward-model "$(ls -d runs/sort__rm_sort10_short__1__*/rm_sort10_short | tail -1)" --exp-name rlhf_ppo_short_rm \
+    > $L/sortrl_ppo_short_rm_seed1.log
+  # DPO at TRL's defaults from the same sorting model (dpo.md)
+  python algorithms/dpo.py --model-name-or-path "$SORT" --task sort --num-digits 10 --seed 1 > $L/sortdpo_seed1.log
+  cp $L/sortdpo_seed1.log benchmark_results/dpo_sort_runs.log
+  for f in $L/sortrl_sft10_100.log $L/sortrl_rm*.log $L/sortrl_ppo_*.log; do echo "==> $f"; cat "$f"; done \
     > benchmark_results/rlhf_ppo_sort_runs.log
   # GRPO with the task's verifiable reward
   python algorithms/grpo.py --model-name-or-path "$SFT" --learning-rate 1e-4 --total-updates 300 --eval-every 50 \
