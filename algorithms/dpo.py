@@ -79,7 +79,9 @@ A language-model file (sft.py's kind):
 - Progress is counted in optimiser steps (--total-updates, --eval-every, --log-every, --checkpoint-every). Each
   evaluation greedily decodes the held-out prompts (evaluate_lm) and logs eval/exact_match (report() gets it; and
   eval/rule_compliance for a task with a rule), and the implicit-reward accuracy and mean margin on the held-out pairs
-  (eval/reward_accuracy, eval/reward_margin). The SFT model's own scores are logged once at step 0.
+  (eval/reward_accuracy, eval/reward_margin). The SFT model's own scores are logged once at step 0. At the end the
+  last evaluation's answers are compared with the SFT model's prompt by prompt: answers fixed, answers broken, and
+  the exact two-sided sign test on those two counts (sign_test), printed and returned.
 - --save-model writes the policy as a Hugging Face folder runs/{run}/{exp_name}/ (config.json, model.safetensors,
   tokenizer files); load_model(path) reads that folder or a checkpoint.
 - Long runs, sft.py's form: checkpoints hold the policy, AdamW's state, the schedule, the pairs (strings), the
