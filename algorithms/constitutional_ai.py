@@ -42,8 +42,8 @@ Who critiques, revises and judges (a character-level model cannot read a constit
   prefers one response, the fraction where the judge's p > 1/2 for it (cai/label_agreement; cai/label_mean is the
   mean p of the responses the labels favour). Ties under the drawn principle count as disagreements.
 
-The math, as written in the code below (token_logprobs as in sft.py: the shifted, masked sum over the response's
-tokens and its eos):
+The math, as written in the code below (log pi(y|x): the sum over the response's tokens and its eos, each scored by
+the column before it; each pair is one row, the prompt run once for both responses, as in dpo.py: encode_shared_pairs):
     SL-CAI            L = - sum_i sum_t mask * logp / sum_i sum_t mask over (prompt, final revision) batches (sft.py)
     log-ratio         u(y) = log pi(y|x) - log pi_ref(y|x), pi_ref the SL-CAI model (frozen: its log-probabilities
                       of every pair computed once, when the RL stage starts, and kept in the checkpoints)
@@ -456,15 +456,6 @@ def forward_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
 
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """log pi(y | x) of each row's labelled tokens: (the sum per row [B], the per-token values [B, T-1] with 0 where
-    masked, the mask [B, T-1]). The logits at position t score the token at t + 1."""
-    targets, mask = labels[:, 1:], labels[:, 1:] != -100
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    per_token = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-    return per_token.sum(dim=-1), per_token, mask
-
-
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The mean negative log-likelihood of the completion tokens of the batch (prompt and padding are -100)."""
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
@@ -482,11 +473,66 @@ def lr_multiplier(fraction: float, warmup_ratio: float, schedule: str) -> float:
 
 
 
-def completion_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(y | x) of each row's response (its tokens and eos, summed) and the number of those tokens [B]."""
-    summed, _, mask = token_logprobs(forward_logits(model, input_ids, attention_mask), labels)
-    return summed, mask.sum(dim=-1)
+CHOSEN, REJECTED, PAD = 1, 2, 3  # the segments of a shared row (0: the prompt)
+
+
+def encode_shared_pairs(tokenizer, pairs: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
+    """Each pair (x, y_c, y_r) as ONE row: the prompt, the chosen response and eos, the rejected response and eos,
+    padded on the right. The prompt is run once for both responses (in a row of its own each, it would be run twice):
+    shared_attention_mask keeps the rejected tokens from seeing the chosen ones, and both responses' positions start
+    where the prompt ends, so every token has exactly the context and position it has in a row of its own.
+    Returned: input_ids, position_ids and segments [N, W] (0 prompt, CHOSEN, REJECTED, PAD), and for the two responses
+    [N, 2, L] the column whose logits score each token (the prompt's last column for the first token of either), the
+    token, and a mask."""
+    prompt_ids = format_prompts(tokenizer, [p for p, _, _ in pairs])
+    chosen_ids = tokenizer([c for _, c, _ in pairs], add_special_tokens=False)["input_ids"]
+    rejected_ids = tokenizer([r for _, _, r in pairs], add_special_tokens=False)["input_ids"]
+    rows = [(p, [*c, tokenizer.eos_token_id], [*r, tokenizer.eos_token_id])
+            for p, c, r in zip(prompt_ids, chosen_ids, rejected_ids, strict=True)]
+    width = max(len(p) + len(c) + len(r) for p, c, r in rows)
+    longest = max(max(len(c), len(r)) for _, c, r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = torch.full((len(rows), width), PAD, dtype=torch.long)
+    sources = torch.zeros((len(rows), 2, longest), dtype=torch.long)
+    targets = torch.zeros((len(rows), 2, longest), dtype=torch.long)
+    token_mask = torch.zeros((len(rows), 2, longest), dtype=torch.bool)
+    for i, (p, c, r) in enumerate(rows):
+        n, a, b = len(p), len(c), len(r)
+        input_ids[i, :n + a + b] = torch.tensor(p + c + r)
+        position_ids[i, :n + a + b] = torch.tensor([*range(n + a), *range(n, n + b)])
+        segments[i, :n + a + b] = torch.tensor([0] * n + [CHOSEN] * a + [REJECTED] * b)
+        for k, (start, tokens) in enumerate(((n, c), (n + a, r))):  # the response's columns start at `start`
+            sources[i, k, :len(tokens)] = torch.tensor([n - 1, *range(start, start + len(tokens) - 1)])
+            targets[i, k, :len(tokens)] = torch.tensor(tokens)
+            token_mask[i, k, :len(tokens)] = True
+    return {"input_ids": input_ids, "position_ids": position_ids, "segments": segments, "sources": sources,
+            "targets": targets, "token_mask": token_mask}
+
+
+def shared_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[N, 1, W, W], added to the attention scores: 0 where a query may see a key, the dtype's lowest value where not.
+    Causal, padding is never a key, a rejected token never sees a chosen one. Every row starts with its prompt, so
+    every query (padding's too, whose outputs are never used) has a key: no softmax over nothing, no NaN."""
+    width = segments.shape[1]
+    query, key = segments.unsqueeze(2), segments.unsqueeze(1)
+    causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
+    allowed = causal & (key != PAD) & ~((query == REJECTED) & (key == CHOSEN))
+    return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def shared_pair_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y_c | x) and log pi(y_r | x) of each row of encode_shared_pairs (the response's tokens and eos, summed)
+    [N, 2], and their token counts [N, 2]: one forward pass over the rows, cut to the batch's longest."""
+    width = int((batch["segments"] != PAD).sum(dim=1).max())
+    logits = model(input_ids=batch["input_ids"][:, :width], position_ids=batch["position_ids"][:, :width],
+                   attention_mask=shared_attention_mask(batch["segments"][:, :width],
+                                                        next(model.parameters()).dtype)).logits
+    rows = torch.arange(len(logits), device=logits.device)[:, None, None]
+    logp = torch.log_softmax(logits[rows, batch["sources"]].float(), dim=-1)  # only the columns that score a token
+    per_token = logp.gather(-1, batch["targets"].unsqueeze(-1)).squeeze(-1) * batch["token_mask"]
+    return per_token.sum(dim=-1), batch["token_mask"].sum(dim=-1)
 
 
 def soft_dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
@@ -568,19 +614,16 @@ def train_sft(model: nn.Module, tokenizer, task: str, num_digits: int, updates: 
 
 @torch.no_grad()
 def pair_logprobs(model: nn.Module, tokenizer, pairs: list[tuple[str, str, str]], batch_size: int) -> torch.Tensor:
-    """[N, 2]: log pi(y_c | x) and log pi(y_r | x) of each (x, y_c, y_r) under `model`, `batch_size` pairs at a time.
-    main calls it on the reference (the SFT model) once, for every pair, before training, and the checkpoints keep the
-    result; evaluation calls it on the policy for the held-out pairs."""
+    """[N, 2]: log pi(y_c | x) and log pi(y_r | x) of each (x, y_c, y_r) under `model`, `batch_size` pairs at a time
+    (shared_pair_logprobs, the training step's own computation). main calls it on the reference (the starting model)
+    once, for every pair, before training, and the checkpoints keep the result; where a file evaluates held-out pairs,
+    it calls it on the policy for them."""
     device, was_training = next(model.parameters()).device, model.training
     model.eval()
     out = []
     for i in range(0, len(pairs), batch_size):
-        batch = pairs[i:i + batch_size]
-        prompts = [p for p, _, _ in batch]
-        input_ids, attention_mask, labels = encode_pairs(tokenizer, prompts + prompts,
-                                                         [c for _, c, _ in batch] + [r for _, _, r in batch])
-        logps, _ = completion_logprobs(model, input_ids.to(device), attention_mask.to(device), labels.to(device))
-        out.append(torch.stack(logps.split(len(batch)), dim=1).cpu())
+        batch = {key: t.to(device) for key, t in encode_shared_pairs(tokenizer, pairs[i:i + batch_size]).items()}
+        out.append(shared_pair_logprobs(model, batch)[0].cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 2)
 
@@ -1145,13 +1188,11 @@ def main(args: Args, report: Callable[[int, float], bool] | None = None) -> dict
                                                     args.warmup_ratio, args.lr_schedule)
             index = sampler.integers(0, len(rl_pairs), size=args.batch_size)
             batch = [rl_pairs[i] for i in index]
-            prompts = [p for p, *_ in batch]
-            input_ids, attention_mask, labels = (t.to(device) for t in encode_pairs(
-                tokenizer, prompts + prompts, [a for _, a, _, _ in batch] + [b for _, _, b, _ in batch]))
+            triples = [(p, a, b) for p, a, b, _ in batch]  # each pair one row, the prompt run once
+            rows = {key: t.to(device) for key, t in encode_shared_pairs(tokenizer, triples).items()}
             ref_chosen, ref_rejected = ref_logps[torch.from_numpy(index)].to(device).unbind(dim=1)
             soft = torch.tensor([q for *_, q in batch], device=device)
-            logps, _ = completion_logprobs(model, input_ids, attention_mask, labels)
-            chosen, rejected = logps.split(args.batch_size)
+            chosen, rejected = shared_pair_logprobs(model, rows)[0].unbind(dim=1)
             loss = soft_dpo_loss(chosen, rejected, ref_chosen, ref_rejected, args.beta, soft)
         else:
             lr = args.sl_learning_rate * lr_multiplier(progress(global_step, args.sl_updates, (0, 0.0)),

@@ -684,9 +684,9 @@ def train_sft(model: nn.Module, tokenizer, task: str, num_digits: int, updates: 
 @torch.no_grad()
 def pair_logprobs(model: nn.Module, tokenizer, pairs: list[tuple[str, str, str]], batch_size: int) -> torch.Tensor:
     """[N, 2]: log pi(y_c | x) and log pi(y_r | x) of each (x, y_c, y_r) under `model`, `batch_size` pairs at a time
-    (shared_pair_logprobs, the training step's own computation). main calls it on the reference (the SFT model) once,
-    for every pair, before training, and the checkpoints keep the result; evaluation calls it on the policy for the
-    held-out pairs."""
+    (shared_pair_logprobs, the training step's own computation). main calls it on the reference (the starting model)
+    once, for every pair, before training, and the checkpoints keep the result; where a file evaluates held-out pairs,
+    it calls it on the policy for them."""
     device, was_training = next(model.parameters()).device, model.training
     model.eval()
     out = []

@@ -60,9 +60,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("make_env", "dreamer.py"): "sac.py's make_env plus the --pixels wrappers (rgb_array render resized to 64x64)",
     ("make_env", "ppo_atari.py"): "the Atari preprocessing chain (the same text as dqn_atari.py's)",
     ("make_env", "dqn_atari.py"): "the Atari preprocessing chain (the same text as ppo_atari.py's)",
-    # language models
-    ("pair_logprobs", "dpo.py"): "each pair as one row, the prompt run once for both responses (shared_pair_logprobs, "
-                                 "dpo.py's training step); constitutional_ai.py keeps two rows per pair",
     # tabular files: one environment, often a book world written in the file, no vector env or video
     **{("make_env", f): "a tabular file makes one environment (a book world of its own or gym.make), not a vector-env thunk"
        for f in ("dyna_q.py", "expected_sarsa.py", "mc_prediction.py", "policy_evaluation.py", "policy_iteration.py",

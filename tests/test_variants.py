@@ -34,9 +34,9 @@ BUDGETS = {
                                 "sigmoid / IPO / hinge / robust losses and their logged rewards, a JSONL dataset, "
                                 "each pair as one row with its prompt run once (a 4-D attention mask), the prompt-by-prompt "
                                 "sign test against the SFT model"),
-    ("sft.py", "constitutional_ai.py"): (400, "a constitution with its critic, revision by re-sampling and the "
+    ("sft.py", "constitutional_ai.py"): (435, "a constitution with its critic, revision by re-sampling and the "
                                               "SL-CAI set, rule and LM judges, pairs with soft labels, DPO on soft "
-                                              "labels, two stages on one step counter"),
+                                              "labels (dpo.py's one row per pair), two stages on one step counter"),
     ("sft.py", "grpo.py"): (365, "groups of sampled completions, verifiable rewards, group advantages, the clipped token "
                                  "ratio, k3 KL to a reference, three loss aggregations, a half-used batch in checkpoints, "
                                  "DAPO's dynamic sampling, the held-out sampled accuracy, a group's completions as one "
