@@ -200,8 +200,9 @@ fi
 # episodes where their search is slow. About 3 hours on 2 cores, two runs at a time where --cores says so.
 if [[ "$what" == all || "$what" == modelbased ]]; then
   python tools/compare.py --env-id InvertedPendulum-v5 --seeds 1 2 3 --total-timesteps 5000 --eval-episodes 3 \
-    --cores 0 1 --run "world_model.py|world_model|" --run "sac.py|sac|" --tag world_model_InvertedPendulum-v5 \
-    --title "world_model.py (PETS) and sac.py on InvertedPendulum-v5, 5k steps"
+    --cores 0 1 --run "world_model.py|world_model|" --run "world_model.py --beta-nll 0|world_model|--beta-nll 0" \
+    --run "sac.py|sac|" --tag world_model_InvertedPendulum-v5 \
+    --title "world_model.py (PETS: beta-NLL, a Monte Carlo terminal value), its plain-NLL ablation, and sac.py on InvertedPendulum-v5, 5k steps"
   python tools/compare.py --env-id InvertedPendulum-v5 --seeds 1 2 3 --total-timesteps 10000 --cores 0 1 \
     --run "mbpo.py|mbpo|" --run "sac.py|sac|" --tag mbpo_InvertedPendulum-v5 \
     --title "mbpo.py and sac.py on InvertedPendulum-v5, 10k steps"

@@ -509,24 +509,28 @@ def soft_bound_logvar(raw: torch.Tensor, max_logvar: torch.Tensor, min_logvar: t
     return min_logvar + F.softplus(logvar - min_logvar)
 
 
-def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
     """-log N(target; mean, diag(exp(logvar))), summed over the last dimension and averaged over all the others:
-    1/2 * sum_i [ log 2 pi + logvar_i + (target_i - mean_i)^2 * exp(-logvar_i) ]."""
+    1/2 * sum_i [ log 2 pi + logvar_i + (target_i - mean_i)^2 * exp(-logvar_i) ]. With beta > 0 each term is
+    weighted by the stop-gradient variance to the power beta (beta-NLL, Seitzer et al. 2022)."""
     nll = 0.5 * (math.log(2 * math.pi) + logvar + (target - mean).square() * torch.exp(-logvar))
+    if beta > 0:
+        nll = nll * torch.exp(beta * logvar.detach())
     return nll.sum(-1).mean()
 
 
 def model_losses(model: EnsembleModel, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
-                 next_obs: torch.Tensor, terminations: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The ensemble's losses on a batch [E, B, ...] (each member its own rows): the dynamics' NLL of s' - s, the
-    reward's squared error, the termination's cross-entropy, the bounds' regulariser, and their sum as "loss"."""
+                 next_obs: torch.Tensor, terminations: torch.Tensor, beta: float = 0.0) -> dict[str, torch.Tensor]:
+    """The ensemble's losses on a batch [E, B, ...] (each member its own rows): the dynamics' NLL of s' - s (beta-NLL
+    with beta > 0), the reward's squared error, the termination's cross-entropy, the bounds' regulariser, and their
+    sum as "loss"; and, not trained on, "model_mse": the mean's squared error of s' - s, averaged over its dimensions."""
     mean, logvar, reward = model(obs, actions)
-    nll = gaussian_nll(mean, logvar, next_obs - obs)
+    nll = gaussian_nll(mean, logvar, next_obs - obs, beta)
     reward_loss = F.mse_loss(reward, rewards)
     termination_loss = F.binary_cross_entropy_with_logits(model.termination_logit(next_obs), terminations)
     bound_loss = 0.01 * (model.max_logvar.sum() - model.min_logvar.sum())
     return {"loss": nll + reward_loss + termination_loss + bound_loss, "model_nll": nll, "reward_loss": reward_loss,
-            "termination_loss": termination_loss}
+            "termination_loss": termination_loss, "model_mse": (mean - (next_obs - obs)).detach().square().mean()}
 
 
 def squashed_gaussian_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,

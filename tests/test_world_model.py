@@ -1,4 +1,4 @@
-"""world_model.py: the Gaussian NLL against torch.distributions' closed form, the soft log-variance bounds against
+"""world_model.py: the Gaussian NLL against torch.distributions' closed form and beta-NLL by hand, the soft log-variance bounds against
 their formula and their limits, the model's losses, CEM's update and its convergence on a known quadratic, the
 planner's batching (one ensemble forward pass per planning step), the discounted planned return with and without
 the terminal value, the value's TD target and loss by hand and its fixed point, the Monte Carlo returns by hand
@@ -35,6 +35,28 @@ def test_nll_is_minimised_by_the_error_variance():
         wm.gaussian_nll(torch.zeros(1, 1, dtype=torch.float64), logvar, torch.full((1, 1), 0.3, dtype=torch.float64)).backward()
         assert logvar.grad.item() == pytest.approx(0.5 * (1 - 0.09 * math.exp(-lv)), abs=1e-12)
         assert (logvar.grad.item() > 1e-12) - (logvar.grad.item() < -1e-12) == sign
+
+
+def test_beta_nll_weights_each_term_by_its_variance_without_a_gradient_through_the_weight():
+    """beta-NLL (Seitzer et al. 2022): each term times sg(var)^beta. By hand, one dimension with error e, log-variance
+    lv: value w * 1/2 (log 2 pi + lv + e^2 / var), w = var^beta; d/d mean = -w e / var = -e var^(beta - 1);
+    d/d lv = w * 1/2 (1 - e^2 / var) (the weight is a constant); beta = 0 is the plain NLL."""
+    e, lv = 0.3, math.log(0.04)
+    var = math.exp(lv)
+    for beta in (0.0, 0.5, 1.0):
+        mean = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
+        logvar = torch.tensor([[lv]], dtype=torch.float64, requires_grad=True)
+        loss = wm.gaussian_nll(mean, logvar, torch.full((1, 1), e, dtype=torch.float64), beta)
+        loss.backward()
+        w = var**beta
+        assert loss.item() == pytest.approx(w * 0.5 * (math.log(2 * math.pi) + lv + e * e / var), rel=1e-12)
+        assert mean.grad.item() == pytest.approx(-e * var ** (beta - 1), rel=1e-12)
+        assert logvar.grad.item() == pytest.approx(w * 0.5 * (1 - e * e / var), rel=1e-12)
+    # batched: the mean over rows of the per-row weighted sums, each row with its own weights
+    torch.manual_seed(1)
+    mean, logvar, target = (torch.randn(2, 5, 3, dtype=torch.float64) for _ in range(3))
+    per = -torch.distributions.Normal(mean, (0.5 * logvar).exp()).log_prob(target) * logvar.exp().sqrt()
+    assert wm.gaussian_nll(mean, logvar, target, 0.5).item() == pytest.approx(per.sum(-1).mean().item(), rel=1e-12)
 
 
 def test_soft_logvar_bounds():
@@ -78,6 +100,11 @@ def test_model_losses_by_hand():
     assert out["reward_loss"].item() == pytest.approx(4.0)
     assert out["termination_loss"].item() == pytest.approx(math.log(2.0), rel=1e-6)
     assert out["loss"].item() == pytest.approx(nll + 4.0 + math.log(2.0) + 0.01 * (2 * 0.5 + 2 * 10.0), rel=1e-5)
+    assert out["model_mse"].item() == pytest.approx(0.25, rel=1e-6)  # every change is 0.5, the mean 0
+    # beta-NLL: each dimension's term times its variance to the power beta
+    beta_out = wm.model_losses(model, obs, actions, rewards, next_obs, terms, beta=0.5)
+    weighted = sum(math.exp(0.5 * v) * 0.5 * (math.log(2 * math.pi) + v + 0.25 * math.exp(-v)) for v in lv.tolist())
+    assert beta_out["model_nll"].item() == pytest.approx(weighted, rel=1e-5)
 
 
 def test_cem_update_fits_the_elites():
