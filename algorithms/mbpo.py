@@ -25,7 +25,8 @@ The math, as written in the code below (E members f_e, the inputs normalised by 
     dynamics      s' - s ~ N(mu_e(s, a), diag(exp(logvar_e(s, a)))),  r ~ r_e(s, a),  P(end | s') = sigmoid(c_e(s'))
     model loss    NLL = mean over members and batch of sum_i 1/2 [ log 2 pi + logvar_i + (d_i - mu_i)^2 / exp(logvar_i) ]
                   with d = s' - s;  + mean (r_e - r)^2 + BCE(c_e(s'), terminated) + 0.01 * (sum max_lv - sum min_lv)
-                  (world_model.py's model_losses); each member sees the training split in its own random order
+                  (world_model.py's model_losses with beta = 0: the paper's NLL, where world_model.py defaults to
+                  beta-NLL); each member sees the training split in its own random order
     validation    L_e = mean over the held-out split of mean_i (mu_e - d)_i^2 and (r_e - r)^2 (the mean's squared error,
                   as mbrl-lib scores members); training stops after --model-patience epochs in which no member's
                   L_e fell by more than 1% (or after --model-max-epochs); elites = the --num-elites lowest L_e

@@ -181,7 +181,7 @@ def test_model_training_learns_and_stops_early():
     scores, losses, epochs, updates = mbpo.train_ensemble(model, opt, data, 3, 64, 0.2, 15, 5, checked.append)
     assert epochs == 15 and updates == 15 * (480 // 64) == len(checked)  # 120 validation rows, 480 for training
     assert (scores < 0.1 * before).all(), (before, scores)
-    assert set(losses) == {"loss", "model_nll", "reward_loss", "termination_loss"}
+    assert set(losses) == {"loss", "model_nll", "reward_loss", "termination_loss", "model_mse"}
     frozen = torch.optim.Adam(model.parameters(), lr=1e-12)
     _, _, epochs, _ = mbpo.train_ensemble(model, frozen, data, 3, 64, 0.2, 50, 3)
     assert epochs == 3
